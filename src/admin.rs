@@ -1,0 +1,153 @@
+//! The admin listener: metrics, health and the JSON admin API.
+//!
+//! | path | auth | what |
+//! |---|---|---|
+//! | `GET /metrics` | none | Prometheus text format 0.0.4 |
+//! | `GET /health`, `/health/live`, `/health/ready`, `/health/detailed` | none | as on the proxy listener |
+//! | `GET /admin/stats` | bearer | latency percentiles per route (hdrhistogram) |
+//! | `GET /admin/config` | bearer | the effective configuration, secrets masked |
+//!
+//! Every `/admin/` path requires `Authorization: Bearer <token>`; the check comes before route
+//! lookup, so an unauthenticated caller cannot probe which admin paths exist.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::body::{self, Body};
+use crate::error::Error;
+use crate::metrics::Exposition;
+use crate::process_metrics;
+use crate::request_context::RequestContext;
+use crate::request_stats::Listener;
+use crate::router::HealthEndpoint;
+use crate::server::Service;
+use crate::state::AppState;
+
+/// The admin endpoints; each also names the route label used in metrics.
+#[derive(Clone, Copy)]
+pub enum Endpoint {
+    Metrics,
+    Health(HealthEndpoint),
+    Stats,
+    Config,
+    Unknown,
+}
+
+impl Endpoint {
+    fn from_path(path: &str) -> Endpoint {
+        if let Some(health) = HealthEndpoint::from_path(path) {
+            return Endpoint::Health(health);
+        }
+        match path {
+            "/metrics" => Endpoint::Metrics,
+            "/admin/stats" => Endpoint::Stats,
+            "/admin/config" => Endpoint::Config,
+            _ => Endpoint::Unknown,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Endpoint::Metrics => "metrics",
+            Endpoint::Health(_) => "health",
+            Endpoint::Stats => "admin.stats",
+            Endpoint::Config => "admin.config",
+            Endpoint::Unknown => "admin.unmatched",
+        }
+    }
+
+    fn methods(self) -> &'static [Method] {
+        match self {
+            Endpoint::Unknown => &[],
+            _ => &[Method::GET, Method::HEAD],
+        }
+    }
+}
+
+pub struct AdminService {
+    state: Arc<AppState>,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<AppState>) -> AdminService {
+        AdminService { state }
+    }
+
+    fn metrics(&self) -> Response<Body> {
+        let state = &self.state;
+        let mut out = Exposition::new();
+        out.header(
+            "seawall_build_info",
+            "gauge",
+            "Build metadata of the running binary; the value is always 1.",
+        );
+        out.sample(
+            "seawall_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1.0,
+        );
+        state.stats.render(&mut out);
+        state.health.render_metrics(&mut out);
+        out.single(
+            "seawall_store_size_on_disk_bytes",
+            "gauge",
+            "On-disk size of the sled store, as of the latest store health check.",
+            state.store_size.get() as f64,
+        );
+        process_metrics::render(&mut out);
+        let mut response = Response::new(body::full(out.finish()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+}
+
+impl Service for AdminService {
+    type Target = Endpoint;
+    const LISTENER: Listener = Listener::Admin;
+
+    fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    fn classify(&self, request: &Request<Incoming>) -> (Arc<str>, Endpoint) {
+        let endpoint = Endpoint::from_path(request.uri().path());
+        (Arc::from(endpoint.label()), endpoint)
+    }
+
+    async fn call(
+        &self,
+        request: Request<Incoming>,
+        _ctx: &RequestContext,
+        endpoint: Endpoint,
+    ) -> Result<Response<Body>, Error> {
+        let path = request.uri().path();
+        if path.starts_with("/admin/") && !self.state.admin_token.authorizes(request.headers()) {
+            return Err(Error::Unauthorized);
+        }
+        if matches!(endpoint, Endpoint::Unknown) {
+            return Err(Error::NotFound);
+        }
+        if !endpoint.methods().contains(request.method()) {
+            return Err(Error::MethodNotAllowed {
+                allow: endpoint.methods().to_vec(),
+            });
+        }
+        Ok(match endpoint {
+            Endpoint::Metrics => self.metrics(),
+            Endpoint::Health(health) => health.respond(&self.state),
+            Endpoint::Stats => body::json(StatusCode::OK, &self.state.stats.percentiles()),
+            Endpoint::Config => {
+                let config: serde_json::Value =
+                    serde_json::from_str(&self.state.config.to_masked_json())
+                        .expect("config is JSON");
+                body::json(StatusCode::OK, &config)
+            }
+            Endpoint::Unknown => return Err(Error::NotFound),
+        })
+    }
+}

@@ -1,0 +1,99 @@
+//! The response body type and small constructors for answers seawall writes itself.
+//!
+//! Proxied bodies stream through as boxed `hyper::body::Incoming`; answers seawall makes (JSON,
+//! metrics text) are small and complete. [`Guarded`] keeps a value alive until a streamed body is
+//! finished or dropped, which is how a connection slot stays taken while a proxied response is
+//! still flowing to the client.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use serde::Serialize;
+
+/// Errors inside bodies cross crate boundaries (hyper, the upstream client), so they are boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body seawall sends.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A JSON answer with the given status.
+pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    json_with_type(status, value, "application/json")
+}
+
+/// A JSON answer with a specific JSON media type (`application/health+json`, ...).
+pub fn json_with_type(
+    status: StatusCode,
+    value: &impl Serialize,
+    content_type: &'static str,
+) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).expect("JSON values serialize");
+    let mut response = Response::new(full(bytes));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// A body that holds `guard` until the inner body ends or the body is dropped.
+pub struct Guarded<B, G> {
+    inner: B,
+    guard: Option<G>,
+}
+
+impl<B, G> Guarded<B, G> {
+    pub fn new(inner: B, guard: G) -> Guarded<B, G> {
+        Guarded {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B, G> HttpBody for Guarded<B, G>
+where
+    B: HttpBody + Unpin,
+    G: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,83 @@
+//! Command-line arguments: which command to run and where the config file is.
+//!
+//! Parsing is by hand because the surface is three commands and one option. Everything else is
+//! configured through the file and the environment (see `config`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+pub const USAGE: &str = "\
+usage: seawall [run] [--config PATH]
+       seawall check-config [--config PATH]
+       seawall --help | --version
+
+Runs the seawall resilience gateway. Configuration comes from the optional TOML file
+(--config or SEAWALL_CONFIG) and environment variables; see README.md.";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run { config: Option<PathBuf> },
+    CheckConfig { config: Option<PathBuf> },
+    Help,
+    Version,
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
+    let mut args = args.into_iter();
+    let mut command: Option<&str> = None;
+    let mut config: Option<PathBuf> = None;
+    while let Some(arg) = args.next() {
+        let text = arg
+            .to_str()
+            .ok_or_else(|| format!("argument {arg:?} is not valid UTF-8"))?;
+        match text {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "--config" => {
+                let path = args.next().ok_or("--config needs a path")?;
+                config = Some(PathBuf::from(path));
+            }
+            _ if text.starts_with("--config=") => {
+                config = Some(PathBuf::from(&text["--config=".len()..]))
+            }
+            "run" | "check-config" if command.is_none() => {
+                command = Some(if text == "run" { "run" } else { "check-config" })
+            }
+            other => return Err(format!("unexpected argument {other:?}")),
+        }
+    }
+    Ok(match command {
+        Some("check-config") => Command::CheckConfig { config },
+        _ => Command::Run { config },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(args: &[&str]) -> Result<Command, String> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn commands_and_config_paths() {
+        assert_eq!(parse_str(&[]), Ok(Command::Run { config: None }));
+        assert_eq!(
+            parse_str(&["--config", "a.toml"]),
+            Ok(Command::Run {
+                config: Some("a.toml".into())
+            })
+        );
+        assert_eq!(
+            parse_str(&["check-config", "--config=b.toml"]),
+            Ok(Command::CheckConfig {
+                config: Some("b.toml".into())
+            })
+        );
+        assert!(parse_str(&["serve"]).is_err());
+        assert!(parse_str(&["--config"]).is_err());
+        assert!(parse_str(&["run", "run"]).is_err());
+    }
+}

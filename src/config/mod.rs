@@ -1,0 +1,269 @@
+//! Configuration: read once at start, validated into typed per-subsystem structs.
+//!
+//! Sources, in rising precedence: embedded defaults, the optional TOML file (`--config PATH` or
+//! `SEAWALL_CONFIG`), then environment variables. This module is the only place that reads the
+//! environment; everything else receives the typed [`Config`]. A bad value is a [`ConfigError`]
+//! naming the key (or the variable that set it), the value and what was expected; `main` turns
+//! it into exit status 64. Turning the config into running state (sockets, the store, pools) is
+//! left to `state` and `server`.
+
+mod env;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, Uri};
+use ipnet::IpNet;
+use serde::{Serialize, Serializer};
+
+pub use env::{Env, MapEnv, ProcessEnv};
+
+use crate::path_pattern::PathPattern;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub health: HealthConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Listeners, limits and timeouts of the HTTP server.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    #[serde(serialize_with = "display")]
+    pub listen: SocketAddr,
+    #[serde(serialize_with = "display")]
+    pub admin_listen: SocketAddr,
+    pub max_connections: usize,
+    pub admin_max_connections: usize,
+    /// Default limit on a proxied request body; routes may override it.
+    pub max_body_bytes: u64,
+    pub admin_max_body_bytes: u64,
+    #[serde(serialize_with = "millis")]
+    pub header_read_timeout: Duration,
+    /// Bound on the time from a request's arrival to its response head.
+    #[serde(serialize_with = "millis")]
+    pub request_timeout: Duration,
+    /// Time between readiness turning 503 and the listeners closing, so that a load balancer
+    /// notices before connections are refused.
+    #[serde(serialize_with = "millis")]
+    pub shutdown_delay: Duration,
+    /// Deadline for in-flight requests once the listeners have closed.
+    #[serde(serialize_with = "millis")]
+    pub shutdown_grace: Duration,
+    /// Peers whose `Fly-Client-IP` / `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
+    #[serde(serialize_with = "display_all")]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Where seawall keeps its state.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    pub cache_capacity_bytes: u64,
+}
+
+/// Admin API settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    /// `None` means: use (or create) the token file in the data directory.
+    pub token: Option<Secret>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Background health checks.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthConfig {
+    #[serde(serialize_with = "millis")]
+    pub interval: Duration,
+    #[serde(serialize_with = "millis")]
+    pub timeout: Duration,
+}
+
+/// One HTTP upstream (`[upstreams.NAME]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub kind: UpstreamKind,
+    #[serde(serialize_with = "display")]
+    pub url: Uri,
+    /// Path probed by the background health check; `None` disables the probe.
+    pub health_path: Option<String>,
+    pub max_connections: usize,
+    #[serde(serialize_with = "millis")]
+    pub connect_timeout: Duration,
+    /// Bound on the upstream's time to answer with a response head.
+    #[serde(serialize_with = "millis")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    Http,
+    Chroma,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteConfig {
+    pub name: String,
+    #[serde(rename = "match", serialize_with = "display")]
+    pub pattern: PathPattern,
+    /// `None` accepts every method.
+    #[serde(serialize_with = "methods")]
+    pub methods: Option<Vec<Method>>,
+    pub upstream: String,
+    pub strip_prefix: Option<String>,
+    pub max_body_bytes: u64,
+}
+
+/// A secret string: never printed, logged or serialized in clear.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value)
+    }
+
+    /// The clear value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("********")
+    }
+}
+
+/// A configuration value that cannot be used, with the key (or variable) that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the file (if any) and the environment, and validates the result.
+    ///
+    /// `file` is the `--config` argument; without it `SEAWALL_CONFIG` is consulted.
+    pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigError> {
+        let path = file
+            .map(Path::to_path_buf)
+            .or_else(|| env.get("SEAWALL_CONFIG").map(PathBuf::from));
+        let text = match &path {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+            })?,
+            None => String::new(),
+        };
+        Config::from_toml(&text, env)
+    }
+
+    /// Validates configuration text plus environment; what `load` does after reading the file.
+    pub fn from_toml(text: &str, env: &dyn Env) -> Result<Config, ConfigError> {
+        let mut raw = parse_toml(text)?;
+        let mut sources = env::Sources::new();
+        env::overlay(&mut raw, env, &mut sources)?;
+        validate::validate(raw, &sources)
+    }
+
+    /// The effective configuration as pretty JSON with secrets masked (`check-config`).
+    pub fn to_masked_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+fn parse_toml(text: &str) -> Result<raw::RawConfig, ConfigError> {
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::new("config file", toml_message(&e)))?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." {
+            "config file".to_string()
+        } else {
+            path
+        };
+        ConfigError::new(key, toml_message(e.inner()))
+    })
+}
+
+/// toml's messages span several lines with a source excerpt; the first line plus the position
+/// is what belongs in a one-line startup error.
+fn toml_message(e: &toml::de::Error) -> String {
+    let message = e.message().to_string();
+    match e.span() {
+        Some(span) => format!("{message} (at byte {})", span.start),
+        None => message,
+    }
+}
+
+fn display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn display_all<T: fmt::Display, S: Serializer>(values: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(values.iter().map(ToString::to_string))
+}
+
+fn millis<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(value.as_millis())
+}
+
+fn methods<S: Serializer>(value: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(methods) => s.collect_seq(methods.iter().map(Method::as_str)),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> MapEnv {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn load(text: &str, pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml(text, &env(pairs))
+}
+
+fn error(text: &str, pairs: &[(&str, &str)]) -> ConfigError {
+    load(text, pairs).expect_err("configuration should be rejected")
+}
+
+const ROUTED: &str = r#"
+[upstreams.app]
+url = "http://127.0.0.1:3000"
+
+[[routes]]
+name = "api"
+match = "/api/*"
+upstream = "app"
+"#;
+
+#[test]
+fn embedded_defaults_need_nothing() {
+    let config = load("", &[]).unwrap();
+    assert_eq!(config.server.listen, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(
+        config.server.admin_listen,
+        "127.0.0.1:9090".parse().unwrap()
+    );
+    assert_eq!(config.store.data_dir, PathBuf::from("./data"));
+    assert_eq!(config.store.cache_capacity_bytes, 64 * 1024 * 1024);
+    assert!(config.routes.is_empty());
+    assert!(config.admin.token.is_none());
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let text = "[server]\nlisten = \"127.0.0.1:1000\"\n[store]\ndata_dir = \"/file\"\n";
+    let config = load(
+        text,
+        &[
+            ("PORT", "7000"),
+            ("SEAWALL_DATA_DIR", "/env"),
+            ("SEAWALL_LOG_FORMAT", "json"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.server.listen, "0.0.0.0:7000".parse().unwrap());
+    assert_eq!(config.store.data_dir, PathBuf::from("/env"));
+    assert_eq!(config.log.format, LogFormat::Json);
+    let config = load(
+        "",
+        &[("PORT", "7000"), ("SEAWALL_LISTEN", "127.0.0.1:7001")],
+    )
+    .unwrap();
+    assert_eq!(
+        config.server.listen,
+        "127.0.0.1:7001".parse().unwrap(),
+        "SEAWALL_LISTEN beats PORT"
+    );
+}
+
+#[test]
+fn chroma_url_defines_a_chroma_upstream_with_its_heartbeat_probe() {
+    let config = load("", &[("CHROMA_URL", "http://127.0.0.1:8000")]).unwrap();
+    let chroma = &config.upstreams[0];
+    assert_eq!(
+        (chroma.name.as_str(), chroma.kind),
+        ("chroma", UpstreamKind::Chroma)
+    );
+    assert_eq!(chroma.health_path.as_deref(), Some("/api/v2/heartbeat"));
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    let e = error("[server]\nlisten_port = 80\n", &[]);
+    assert_eq!(e.key, "server.listen_port");
+    assert!(e.message.contains("unknown field"), "{e}");
+    let e = error("[sever]\n", &[]);
+    assert!(e.message.contains("sever"), "{e}");
+    let e = error(&format!("{ROUTED}\nretries = 3\n"), &[]);
+    assert_eq!(e.key, "routes[0].retries");
+}
+
+#[test]
+fn wrong_types_are_named() {
+    let e = error("[server]\nmax_connections = \"many\"\n", &[]);
+    assert_eq!(e.key, "server.max_connections");
+    let e = error("[upstreams.app]\nurl = 3000\n", &[]);
+    assert_eq!(e.key, "upstreams.app.url");
+}
+
+#[test]
+fn ports_out_of_range_are_named() {
+    let e = error("[server]\nlisten = \"0.0.0.0:70000\"\n", &[]);
+    assert_eq!(e.key, "server.listen");
+    assert!(e.message.contains("70000"));
+    let e = error("", &[("PORT", "http")]);
+    assert_eq!(e.key, "PORT");
+    let e = error("", &[("PORT", "70000")]);
+    assert_eq!(e.key, "server.listen (set by PORT)");
+    let e = error("", &[("SEAWALL_ADMIN_LISTEN", "localhost")]);
+    assert_eq!(e.key, "server.admin_listen (set by SEAWALL_ADMIN_LISTEN)");
+}
+
+#[test]
+fn malformed_urls_are_named() {
+    for url in [
+        "localhost:3000",
+        "http://",
+        "ftp://x",
+        "https://example.com",
+        "http://u:p@h:1",
+        "http://h:1/?a=b",
+    ] {
+        let e = error(&format!("[upstreams.app]\nurl = {url:?}\n"), &[]);
+        assert_eq!(e.key, "upstreams.app.url", "{url}: {e}");
+    }
+    let e = error("", &[("CHROMA_URL", "not a url")]);
+    assert_eq!(e.key, "upstreams.chroma.url (set by CHROMA_URL)");
+}
+
+#[test]
+fn routes_are_checked_against_upstreams_and_each_other() {
+    let e = error(
+        "[[routes]]\nname = \"a\"\nmatch = \"/a\"\nupstream = \"nowhere\"\n",
+        &[],
+    );
+    assert_eq!(e.key, "routes[0].upstream");
+    let e = error(
+        &format!("{ROUTED}\n[[routes]]\nname = \"api\"\nmatch = \"/b\"\nupstream = \"app\"\n"),
+        &[],
+    );
+    assert_eq!(e.key, "routes[1].name");
+    let e = error(&format!("{ROUTED}\nmethods = [\"FETCH\"]\n"), &[]);
+    assert_eq!(e.key, "routes[0].methods");
+    let e = error(
+        "[upstreams.app]\nurl = \"http://h:1\"\n[[routes]]\nname = \"a\"\nmatch = \"a/*\"\nupstream = \"app\"\n",
+        &[],
+    );
+    assert_eq!(e.key, "routes[0].match");
+}
+
+#[test]
+fn secrets_are_masked_in_the_effective_config() {
+    let config = load("", &[("SEAWALL_ADMIN_TOKEN", "a-very-secret-admin-token")]).unwrap();
+    let shown = config.to_masked_json();
+    assert!(!shown.contains("a-very-secret-admin-token"));
+    assert!(shown.contains("********"));
+    assert!(!format!("{config:?}").contains("a-very-secret-admin-token"));
+}
+
+#[test]
+fn short_admin_tokens_are_refused() {
+    let e = error("", &[("SEAWALL_ADMIN_TOKEN", "short")]);
+    assert_eq!(e.key, "admin.token (set by SEAWALL_ADMIN_TOKEN)");
+}

@@ -1,0 +1,426 @@
+//! Raw values to typed config: defaults, ranges, shapes and cross-references.
+//!
+//! Every check names the key it rejects (and the environment variable when one set it), the
+//! value, and what would have been accepted. Nothing here does IO: paths are not created and
+//! addresses are not bound; that is left to the code that opens them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{Method, Uri};
+use ipnet::IpNet;
+
+use crate::config::env::Sources;
+use crate::config::raw::{RawConfig, RawRoute, RawUpstream};
+use crate::config::{
+    AdminConfig, Config, ConfigError, HealthConfig, LogConfig, LogFormat, RouteConfig, Secret,
+    ServerConfig, StoreConfig, UpstreamConfig, UpstreamKind,
+};
+use crate::path_pattern::PathPattern;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Fly's proxy reaches a machine from these private ranges; trusted when running on Fly.
+const FLY_PROXY_NETS: [&str; 2] = ["172.16.0.0/12", "fdaa::/16"];
+
+pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
+    let v = Validator { sources };
+    let server = v.server(&raw)?;
+    let upstreams = raw
+        .upstreams
+        .iter()
+        .map(|(name, up)| v.upstream(name, up))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
+    for (index, route) in raw.routes.iter().enumerate() {
+        let route = v.route(index, route, &server, &upstreams)?;
+        if routes.iter().any(|r| r.name == route.name) {
+            return Err(v.error(
+                &format!("routes[{index}].name"),
+                format!("{:?} is used by an earlier route", route.name),
+            ));
+        }
+        routes.push(route);
+    }
+    Ok(Config {
+        server,
+        store: StoreConfig {
+            data_dir: PathBuf::from(raw.store.data_dir.as_deref().unwrap_or("./data")),
+            cache_capacity_bytes: v.range(
+                "store.cache_capacity_mb",
+                raw.store.cache_capacity_mb,
+                64,
+                4,
+                65_536,
+            )? * MIB,
+        },
+        admin: AdminConfig {
+            token: v.token(raw.admin.token)?,
+        },
+        log: LogConfig {
+            format: v.log_format(raw.log.format.as_deref())?,
+            filter: raw.log.filter.unwrap_or_else(|| "info".to_string()),
+        },
+        health: HealthConfig {
+            interval: v.millis(
+                "health.interval_ms",
+                raw.health.interval_ms,
+                5_000,
+                100,
+                3_600_000,
+            )?,
+            timeout: v.millis(
+                "health.timeout_ms",
+                raw.health.timeout_ms,
+                2_000,
+                10,
+                600_000,
+            )?,
+        },
+        upstreams,
+        routes,
+    })
+}
+
+struct Validator<'a> {
+    sources: &'a Sources,
+}
+
+impl Validator<'_> {
+    fn error(&self, key: &str, message: String) -> ConfigError {
+        match self.sources.get(key) {
+            Some(var) => ConfigError::new(format!("{key} (set by {var})"), message),
+            None => ConfigError::new(key, message),
+        }
+    }
+
+    fn server(&self, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
+        let s = &raw.server;
+        let mut trusted_proxies = Vec::new();
+        for (i, text) in s.trusted_proxies.iter().flatten().enumerate() {
+            trusted_proxies.push(self.net(&format!("server.trusted_proxies[{i}]"), text)?);
+        }
+        if s.trust_fly_proxy == Some(true) {
+            trusted_proxies.extend(
+                FLY_PROXY_NETS
+                    .iter()
+                    .map(|n| n.parse::<IpNet>().expect("valid literal")),
+            );
+        }
+        Ok(ServerConfig {
+            listen: self.addr("server.listen", s.listen.as_deref(), "0.0.0.0:8080")?,
+            admin_listen: self.addr(
+                "server.admin_listen",
+                s.admin_listen.as_deref(),
+                "127.0.0.1:9090",
+            )?,
+            max_connections: self.range(
+                "server.max_connections",
+                s.max_connections,
+                4096,
+                1,
+                1_000_000,
+            )? as usize,
+            admin_max_connections: self.range(
+                "server.admin_max_connections",
+                s.admin_max_connections,
+                64,
+                1,
+                10_000,
+            )? as usize,
+            max_body_bytes: self.range(
+                "server.max_body_bytes",
+                s.max_body_bytes,
+                10 * MIB,
+                1,
+                1 << 40,
+            )?,
+            admin_max_body_bytes: self.range(
+                "server.admin_max_body_bytes",
+                s.admin_max_body_bytes,
+                MIB,
+                1024,
+                1 << 30,
+            )?,
+            header_read_timeout: self.millis(
+                "server.header_read_timeout_ms",
+                s.header_read_timeout_ms,
+                10_000,
+                100,
+                600_000,
+            )?,
+            request_timeout: self.millis(
+                "server.request_timeout_ms",
+                s.request_timeout_ms,
+                30_000,
+                100,
+                3_600_000,
+            )?,
+            shutdown_delay: self.millis(
+                "server.shutdown_delay_ms",
+                s.shutdown_delay_ms,
+                1_000,
+                0,
+                300_000,
+            )?,
+            shutdown_grace: self.millis(
+                "server.shutdown_grace_ms",
+                s.shutdown_grace_ms,
+                20_000,
+                0,
+                300_000,
+            )?,
+            trusted_proxies,
+        })
+    }
+
+    fn upstream(&self, name: &str, raw: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let key = |field: &str| format!("upstreams.{name}.{field}");
+        check_name(name).map_err(|m| self.error(&format!("upstreams.{name}"), m))?;
+        let kind = match raw.kind.as_deref() {
+            None | Some("http") => UpstreamKind::Http,
+            Some("chroma") => UpstreamKind::Chroma,
+            Some(other) => {
+                return Err(self.error(
+                    &key("kind"),
+                    format!("{other:?} is not a kind (expected \"http\" or \"chroma\")"),
+                ));
+            }
+        };
+        let Some(url) = raw.url.as_deref() else {
+            return Err(self.error(
+                &key("url"),
+                "is required (e.g. \"http://127.0.0.1:3000\")".to_string(),
+            ));
+        };
+        let url = self.upstream_url(&key("url"), url)?;
+        let health_path = match (&raw.health_path, kind) {
+            (Some(path), _) if !path.starts_with('/') => {
+                return Err(
+                    self.error(&key("health_path"), format!("{path:?} must start with '/'"))
+                );
+            }
+            (Some(path), _) => Some(path.clone()),
+            (None, UpstreamKind::Chroma) => Some("/api/v2/heartbeat".to_string()),
+            (None, UpstreamKind::Http) => None,
+        };
+        Ok(UpstreamConfig {
+            name: name.to_string(),
+            kind,
+            url,
+            health_path,
+            max_connections: self.range(
+                &key("max_connections"),
+                raw.max_connections,
+                64,
+                1,
+                100_000,
+            )? as usize,
+            connect_timeout: self.millis(
+                &key("connect_timeout_ms"),
+                raw.connect_timeout_ms,
+                1_000,
+                1,
+                600_000,
+            )?,
+            timeout: self.millis(&key("timeout_ms"), raw.timeout_ms, 10_000, 1, 3_600_000)?,
+        })
+    }
+
+    fn route(
+        &self,
+        index: usize,
+        raw: &RawRoute,
+        server: &ServerConfig,
+        upstreams: &[UpstreamConfig],
+    ) -> Result<RouteConfig, ConfigError> {
+        let key = |field: &str| format!("routes[{index}].{field}");
+        let Some(name) = raw.name.clone() else {
+            return Err(self.error(&key("name"), "is required".to_string()));
+        };
+        check_name(&name).map_err(|m| self.error(&key("name"), m))?;
+        let Some(pattern) = raw.path.as_deref() else {
+            return Err(self.error(&key("match"), "is required (e.g. \"/api/*\")".to_string()));
+        };
+        let pattern = PathPattern::parse(pattern).map_err(|m| self.error(&key("match"), m))?;
+        let methods = match &raw.methods {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(self.error(
+                    &key("methods"),
+                    "is empty; leave it out to accept every method".to_string(),
+                ));
+            }
+            Some(list) => Some(
+                list.iter()
+                    .map(|m| self.method(&key("methods"), m))
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        let Some(upstream) = raw.upstream.clone() else {
+            return Err(self.error(
+                &key("upstream"),
+                "is required: the name of an [upstreams.NAME] section".to_string(),
+            ));
+        };
+        if !upstreams.iter().any(|u| u.name == upstream) {
+            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            return Err(self.error(
+                &key("upstream"),
+                format!("{upstream:?} is not a configured upstream (known: {known:?})"),
+            ));
+        }
+        if let Some(prefix) = &raw.strip_prefix {
+            if !prefix.starts_with('/') || prefix.ends_with('/') && prefix.len() > 1 {
+                return Err(self.error(
+                    &key("strip_prefix"),
+                    format!("{prefix:?} must start with '/' and not end with '/'"),
+                ));
+            }
+        }
+        Ok(RouteConfig {
+            name,
+            pattern,
+            methods,
+            upstream,
+            strip_prefix: raw.strip_prefix.clone(),
+            max_body_bytes: self.range(
+                &key("max_body_bytes"),
+                raw.max_body_bytes,
+                server.max_body_bytes,
+                0,
+                1 << 40,
+            )?,
+        })
+    }
+
+    fn addr(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let text = value.unwrap_or(default);
+        text.trim().parse().map_err(|_| {
+            self.error(key, format!("{text:?} is not an address (expected host:port, an IP address and a port 0-65535)"))
+        })
+    }
+
+    fn net(&self, key: &str, text: &str) -> Result<IpNet, ConfigError> {
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| self.error(key, format!("{text:?} is not an IP address or CIDR")))
+    }
+
+    fn range(
+        &self,
+        key: &str,
+        value: Option<u64>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
+        let value = value.unwrap_or(default);
+        if value < min || value > max {
+            return Err(self.error(
+                key,
+                format!("{value} is out of range (expected {min}-{max})"),
+            ));
+        }
+        Ok(value)
+    }
+
+    fn millis(
+        &self,
+        key: &str,
+        value: Option<u64>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.range(key, value, default, min, max)
+            .map(Duration::from_millis)
+    }
+
+    fn token(&self, token: Option<String>) -> Result<Option<Secret>, ConfigError> {
+        match token {
+            Some(t) if t.len() < 16 => Err(self.error(
+                "admin.token",
+                "is too short (expected at least 16 characters)".to_string(),
+            )),
+            Some(t) if !t.bytes().all(|b| b.is_ascii_graphic()) => Err(self.error(
+                "admin.token",
+                "must be printable ASCII without spaces".to_string(),
+            )),
+            other => Ok(other.map(Secret::new)),
+        }
+    }
+
+    fn log_format(&self, value: Option<&str>) -> Result<LogFormat, ConfigError> {
+        match value {
+            None | Some("text") => Ok(LogFormat::Text),
+            Some("json") => Ok(LogFormat::Json),
+            Some(other) => Err(self.error(
+                "log.format",
+                format!("{other:?} is not a format (expected \"text\" or \"json\")"),
+            )),
+        }
+    }
+
+    fn method(&self, key: &str, text: &str) -> Result<Method, ConfigError> {
+        const KNOWN: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+        ];
+        if !KNOWN.contains(&text) {
+            return Err(self.error(
+                key,
+                format!("{text:?} is not an HTTP method (expected one of {KNOWN:?})"),
+            ));
+        }
+        Ok(Method::from_bytes(text.as_bytes()).expect("known method"))
+    }
+
+    fn upstream_url(&self, key: &str, text: &str) -> Result<Uri, ConfigError> {
+        let bad =
+            |why: &str| self.error(key, format!("{text:?} is not a usable upstream URL: {why}"));
+        let uri: Uri = text
+            .parse()
+            .map_err(|_| bad("it does not parse as a URL"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad(
+                    "https is not supported; seawall speaks plain HTTP to upstreams on a private network",
+                ));
+            }
+            _ => return Err(bad("expected http://host:port")),
+        }
+        let Some(authority) = uri.authority() else {
+            return Err(bad("it has no host"));
+        };
+        if authority.host().is_empty() || authority.as_str().contains('@') {
+            return Err(bad("expected http://host:port without credentials"));
+        }
+        if uri.query().is_some() {
+            return Err(bad("a query string is not allowed"));
+        }
+        Ok(uri)
+    }
+}
+
+/// Names appear in metric labels, URLs and log lines, so they are kept to a safe alphabet.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid name (1-64 characters of a-z, 0-9, '.', '_', '-')"
+        ))
+    }
+}

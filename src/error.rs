@@ -1,0 +1,155 @@
+//! The request-path error: every way a request can fail, and the one place that maps each
+//! failure to an HTTP status and a JSON body.
+//!
+//! Bodies follow `{"ok":false,"error":"CODE","message":"...","requestId":"..."}`. Messages of 4xx
+//! answers say what the client got wrong; 5xx messages are fixed sentences that never carry
+//! internal error text (the detail goes to the log, once, at the edge). Expected outcomes that
+//! are not failures of seawall (a rate-limit denial, an open breaker) are decided by their
+//! subsystems and reach the client through the variants below.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::body::{self, Body};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no route matches this path")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: Vec<Method> },
+    #[error("request body larger than {limit} bytes")]
+    PayloadTooLarge { limit: u64 },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong admin token")]
+    Unauthorized,
+    #[error("upstream {upstream} unreachable: {detail}")]
+    UpstreamUnavailable { upstream: String, detail: String },
+    #[error("upstream {upstream} did not answer within {timeout:?}")]
+    UpstreamTimeout { upstream: String, timeout: Duration },
+    #[error("upstream {upstream} has no free connection slot")]
+    UpstreamBusy { upstream: String },
+    #[error("request not answered within {0:?}")]
+    RequestTimeout(Duration),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            Error::UpstreamTimeout { .. } | Error::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code in the `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound => "NOT_FOUND",
+            Error::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
+            Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Error::BadRequest(_) => "BAD_REQUEST",
+            Error::Unauthorized => "UNAUTHORIZED",
+            Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
+            Error::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
+            Error::UpstreamBusy { .. } => "UPSTREAM_BUSY",
+            Error::RequestTimeout(_) => "GATEWAY_TIMEOUT",
+            Error::Internal(_) => "INTERNAL_ERROR",
+        }
+    }
+
+    /// What the client reads. 5xx messages are fixed and name at most the configured upstream.
+    fn public_message(&self) -> String {
+        match self {
+            Error::NotFound => "No route matches this path.".to_string(),
+            Error::MethodNotAllowed { .. } => "This route does not accept this method.".to_string(),
+            Error::PayloadTooLarge { limit } => {
+                format!("The request body exceeds the limit of {limit} bytes.")
+            }
+            Error::BadRequest(message) => message.clone(),
+            Error::Unauthorized => {
+                "A valid admin token is required: Authorization: Bearer <token>.".to_string()
+            }
+            Error::UpstreamUnavailable { upstream, .. } => {
+                format!("The upstream '{upstream}' could not be reached.")
+            }
+            Error::UpstreamTimeout { upstream, .. } => {
+                format!("The upstream '{upstream}' did not answer in time.")
+            }
+            Error::UpstreamBusy { upstream } => {
+                format!("The upstream '{upstream}' is at its connection limit; retry shortly.")
+            }
+            Error::RequestTimeout(_) => "The request was not answered in time.".to_string(),
+            Error::Internal(_) => "Something went wrong inside seawall.".to_string(),
+        }
+    }
+
+    /// The JSON answer for this error.
+    pub fn to_response(&self, request_id: &str) -> Response<Body> {
+        let body = json!({
+            "ok": false,
+            "error": self.code(),
+            "message": self.public_message(),
+            "requestId": request_id,
+        });
+        let mut response = body::json(self.status(), &body);
+        let headers = response.headers_mut();
+        match self {
+            Error::MethodNotAllowed { allow } => {
+                let allow: Vec<&str> = allow.iter().map(Method::as_str).collect();
+                if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
+                    headers.insert(header::ALLOW, value);
+                }
+            }
+            Error::Unauthorized => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"seawall-admin\""),
+                );
+            }
+            Error::UpstreamBusy { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body_of(error: Error) -> serde_json::Value {
+        let response = error.to_response("rid-1");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_errors_never_carry_internal_text() {
+        let body = body_of(Error::Internal("disk /secret/path failed".into())).await;
+        assert_eq!(body["error"], "INTERNAL_ERROR");
+        assert!(!body.to_string().contains("/secret/path"));
+        let body = body_of(Error::UpstreamUnavailable {
+            upstream: "app".into(),
+            detail: "tcp 10.0.0.1".into(),
+        })
+        .await;
+        assert!(!body.to_string().contains("10.0.0.1"));
+        assert_eq!(body["requestId"], "rid-1");
+        assert_eq!(body["ok"], false);
+    }
+}

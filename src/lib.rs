@@ -1,0 +1,39 @@
+//! seawall: a single-binary resilience gateway in front of an HTTP backend, PostgreSQL and
+//! ChromaDB, with its own state in an embedded sled store.
+//!
+//! Code map, in the order a request meets it (ARCHITECTURE.md is the long form):
+//!
+//! - `cli`, `config`: command line, then file + environment into a validated [`config::Config`].
+//! - `state`: the config turned into running state ([`state::AppState`]): store, pools, routes.
+//! - `server`: listeners, connection limits, the per-request frame, graceful shutdown;
+//!   `shutdown` is the signal that starts it.
+//! - `router` (proxy listener) and `admin` (admin listener): what each request means.
+//! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams.
+//! - `request_context`: request id and client address (trusted proxies).
+//! - `error`: the request-path error and its HTTP mapping; `body`: response bodies.
+//! - `health`, `metrics`, `request_stats`, `process_metrics`: observability.
+//! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`: utilities.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod admin_token;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod path_pattern;
+pub mod process_metrics;
+pub mod proxy;
+pub mod request_context;
+pub mod request_stats;
+pub mod route;
+pub mod router;
+pub mod server;
+pub mod shutdown;
+pub mod state;
+pub mod store;
+pub mod time;
+pub mod upstream;

@@ -1,0 +1,87 @@
+//! The `seawall` binary: parse the command line, load the configuration, run.
+//!
+//! Exit statuses: 0 after a clean shutdown, 64 (EX_USAGE) for bad arguments or configuration,
+//! 1 when seawall cannot start with a valid configuration (store locked, port taken).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use seawall::cli::{self, Command};
+use seawall::config::{Config, ProcessEnv};
+use seawall::server::{self, Listeners};
+use seawall::state::AppState;
+use seawall::{logging, shutdown};
+
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("seawall: {message}\n\n{}", cli::USAGE);
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("seawall {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => match Config::load(config.as_deref(), &ProcessEnv) {
+            Ok(config) => {
+                println!("{}", config.to_masked_json());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("seawall: {e}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
+        Command::Run { config } => {
+            let config = match Config::load(config.as_deref(), &ProcessEnv) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("seawall: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            run(config)
+        }
+    }
+}
+
+fn run(config: Config) -> ExitCode {
+    logging::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let outcome = runtime.block_on(async {
+        let signal =
+            shutdown::on_signal().map_err(|e| format!("cannot install signal handler: {e}"))?;
+        let state = tokio::task::spawn_blocking(move || AppState::build(config))
+            .await
+            .expect("startup task does not panic")
+            .map_err(|e| e.to_string())?;
+        let state = Arc::new(state);
+        if let seawall::admin_token::TokenSource::File { path, created } = &state.admin_token.source
+        {
+            tracing::info!(path = %path.display(), created, "admin token is in this file");
+        }
+        let listeners = Listeners::bind(&state).await.map_err(|e| e.to_string())?;
+        server::run(listeners, state, signal).await;
+        Ok::<(), String>(())
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("seawall: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

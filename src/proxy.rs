@@ -1,0 +1,200 @@
+//! Forwarding one request to an HTTP upstream and its answer back, both bodies streamed.
+//!
+//! This module owns the header rules of a reverse proxy: hop-by-hop headers removed in both
+//! directions, `Host` rewritten to the upstream, `X-Forwarded-For/-Proto/-Host` and
+//! `X-Request-Id` added, forwarding headers from untrusted peers discarded. Pooling, slots and
+//! timeouts belong to `upstream`; which route and upstream to use is decided by `router`.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::request_context::RequestContext;
+use crate::route::{self, Route};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
+/// non-standard ones that proxies conventionally treat the same way.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Sends `request` to `upstream` for `route` and returns the upstream's response.
+pub async fn forward(
+    upstream: &Upstream,
+    route: &Route,
+    request: Request<Incoming>,
+    ctx: &RequestContext,
+) -> Result<Response<Body>, Error> {
+    let limit = route.config.max_body_bytes;
+    if declared_length(request.headers()).is_some_and(|length| length > limit) {
+        return Err(Error::PayloadTooLarge { limit });
+    }
+    let (mut parts, body) = request.into_parts();
+    let path = route::upstream_path(&route.config, parts.uri.path());
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.into_owned(),
+    };
+    parts.uri = upstream
+        .uri_for(&path_and_query)
+        .map_err(|e| Error::BadRequest(format!("the request path cannot be forwarded: {e}")))?;
+    rewrite_request_headers(&mut parts.headers, ctx);
+    let body = Limited::new(body, limit as usize)
+        .map_err(Into::into)
+        .boxed();
+    let mut response = upstream
+        .send(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| upstream_error(&upstream.config.name, e, limit))?;
+    remove_hop_by_hop(response.headers_mut());
+    Ok(response)
+}
+
+fn upstream_error(name: &str, error: UpstreamError, limit: u64) -> Error {
+    let upstream = name.to_string();
+    match error {
+        UpstreamError::Busy => Error::UpstreamBusy { upstream },
+        UpstreamError::Connect(detail) | UpstreamError::Failed(detail) => {
+            Error::UpstreamUnavailable { upstream, detail }
+        }
+        UpstreamError::Timeout(timeout) => Error::UpstreamTimeout { upstream, timeout },
+        UpstreamError::BodyTooLarge => Error::PayloadTooLarge { limit },
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn rewrite_request_headers(headers: &mut HeaderMap, ctx: &RequestContext) {
+    remove_hop_by_hop(headers);
+    let original_host = headers.remove(header::HOST);
+    if !ctx.peer_trusted {
+        // Only a trusted proxy may tell the upstream who the client is.
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "fly-client-ip",
+            "forwarded",
+        ] {
+            headers.remove(name);
+        }
+    }
+    let peer = ctx.peer.ip().to_canonical().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(chain) => format!("{chain}, {peer}"),
+        None => peer,
+    };
+    set(headers, "x-forwarded-for", &forwarded_for);
+    set(headers, "x-forwarded-proto", ctx.scheme);
+    if let Some(host) = original_host {
+        if !headers.contains_key("x-forwarded-host") {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        }
+    }
+    set(headers, "x-request-id", &ctx.request_id);
+}
+
+fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        headers.insert(HeaderName::from_static(name), value);
+    }
+}
+
+/// Removes hop-by-hop headers, including any that `Connection` names.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(peer: &str, headers: &HeaderMap, trusted: &[&str]) -> RequestContext {
+        let trusted: Vec<ipnet::IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        RequestContext::new(peer.parse().unwrap(), headers, &trusted)
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn untrusted_forwarding_headers_are_replaced() {
+        let mut h = headers(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("fly-client-ip", "6.6.6.6"),
+        ]);
+        let c = ctx("203.0.113.1:4000", &h, &[]);
+        rewrite_request_headers(&mut h, &c);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert!(!h.contains_key("fly-client-ip"));
+        assert!(
+            !h.contains_key("host"),
+            "the client sets Host from the upstream URI"
+        );
+        assert_eq!(h["x-request-id"], c.request_id.as_str());
+    }
+
+    #[test]
+    fn trusted_chains_are_extended() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "198.51.100.7"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let c = ctx("10.1.2.3:4000", &h, &["10.0.0.0/8"]);
+        rewrite_request_headers(&mut h, &c);
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

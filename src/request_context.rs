@@ -1,0 +1,189 @@
+//! Who is asking: the request id, the client's address and the scheme it used.
+//!
+//! The client address is the socket peer unless the peer is a configured trusted proxy; only
+//! then are `Fly-Client-IP`, `X-Forwarded-For` and `X-Forwarded-Proto` believed. Everything that
+//! keys on a client (rate limits, flag stickiness, audit) reads [`RequestContext::client_ip`] and
+//! never a header directly.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+/// The longest client-supplied request id that is propagated rather than replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Facts about one request, fixed when it arrives.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub peer: SocketAddr,
+    pub client_ip: IpAddr,
+    /// `http` or `https`, as the original client used it.
+    pub scheme: &'static str,
+    /// Whether the socket peer is a trusted proxy (its forwarding headers were believed).
+    pub peer_trusted: bool,
+    pub started: Instant,
+}
+
+impl RequestContext {
+    pub fn new(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> RequestContext {
+        let peer_ip = peer.ip().to_canonical();
+        let peer_trusted = is_trusted(peer_ip, trusted);
+        let (client_ip, scheme) = if peer_trusted {
+            (
+                forwarded_client(headers, trusted).unwrap_or(peer_ip),
+                forwarded_scheme(headers),
+            )
+        } else {
+            (peer_ip, "http")
+        };
+        RequestContext {
+            request_id: request_id(headers),
+            peer,
+            client_ip,
+            scheme,
+            peer_trusted,
+            started: Instant::now(),
+        }
+    }
+}
+
+fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// `Fly-Client-IP` first; else the right-most `X-Forwarded-For` entry that is not itself a
+/// trusted proxy (entries to its left can be forged by the client).
+fn forwarded_client(headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    if let Some(ip) = headers
+        .get("fly-client-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_ip)
+    {
+        return Some(ip);
+    }
+    let chain: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(parse_ip)
+        .collect::<Option<Vec<_>>>()?;
+    chain
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(**ip, trusted))
+        .or(chain.first())
+        .copied()
+}
+
+fn forwarded_scheme(headers: &HeaderMap) -> &'static str {
+    match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+        Some(b"https") => "https",
+        _ => "http",
+    }
+}
+
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    text.trim()
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// The client's `X-Request-Id` when it is short and plain, else a new random id.
+fn request_id(headers: &HeaderMap) -> String {
+    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    match given {
+        Some(id)
+            if !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID_LEN
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) =>
+        {
+            id.to_string()
+        }
+        _ => new_request_id(),
+    }
+}
+
+/// 128 random bits as 32 hex digits.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(peer: &str, headers: &[(&'static str, &str)], trusted: &[&str]) -> RequestContext {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(*k, v.parse().unwrap());
+        }
+        let trusted: Vec<IpNet> = trusted.iter().map(|t| t.parse().unwrap()).collect();
+        RequestContext::new(peer.parse().unwrap(), &map, &trusted)
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_claim_another_address() {
+        let c = ctx(
+            "203.0.113.9:5000",
+            &[("x-forwarded-for", "1.2.3.4"), ("fly-client-ip", "1.2.3.4")],
+            &[],
+        );
+        assert_eq!(c.client_ip, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(c.scheme, "http");
+    }
+
+    #[test]
+    fn trusted_peers_forward_the_client_address() {
+        let trusted = ["10.0.0.0/8"];
+        let c = ctx(
+            "10.0.0.2:5000",
+            &[
+                ("fly-client-ip", "198.51.100.7"),
+                ("x-forwarded-proto", "https"),
+            ],
+            &trusted,
+        );
+        assert_eq!(c.client_ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(c.scheme, "https");
+        let c = ctx(
+            "10.0.0.2:5000",
+            &[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.0.0.5")],
+            &trusted,
+        );
+        assert_eq!(
+            c.client_ip,
+            "198.51.100.7".parse::<IpAddr>().unwrap(),
+            "right-most untrusted entry"
+        );
+        let c = ctx("10.0.0.2:5000", &[("x-forwarded-for", "garbage")], &trusted);
+        assert_eq!(
+            c.client_ip,
+            "10.0.0.2".parse::<IpAddr>().unwrap(),
+            "unparseable chain falls back to the peer"
+        );
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_are_canonical() {
+        let c = ctx("[::ffff:192.0.2.1]:80", &[], &[]);
+        assert_eq!(c.client_ip, "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn request_ids_are_propagated_only_when_plain() {
+        assert_eq!(
+            ctx("1.1.1.1:1", &[("x-request-id", "abc-123")], &[]).request_id,
+            "abc-123"
+        );
+        let replaced = ctx("1.1.1.1:1", &[("x-request-id", "has space")], &[]).request_id;
+        assert_eq!(replaced.len(), 32);
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

@@ -1,0 +1,121 @@
+//! The proxy listener's request dispatch: health endpoints, then the configured routes.
+//!
+//! Endpoints served here (besides the routes from the configuration):
+//! `/health`, `/health/live`, `/health/ready`, `/health/detailed`. They are answered before
+//! route matching so that no route can shadow them.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use crate::body::Body;
+use crate::error::Error;
+use crate::proxy;
+use crate::request_context::RequestContext;
+use crate::request_stats::Listener;
+use crate::route::{Resolution, Route};
+use crate::server::Service;
+use crate::state::AppState;
+
+/// What a proxy-listener request turned out to be.
+pub enum Target {
+    Health(HealthEndpoint),
+    Route(Arc<Route>),
+    Rejected(Error),
+}
+
+#[derive(Clone, Copy)]
+pub enum HealthEndpoint {
+    Basic,
+    Live,
+    Ready,
+    Detailed,
+}
+
+impl HealthEndpoint {
+    /// The health endpoint at `path`, if it is one.
+    pub fn from_path(path: &str) -> Option<HealthEndpoint> {
+        match path {
+            "/health" => Some(HealthEndpoint::Basic),
+            "/health/live" => Some(HealthEndpoint::Live),
+            "/health/ready" => Some(HealthEndpoint::Ready),
+            "/health/detailed" => Some(HealthEndpoint::Detailed),
+            _ => None,
+        }
+    }
+
+    pub fn respond(self, state: &AppState) -> Response<Body> {
+        match self {
+            HealthEndpoint::Basic => state.health.basic(),
+            HealthEndpoint::Live => state.health.live(),
+            HealthEndpoint::Ready => state.health.ready(),
+            HealthEndpoint::Detailed => state.health.detailed(),
+        }
+    }
+}
+
+pub struct ProxyService {
+    state: Arc<AppState>,
+    health_label: Arc<str>,
+    unmatched_label: Arc<str>,
+}
+
+impl ProxyService {
+    pub fn new(state: Arc<AppState>) -> ProxyService {
+        ProxyService {
+            state,
+            health_label: Arc::from("health"),
+            unmatched_label: Arc::from("unmatched"),
+        }
+    }
+}
+
+impl Service for ProxyService {
+    type Target = Target;
+    const LISTENER: Listener = Listener::Proxy;
+
+    fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    fn classify(&self, request: &Request<Incoming>) -> (Arc<str>, Target) {
+        let path = request.uri().path();
+        if let Some(endpoint) = HealthEndpoint::from_path(path) {
+            return (self.health_label.clone(), Target::Health(endpoint));
+        }
+        match self.state.routes.resolve(request.method(), path) {
+            Resolution::Matched { route, .. } => (route.name.clone(), Target::Route(route.clone())),
+            Resolution::MethodNotAllowed { allow } => (
+                self.unmatched_label.clone(),
+                Target::Rejected(Error::MethodNotAllowed { allow }),
+            ),
+            Resolution::NotFound => (
+                self.unmatched_label.clone(),
+                Target::Rejected(Error::NotFound),
+            ),
+        }
+    }
+
+    async fn call(
+        &self,
+        request: Request<Incoming>,
+        ctx: &RequestContext,
+        target: Target,
+    ) -> Result<Response<Body>, Error> {
+        match target {
+            Target::Health(endpoint) => Ok(endpoint.respond(&self.state)),
+            Target::Rejected(error) => Err(error),
+            Target::Route(route) => {
+                let upstream = self
+                    .state
+                    .upstreams
+                    .get(&route.config.upstream)
+                    .ok_or_else(|| {
+                        Error::Internal(format!("route {} names a missing upstream", route.name))
+                    })?;
+                proxy::forward(upstream, &route, request, ctx).await
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The HTTP server: two listeners, the per-request frame, and graceful shutdown.
+//!
+//! `server` owns sockets and connections: binding, the cap on open connections, hyper's
+//! HTTP/1.1 connection settings (keep-alive, header-read timeout), and the frame around every
+//! request (request id, client address, the request timeout, metrics, the access log, turning
+//! an [`Error`] into its JSON answer). What a request means is decided by a [`Service`]:
+//! `router::ProxyService` on the proxy listener, `admin::AdminService` on the admin listener.
+//!
+//! Shutdown runs in a fixed order: readiness answers 503, the listeners keep accepting for
+//! `shutdown_delay` so a load balancer can notice, then stop; open connections finish their
+//! in-flight request within `shutdown_grace`; the store is flushed; `run` returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Request, Response, header};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
+
+use crate::admin::AdminService;
+use crate::body::Body;
+use crate::error::Error;
+use crate::request_context::RequestContext;
+use crate::request_stats::Listener;
+use crate::router::ProxyService;
+use crate::state::{AppState, StartError};
+
+/// What a listener serves. `classify` runs first and cheaply, so the route label for metrics
+/// is known even when `call` times out or fails.
+pub trait Service: Send + Sync + 'static {
+    type Target: Send;
+    const LISTENER: Listener;
+
+    fn state(&self) -> &Arc<AppState>;
+
+    /// The route label for metrics and logs, and what to do with the request.
+    fn classify(&self, request: &Request<Incoming>) -> (Arc<str>, Self::Target);
+
+    fn call(
+        &self,
+        request: Request<Incoming>,
+        ctx: &RequestContext,
+        target: Self::Target,
+    ) -> impl Future<Output = Result<Response<Body>, Error>> + Send;
+}
+
+/// Both listeners, bound.
+pub struct Listeners {
+    proxy: TcpListener,
+    admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(state: &AppState) -> Result<Listeners, StartError> {
+        let server = &state.config.server;
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
+        };
+        Ok(Listeners {
+            proxy: bind("proxy", server.listen).await?,
+            admin: bind("admin", server.admin_listen).await?,
+        })
+    }
+
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+}
+
+/// Serves both listeners until `shutdown` resolves, then drains and flushes.
+pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    let server = state.config.server.clone();
+    state.health.run_once().await;
+    let health_task = state.health.spawn();
+    tracing::info!(proxy = %listeners.proxy_addr(), admin = %listeners.admin_addr(), "listening");
+
+    let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let proxy = Arc::new(ProxyService::new(state.clone()));
+    let admin = Arc::new(AdminService::new(state.clone()));
+    let accepting = async {
+        tokio::join!(
+            accept_loop(
+                listeners.proxy,
+                proxy,
+                server.max_connections,
+                &graceful,
+                stop_rx.clone()
+            ),
+            accept_loop(
+                listeners.admin,
+                admin,
+                server.admin_max_connections,
+                &graceful,
+                stop_rx.clone()
+            ),
+        );
+    };
+    let controller = async {
+        shutdown.await;
+        state.health.set_draining();
+        tracing::info!(
+            delay_ms = server.shutdown_delay.as_millis() as u64,
+            "shutdown requested: readiness is now 503"
+        );
+        tokio::time::sleep(server.shutdown_delay).await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(accepting, controller);
+
+    tracing::info!(
+        connections = graceful.count(),
+        grace_ms = server.shutdown_grace.as_millis() as u64,
+        "listeners closed; draining"
+    );
+    if tokio::time::timeout(server.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over with requests still in flight; closing them");
+    }
+    health_task.abort();
+    match state.store.flush_async().await {
+        Ok(()) => tracing::info!("store flushed; shutdown complete"),
+        Err(e) => tracing::error!(error = %e, "store flush on shutdown failed"),
+    }
+}
+
+async fn accept_loop<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    max_connections: usize,
+    graceful: &GracefulShutdown,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let header_read_timeout = service.state().config.server.header_read_timeout;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    loop {
+        // Waiting for a slot before accepting leaves excess connections in the kernel's
+        // backlog instead of accepting sockets that cannot be served.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Usually EMFILE; back off briefly instead of spinning on the error.
+                    tracing::warn!(error = %e, listener = S::LISTENER.as_str(), "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let handler = service_fn(move |request| {
+            let service = service.clone();
+            async move { Ok::<_, Infallible>(exchange(&*service, request, peer).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), handler));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// The frame around one request: context, timeout, error answer, headers, metrics, log.
+async fn exchange<S: Service>(
+    service: &S,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let state = service.state();
+    let ctx = RequestContext::new(
+        peer,
+        request.headers(),
+        &state.config.server.trusted_proxies,
+    );
+    let (route, target) = service.classify(&request);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut tracker = InFlight::start(state, S::LISTENER, route.clone(), method.clone());
+    let span = tracing::info_span!("request", id = %ctx.request_id);
+    let timeout = state.config.server.request_timeout;
+    let outcome = tokio::time::timeout(timeout, service.call(request, &ctx, target))
+        .instrument(span.clone())
+        .await;
+    let mut response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => answer_error(&error, &ctx, &span),
+        Err(_) => answer_error(&Error::RequestTimeout(timeout), &ctx, &span),
+    };
+    let headers = response.headers_mut();
+    if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
+        headers.insert("x-request-id", id);
+    }
+    if state.health.is_draining() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let status = response.status().as_u16();
+    let elapsed = tracker.finish(status);
+    span.in_scope(|| {
+        tracing::info!(
+            listener = S::LISTENER.as_str(),
+            route = %route,
+            method = %method,
+            path = %path,
+            status,
+            client = %ctx.client_ip,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        )
+    });
+    response
+}
+
+fn answer_error(error: &Error, ctx: &RequestContext, span: &tracing::Span) -> Response<Body> {
+    if error.status().is_server_error() {
+        span.in_scope(|| tracing::warn!(error = %error, code = error.code(), "request failed"));
+    }
+    error.to_response(&ctx.request_id)
+}
+
+/// Counts a request as in flight until it is answered; a request whose future is dropped
+/// (the client went away) is recorded with status 499, as nginx does.
+struct InFlight<'a> {
+    state: &'a AppState,
+    listener: Listener,
+    route: Arc<str>,
+    method: Method,
+    done: bool,
+    started: std::time::Instant,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(
+        state: &'a AppState,
+        listener: Listener,
+        route: Arc<str>,
+        method: Method,
+    ) -> InFlight<'a> {
+        state.stats.started(listener);
+        InFlight {
+            state,
+            listener,
+            route,
+            method,
+            done: false,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    fn finish(&mut self, status: u16) -> Duration {
+        let elapsed = self.started.elapsed();
+        self.done = true;
+        self.state
+            .stats
+            .finished(self.listener, &self.route, &self.method, status, elapsed);
+        elapsed
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(499);
+        }
+    }
+}

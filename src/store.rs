@@ -1,0 +1,158 @@
+//! The embedded sled store: opened once per process, one tree per concern.
+//!
+//! `Store` owns the sled `Db` and knows its layout: the directory inside the data directory,
+//! the schema version in the `meta` tree, and the names of the trees that other modules use.
+//! It deliberately offers no typed records; each subsystem encodes its own values and only asks
+//! the store for its tree. Every call into sled that may block on IO (flush, open) must come from
+//! `spawn_blocking` or from startup code, never from an async task directly.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::StoreConfig;
+
+/// The on-disk layout version this build writes. Bump it with a migration in `open`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+const PROBE_KEY: &[u8] = b"health_probe";
+
+/// Trees by concern; other modules ask for them by these names.
+pub mod trees {
+    /// Store-level metadata: schema version, health probe.
+    pub const META: &str = "meta";
+}
+
+/// Why the store could not be opened or used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot open the store in {path}: {source} (is another seawall running on this data directory?)"
+    )]
+    Open { path: PathBuf, source: sled::Error },
+    #[error(
+        "the store in {path} has schema version {found}, newer than this build's {SCHEMA_VERSION}; run a newer seawall or restore a backup"
+    )]
+    TooNew { path: PathBuf, found: u32 },
+    #[error("the store in {path} has a malformed schema version record")]
+    BadSchema { path: PathBuf },
+    #[error("store operation failed: {0}")]
+    Sled(#[from] sled::Error),
+}
+
+/// The process's single handle on sled. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store under `config.data_dir`, checking the schema version.
+    ///
+    /// Blocking: call at startup or from `spawn_blocking`.
+    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let data_dir = &config.data_dir;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let dir = data_dir.join("store");
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(config.cache_capacity_bytes)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.clone(),
+                source,
+            })?;
+        let store = Store { db, dir };
+        store.check_schema()?;
+        Ok(store)
+    }
+
+    fn check_schema(&self) -> Result<(), StoreError> {
+        let meta = self.tree(trees::META)?;
+        match meta.get(SCHEMA_KEY)? {
+            None => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(bytes) => {
+                let bytes: [u8; 4] =
+                    bytes
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::BadSchema {
+                            path: self.dir.clone(),
+                        })?;
+                let found = u32::from_be_bytes(bytes);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew {
+                        path: self.dir.clone(),
+                        found,
+                    });
+                }
+                // Version 1 is the first layout; older versions do not exist yet, so there is
+                // nothing to migrate. A future bump adds its migration here.
+                Ok(())
+            }
+        }
+    }
+
+    /// The tree for one concern.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
+    /// Makes every write so far durable. Blocking.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        Ok(self.db.flush()?)
+    }
+
+    /// Flushes on the blocking pool; what async code calls before acknowledging a change.
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush().map(|_| ()))
+            .await
+            .expect("flush task does not panic")
+    }
+
+    /// The schema version recorded in the store.
+    pub fn schema_version(&self) -> u32 {
+        SCHEMA_VERSION
+    }
+
+    /// Where sled's files live.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Bytes sled uses on disk. Blocking (walks the files).
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Writes, flushes and reads back a probe record: the store's health check. Blocking.
+    pub fn probe(&self) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        let meta = self.tree(trees::META)?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .to_be_bytes();
+        meta.insert(PROBE_KEY, &stamp)?;
+        self.db.flush()?;
+        match meta.get(PROBE_KEY)? {
+            Some(read) if read.as_ref() == stamp => Ok(started.elapsed()),
+            _ => Err(StoreError::Sled(sled::Error::ReportableBug(
+                "probe record did not read back".into(),
+            ))),
+        }
+    }
+}
