@@ -90,9 +90,12 @@ impl Histogram {
     }
 }
 
+/// The label pairs of one series, as rendered.
+pub type Pairs = Vec<(&'static str, String)>;
+
 /// Label names and values of one series.
 pub trait LabelSet: Hash + Eq + Clone {
-    fn pairs(&self) -> Vec<(&'static str, String)>;
+    fn pairs(&self) -> Pairs;
 }
 
 /// Metrics of one kind keyed by label set (a Prometheus metric family).
@@ -125,7 +128,7 @@ impl<K: LabelSet, M> Family<K, M> {
     }
 
     /// All series with their label pairs, sorted for stable output.
-    pub fn snapshot(&self) -> Vec<(Vec<(&'static str, String)>, Arc<M>)> {
+    pub fn snapshot(&self) -> Vec<(Pairs, Arc<M>)> {
         let series = self.series.read().expect("metrics lock");
         let mut all: Vec<_> = series.iter().map(|(k, m)| (k.pairs(), m.clone())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -288,7 +291,7 @@ mod tests {
     struct Route(&'static str);
 
     impl LabelSet for Route {
-        fn pairs(&self) -> Vec<(&'static str, String)> {
+        fn pairs(&self) -> Pairs {
             vec![("route", self.0.to_string())]
         }
     }

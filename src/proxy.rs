@@ -105,10 +105,10 @@ fn rewrite_request_headers(headers: &mut HeaderMap, ctx: &RequestContext) {
     };
     set(headers, "x-forwarded-for", &forwarded_for);
     set(headers, "x-forwarded-proto", ctx.scheme);
-    if let Some(host) = original_host {
-        if !headers.contains_key("x-forwarded-host") {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-        }
+    if let Some(host) = original_host
+        && !headers.contains_key("x-forwarded-host")
+    {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
     set(headers, "x-request-id", &ctx.request_id);
 }

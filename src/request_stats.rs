@@ -14,7 +14,9 @@ use hdrhistogram::Histogram as Hdr;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::metrics::{Counter, Exposition, Family, Gauge, Histogram, LATENCY_BUCKETS, LabelSet};
+use crate::metrics::{
+    Counter, Exposition, Family, Gauge, Histogram, LATENCY_BUCKETS, LabelSet, Pairs,
+};
 
 /// Which listener answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,7 +43,7 @@ struct RequestKey {
 }
 
 impl LabelSet for RequestKey {
-    fn pairs(&self) -> Vec<(&'static str, String)> {
+    fn pairs(&self) -> Pairs {
         vec![
             ("listener", self.listener.as_str().to_string()),
             ("route", self.route.to_string()),
@@ -59,7 +61,7 @@ struct RouteKey {
 }
 
 impl LabelSet for RouteKey {
-    fn pairs(&self) -> Vec<(&'static str, String)> {
+    fn pairs(&self) -> Pairs {
         vec![
             ("listener", self.listener.as_str().to_string()),
             ("route", self.route.to_string()),
@@ -68,6 +70,9 @@ impl LabelSet for RouteKey {
     }
 }
 
+/// Latency series are kept per listener and route.
+type SeriesKey = (Listener, Arc<str>);
+
 pub struct RequestStats {
     requests: Family<RequestKey, Counter>,
     durations: Family<RouteKey, Histogram>,
@@ -75,7 +80,7 @@ pub struct RequestStats {
     in_flight_admin: Gauge,
     /// Microsecond latencies per (listener, route); a std mutex because recording is a few
     /// nanoseconds and never awaits.
-    latency: Mutex<BTreeMap<(Listener, Arc<str>), Hdr<u64>>>,
+    latency: Mutex<BTreeMap<SeriesKey, Hdr<u64>>>,
 }
 
 impl Default for RequestStats {

@@ -49,7 +49,7 @@ impl Env for MapEnv {
 }
 
 use crate::config::ConfigError;
-use crate::config::raw::{RawConfig, RawUpstream};
+use crate::config::raw::RawConfig;
 
 /// Which environment variable set a config key, so validation errors can name it.
 pub type Sources = BTreeMap<&'static str, &'static str>;
@@ -100,10 +100,7 @@ pub fn overlay(
         sources.insert("admin.token", "SEAWALL_ADMIN_TOKEN");
     }
     if let Some(url) = env.get("CHROMA_URL") {
-        let chroma = raw
-            .upstreams
-            .entry("chroma".to_string())
-            .or_insert_with(RawUpstream::default);
+        let chroma = raw.upstreams.entry("chroma".to_string()).or_default();
         chroma.url = Some(url);
         chroma.kind.get_or_insert_with(|| "chroma".to_string());
         sources.insert("upstreams.chroma.url", "CHROMA_URL");

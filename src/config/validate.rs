@@ -271,13 +271,13 @@ impl Validator<'_> {
                 format!("{upstream:?} is not a configured upstream (known: {known:?})"),
             ));
         }
-        if let Some(prefix) = &raw.strip_prefix {
-            if !prefix.starts_with('/') || prefix.ends_with('/') && prefix.len() > 1 {
-                return Err(self.error(
-                    &key("strip_prefix"),
-                    format!("{prefix:?} must start with '/' and not end with '/'"),
-                ));
-            }
+        if let Some(prefix) = &raw.strip_prefix
+            && (!prefix.starts_with('/') || prefix.ends_with('/') && prefix.len() > 1)
+        {
+            return Err(self.error(
+                &key("strip_prefix"),
+                format!("{prefix:?} must start with '/' and not end with '/'"),
+            ));
         }
         Ok(RouteConfig {
             name,

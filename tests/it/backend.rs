@@ -1,0 +1,165 @@
+//! A small real HTTP backend for proxy tests, served in-process on an ephemeral port.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/headers...` | JSON with the method, path, query and headers it received |
+//! | `/echo` | the request body, streamed back |
+//! | `/bytes/{n}` | `n` bytes, streamed in 64 KiB chunks |
+//! | `/slow/{ms}` | 200 after `ms` milliseconds; announces the start on `slow_started` |
+//! | `/hang` | never answers |
+//! | `/status/{code}` | an empty answer with that status |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::support::{TestBody, full};
+
+static CHUNK: [u8; 65536] = [b'x'; 65536];
+
+/// `n` bytes of `x`, produced chunk by chunk without holding them.
+pub struct Generated {
+    remaining: u64,
+}
+
+impl Generated {
+    pub fn new(bytes: u64) -> Generated {
+        Generated { remaining: bytes }
+    }
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub slow_started: mpsc::UnboundedReceiver<()>,
+}
+
+impl Backend {
+    /// Starts the backend on the current tokio runtime.
+    pub async fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (slow_tx, slow_started) = mpsc::unbounded_channel();
+        let counter = connections.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let slow_tx = slow_tx.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| handle(request, slow_tx.clone()));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            addr,
+            connections,
+            slow_started,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    slow_started: mpsc::UnboundedSender<()>,
+) -> Result<Response<TestBody>, Infallible> {
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let response = match segments.as_slice() {
+        ["headers", ..] => {
+            let headers: serde_json::Map<String, serde_json::Value> = request
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::Value::from(v.to_str().unwrap_or("<binary>")),
+                    )
+                })
+                .collect();
+            let body = serde_json::json!({
+                "method": request.method().as_str(),
+                "path": path,
+                "query": request.uri().query(),
+                "headers": headers,
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("connection", "keep-alive")
+                .header("keep-alive", "timeout=5")
+                .body(full(body.to_string()))
+                .unwrap()
+        }
+        ["echo"] => Response::new(request.into_body().map_err(Into::into).boxed()),
+        ["bytes", n] => Response::new(Generated::new(n.parse().unwrap()).boxed()),
+        ["slow", ms] => {
+            let _ = slow_started.send(());
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            Response::new(full("slow done"))
+        }
+        ["hang"] => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Response::new(full(""))
+        }
+        ["status", code] => {
+            let mut response = Response::new(full(""));
+            *response.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+            response
+        }
+        _ => {
+            let mut response = Response::new(full("no such test path"));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            response
+        }
+    };
+    Ok(response)
+}

@@ -1,0 +1,105 @@
+//! Bad configuration never starts a half-working server: exit 64 and a message naming the key.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::support::{ADMIN_TOKEN, PROCESS_TIMEOUT, seawall_command};
+
+/// Runs seawall (the server command) and returns its exit code and stderr.
+fn run_with(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("seawall.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = seawall_command(dir.path(), &path, env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("seawall kept running with a bad configuration:\n{config}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
+fn assert_rejected(config: &str, env: &[(&str, &str)], key: &str) {
+    let (code, stderr) = run_with(config, env);
+    assert_eq!(code, Some(64), "stderr: {stderr}");
+    assert!(stderr.contains(key), "the message names {key:?}: {stderr}");
+}
+
+#[test]
+fn unknown_keys_exit_64() {
+    assert_rejected("[server]\nlisten_port = 8080\n", &[], "server.listen_port");
+    assert_rejected(
+        "[upstreams.app]\nurl = \"http://127.0.0.1:1\"\nretries = 3\n",
+        &[],
+        "upstreams.app.retries",
+    );
+}
+
+#[test]
+fn malformed_urls_exit_64() {
+    assert_rejected(
+        "[upstreams.app]\nurl = \"htp//nope\"\n",
+        &[],
+        "upstreams.app.url",
+    );
+    assert_rejected("", &[("CHROMA_URL", "chroma:8000")], "CHROMA_URL");
+}
+
+#[test]
+fn ports_out_of_range_exit_64() {
+    assert_rejected(
+        "[server]\nadmin_listen = \"127.0.0.1:99999\"\n",
+        &[("SEAWALL_ADMIN_LISTEN", "")],
+        "server.admin_listen",
+    );
+    assert_rejected(
+        "",
+        &[("SEAWALL_LISTEN", "127.0.0.1:70000")],
+        "SEAWALL_LISTEN",
+    );
+}
+
+#[test]
+fn wrong_types_exit_64() {
+    assert_rejected(
+        "[server]\nmax_connections = \"lots\"\n",
+        &[],
+        "server.max_connections",
+    );
+    assert_rejected("[[routes]]\nname = 7\n", &[], "routes[0].name");
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_secrets_masked() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("seawall.toml");
+    std::fs::write(&path, "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n").unwrap();
+    let out = seawall_command(dir.path(), &path, &[])
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains(ADMIN_TOKEN), "the admin token is masked");
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["admin"]["token"], "********");
+    assert_eq!(config["upstreams"][0]["url"], "http://127.0.0.1:3000/");
+}

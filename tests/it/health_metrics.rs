@@ -1,0 +1,104 @@
+//! Health endpoints and the Prometheus exposition.
+
+use crate::support::{Seawall, admin_get, get, required_env};
+
+#[tokio::test]
+async fn health_endpoints_answer_health_json() {
+    let seawall = Seawall::start("");
+    for path in [
+        "/health",
+        "/health/live",
+        "/health/ready",
+        "/health/detailed",
+    ] {
+        let reply = get(&seawall.proxy_url(path)).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/health+json"),
+            "{path}"
+        );
+        assert_eq!(reply.header("cache-control"), Some("no-store"), "{path}");
+        assert_eq!(reply.json()["status"], "pass", "{path}");
+    }
+    let detailed = get(&seawall.proxy_url("/health/detailed")).await.json();
+    let store = &detailed["checks"]["store:responseTime"][0];
+    assert_eq!(store["status"], "pass", "{detailed}");
+    assert_eq!(store["componentType"], "datastore");
+    assert!(detailed["checks"]["uptime"][0]["observedValue"].is_number());
+    // The admin listener serves health too, without a token.
+    assert_eq!(get(&seawall.admin_url("/health/ready")).await.status, 200);
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_count_requests() {
+    let seawall = Seawall::start("");
+    get(&seawall.proxy_url("/health")).await;
+    get(&seawall.proxy_url("/nowhere")).await;
+    admin_get(&seawall, "/admin/stats").await;
+    let reply = get(&seawall.admin_url("/metrics")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = reply.text();
+    for required in [
+        "seawall_build_info{version=",
+        "seawall_http_requests_total{listener=\"proxy\",route=\"health\",method=\"GET\",status=\"200\"} 1",
+        "seawall_http_requests_total{listener=\"proxy\",route=\"unmatched\",method=\"GET\",status=\"404\"} 1",
+        "seawall_http_request_duration_seconds_bucket{listener=\"proxy\",route=\"health\",method=\"GET\",le=\"+Inf\"} 1",
+        "seawall_http_requests_in_flight{listener=\"proxy\"} 0",
+        "seawall_health_check_status{check=\"store:responseTime\",status=\"pass\"} 1",
+        "seawall_store_size_on_disk_bytes ",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(text.contains(required), "missing {required:?} in:\n{text}");
+    }
+    for reserved in ["app=", "region=", "host=", "instance="] {
+        assert!(
+            !text.contains(reserved),
+            "label {reserved} is overwritten by Fly"
+        );
+    }
+
+    let file = seawall.dir.path().join("metrics.prom");
+    std::fs::write(&file, &text).unwrap();
+    let promtool = required_env("SEAWALL_TEST_PROMTOOL");
+    let out = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn stats_report_percentiles_per_route() {
+    let seawall = Seawall::start("");
+    for _ in 0..10 {
+        get(&seawall.proxy_url("/health/live")).await;
+    }
+    let stats = admin_get(&seawall, "/admin/stats").await.json();
+    let routes = stats["routes"].as_array().unwrap();
+    let health = routes
+        .iter()
+        .find(|r| r["route"] == "health" && r["listener"] == "proxy")
+        .expect("health route listed");
+    assert_eq!(health["count"], 10);
+    for key in ["p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms"] {
+        assert!(
+            health[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} in {health}"
+        );
+    }
+    assert!(health["p50_ms"].as_f64() <= health["max_ms"].as_f64());
+}

@@ -1,0 +1,15 @@
+//! seawall's integration tests: one binary, one module per capability. Tests talk HTTP to a
+//! real seawall process on ephemeral ports with a temporary data directory, and to the real
+//! PostgreSQL and ChromaDB that `tests/run` starts.
+
+mod backend;
+mod support;
+
+mod admin_auth;
+mod config_errors;
+mod crash_recovery;
+mod environment;
+mod fly;
+mod health_metrics;
+mod proxying;
+mod shutdown;

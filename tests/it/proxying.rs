@@ -1,0 +1,231 @@
+//! Routes and HTTP upstream proxying over real sockets.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::BodyExt;
+
+use crate::backend::{Backend, Generated};
+use crate::support::{Seawall, assert_error, client, full, get, send};
+
+const MIB: u64 = 1024 * 1024;
+
+fn config(backend: &Backend) -> String {
+    // A port that refuses connections: bound, then released.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    format!(
+        r#"
+[upstreams.app]
+url = "{app}"
+timeout_ms = 5000
+
+[upstreams.hanging]
+url = "{app}"
+timeout_ms = 500
+
+[upstreams.refusing]
+url = "http://{refused}"
+
+[[routes]]
+name = "read-only"
+match = "/ro/*"
+methods = ["GET"]
+upstream = "app"
+strip_prefix = "/ro"
+
+[[routes]]
+name = "api"
+match = "/api/*"
+upstream = "app"
+strip_prefix = "/api"
+max_body_bytes = {big}
+
+[[routes]]
+name = "small"
+match = "/small/*"
+upstream = "app"
+strip_prefix = "/small"
+max_body_bytes = 1024
+
+[[routes]]
+name = "hang"
+match = "/hang"
+upstream = "hanging"
+
+[[routes]]
+name = "refused"
+match = "/refused"
+upstream = "refusing"
+"#,
+        app = backend.url(),
+        big = 64 * MIB
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_post_reach_the_upstream_with_forwarding_headers() {
+    let backend = Backend::start().await;
+    let seawall = Seawall::start(&config(&backend));
+    let reply = send(
+        Method::GET,
+        &seawall.proxy_url("/api/headers/x?q=1&r=two"),
+        &[
+            ("x-request-id", "client-id-1"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("connection", "keep-alive, x-drop"),
+            ("x-drop", "1"),
+        ],
+        full(Bytes::new()),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-request-id"), Some("client-id-1"));
+    assert!(
+        reply.header("keep-alive").is_none(),
+        "hop-by-hop response headers are removed"
+    );
+    let seen = reply.json();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/headers/x", "strip_prefix removed /api");
+    assert_eq!(seen["query"], "q=1&r=two");
+    let headers = &seen["headers"];
+    assert_eq!(
+        headers["x-forwarded-for"], "127.0.0.1",
+        "a spoofed chain from an untrusted peer is replaced"
+    );
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-request-id"], "client-id-1");
+    assert_eq!(headers["host"], backend.addr.to_string());
+    assert_eq!(headers["x-forwarded-host"], seawall.proxy.to_string());
+    assert!(
+        headers.get("x-drop").is_none(),
+        "headers named by Connection are hop-by-hop"
+    );
+
+    let posted = send(
+        Method::POST,
+        &seawall.proxy_url("/api/echo"),
+        &[("content-type", "text/plain")],
+        full("hello upstream"),
+    )
+    .await;
+    assert_eq!(posted.status, 200);
+    assert_eq!(posted.text(), "hello upstream");
+    assert_eq!(
+        posted.header("x-request-id").map(str::len),
+        Some(32),
+        "a request id is generated when absent"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_reject_unknown_paths_and_methods_with_json() {
+    let backend = Backend::start().await;
+    let seawall = Seawall::start(&config(&backend));
+    assert_error(&get(&seawall.proxy_url("/nowhere")).await, 404, "NOT_FOUND");
+    let post = send(
+        Method::POST,
+        &seawall.proxy_url("/ro/headers"),
+        &[],
+        full("x"),
+    )
+    .await;
+    assert_error(&post, 405, "METHOD_NOT_ALLOWED");
+    assert_eq!(post.header("allow"), Some("GET"));
+    let big = send(
+        Method::POST,
+        &seawall.proxy_url("/small/echo"),
+        &[],
+        full(vec![b'a'; 2048]),
+    )
+    .await;
+    assert_error(&big, 413, "PAYLOAD_TOO_LARGE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_become_json_502_and_504() {
+    let backend = Backend::start().await;
+    let seawall = Seawall::start(&config(&backend));
+    let refused = get(&seawall.proxy_url("/refused")).await;
+    assert_error(&refused, 502, "UPSTREAM_UNAVAILABLE");
+    assert!(
+        !refused.text().contains("127.0.0.1"),
+        "no internal detail in 5xx bodies: {}",
+        refused.text()
+    );
+
+    let started = std::time::Instant::now();
+    let hung = get(&seawall.proxy_url("/hang")).await;
+    assert_error(&hung, 504, "UPSTREAM_TIMEOUT");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(500),
+        "answered before the 500 ms timeout: {waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused() {
+    let backend = Backend::start().await;
+    let seawall = Seawall::start(&config(&backend));
+    for _ in 0..20 {
+        assert_eq!(get(&seawall.proxy_url("/api/headers")).await.status, 200);
+    }
+    assert_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        1,
+        "20 sequential requests share one upstream connection"
+    );
+}
+
+/// Streams `bytes` through the response without collecting it; returns the byte count.
+async fn drain(response: hyper::Response<hyper::body::Incoming>) -> u64 {
+    let mut body = response.into_body();
+    let mut total = 0u64;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("body streams without error").into_data() {
+            total += data.len() as u64;
+        }
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_megabyte_bodies_stream_both_ways_without_buffering() {
+    let backend = Backend::start().await;
+    let seawall = Seawall::start(&config(&backend));
+    let size = 50 * MIB;
+    let (rss_before, _) = seawall.memory();
+
+    let upload = Request::post(seawall.proxy_url("/api/echo"))
+        .header("content-length", size.to_string())
+        .body(Generated::new(size).boxed())
+        .unwrap();
+    let response = client().request(upload).await.expect("upload is answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(drain(response).await, size, "the echoed body arrives whole");
+
+    let download = Request::get(seawall.proxy_url(&format!("/api/bytes/{size}")))
+        .body(crate::support::full(Bytes::new()))
+        .unwrap();
+    let response = client()
+        .request(download)
+        .await
+        .expect("download is answered");
+    assert_eq!(response.status(), 200);
+    assert_eq!(drain(response).await, size);
+
+    let (_, peak) = seawall.memory();
+    let growth = peak.saturating_sub(rss_before);
+    assert!(
+        growth < 16 * MIB,
+        "peak resident memory grew by {} MiB while 50 MiB bodies streamed through (before {} MiB, peak {} MiB)",
+        growth / MIB,
+        rss_before / MIB,
+        peak / MIB
+    );
+}

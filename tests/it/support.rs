@@ -1,0 +1,287 @@
+//! Shared test helpers: a seawall process on ephemeral ports, an HTTP client, and the
+//! locations of the real PostgreSQL and ChromaDB started by `tests/run`.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tempfile::TempDir;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Startup, shutdown and exit waits: generous, because CI machines are shared.
+pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A required variable set by `tests/run`; a clear failure when the tests run without it.
+pub fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the tests through tests/run, which provides PostgreSQL, ChromaDB and promtool")
+    })
+}
+
+/// A running seawall binary with its own temporary data directory.
+pub struct Seawall {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: Arc<TempDir>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Seawall {
+    /// Starts seawall with `config` as its TOML file in a fresh directory.
+    pub fn start(config: &str) -> Seawall {
+        Seawall::start_in(Arc::new(TempDir::new().unwrap()), config, &[])
+    }
+
+    /// Starts seawall in `dir` (reused across restarts) with extra environment variables.
+    pub fn start_in(dir: Arc<TempDir>, config: &str, env: &[(&str, &str)]) -> Seawall {
+        let config_path = dir.path().join("seawall.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut command = seawall_command(dir.path(), &config_path, env);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("seawall binary starts");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let logs = logs.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        drop(tx);
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(remaining) {
+                Ok(line) => {
+                    let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        continue;
+                    };
+                    if event["message"] == "listening" {
+                        let addr = |k: &str| event[k].as_str().unwrap().parse().unwrap();
+                        return Seawall {
+                            proxy: addr("proxy"),
+                            admin: addr("admin"),
+                            child,
+                            dir,
+                            logs,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait().unwrap();
+                    panic!(
+                        "seawall did not start ({status}); output:\n{}",
+                        logs.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn proxy_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seawall did not exit within {timeout:?}; output:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// (current, peak) resident memory in bytes, from /proc.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Seawall {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The seawall command with a clean environment: only what the test passes, never the
+/// developer's own `FF_*` or `DATABASE_URL`.
+pub fn seawall_command(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_seawall"));
+    command
+        .arg("--config")
+        .arg(config)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SEAWALL_LISTEN", "127.0.0.1:0")
+        .env("SEAWALL_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("SEAWALL_DATA_DIR", dir.join("data"))
+        .env("SEAWALL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("SEAWALL_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command
+}
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A complete answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn client() -> Client<HttpConnector, TestBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Sends a request with a streamed or complete body and collects the answer.
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: TestBody) -> Reply {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = tokio::time::timeout(
+        PROCESS_TIMEOUT,
+        client().request(builder.body(body).unwrap()),
+    )
+    .await
+    .expect("answer within the test timeout")
+    .expect("request reaches seawall");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body arrives").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Reply {
+    send(Method::GET, url, &[], full(Bytes::new())).await
+}
+
+pub async fn admin_get(seawall: &Seawall, path: &str) -> Reply {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    send(
+        Method::GET,
+        &seawall.admin_url(path),
+        &[("authorization", &auth)],
+        full(Bytes::new()),
+    )
+    .await
+}
+
+/// Asserts the JSON error shape of answers seawall makes itself.
+pub fn assert_error(reply: &Reply, status: u16, code: &str) {
+    assert_eq!(reply.status.as_u16(), status, "body: {}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["ok"], false, "{body}");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert_eq!(
+        body["requestId"].as_str(),
+        reply.header("x-request-id"),
+        "{body}"
+    );
+}
