@@ -21,6 +21,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod flags;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -9,6 +9,7 @@ mod admin_auth;
 mod config_errors;
 mod crash_recovery;
 mod environment;
+mod flag_spec;
 mod fly;
 mod health_metrics;
 mod proxying;
