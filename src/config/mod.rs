@@ -8,6 +8,7 @@
 //! left to `state` and `server`.
 
 mod env;
+mod flags;
 mod raw;
 mod validate;
 
@@ -21,6 +22,7 @@ use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
 pub use env::{Env, MapEnv, ProcessEnv};
+pub use flags::{BUILTIN_FEATURES, FlagSpec, FlagsConfig};
 
 use crate::path_pattern::PathPattern;
 
@@ -32,6 +34,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub health: HealthConfig,
+    pub flags: FlagsConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
 }
@@ -138,6 +141,8 @@ pub struct RouteConfig {
     pub upstream: String,
     pub strip_prefix: Option<String>,
     pub max_body_bytes: u64,
+    /// Served only while this flag is on for the request; otherwise 404.
+    pub flag: Option<String>,
 }
 
 /// A secret string: never printed, logged or serialized in clear.
@@ -213,7 +218,8 @@ impl Config {
         let mut raw = parse_toml(text)?;
         let mut sources = env::Sources::new();
         env::overlay(&mut raw, env, &mut sources)?;
-        validate::validate(raw, &sources)
+        let flags = flags::flags_config(&raw.features, &raw.ofrep, env)?;
+        validate::validate(raw, flags, &sources)
     }
 
     /// The effective configuration as pretty JSON with secrets masked (`check-config`).

@@ -23,6 +23,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub health: RawHealth,
     #[serde(default)]
+    pub features: crate::config::flags::RawFeatures,
+    #[serde(default)]
+    pub ofrep: crate::config::flags::RawOfrep,
+    #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -93,4 +97,5 @@ pub struct RawRoute {
     pub upstream: Option<String>,
     pub strip_prefix: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub flag: Option<String>,
 }

@@ -161,3 +161,102 @@ fn short_admin_tokens_are_refused() {
     let e = error("", &[("SEAWALL_ADMIN_TOKEN", "short")]);
     assert_eq!(e.key, "admin.token (set by SEAWALL_ADMIN_TOKEN)");
 }
+
+#[test]
+fn ff_variables_define_application_flags() {
+    let config = load(
+        "",
+        &[
+            ("FF_NEW_CHECKOUT", "true"),
+            ("FF_NEW_CHECKOUT_PERCENTAGE", "25"),
+            ("FF_BETA_USERS", "ann, bob"),
+            ("FF_OFFICE_IPS", "10.0.0.0/8,::1"),
+            ("FF_OLD_UI", "false"),
+        ],
+    )
+    .unwrap();
+    let flags = &config.flags.environment;
+    let names: Vec<&str> = flags.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["beta", "new-checkout", "office", "old-ui"]);
+    assert_eq!((flags[1].enabled, flags[1].percentage), (true, Some(25)));
+    assert_eq!(flags[0].users, ["ann", "bob"]);
+    assert!(
+        flags[0].enabled,
+        "a user list alone switches the flag on for those users"
+    );
+    assert_eq!(flags[2].ips.len(), 2);
+    assert!(!flags[3].enabled);
+}
+
+#[test]
+fn the_four_enable_variables_configure_builtin_features_only() {
+    let config = load(
+        "[features]\naudit_trail = true\nenhanced_pooling = true\n",
+        &[
+            ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
+            ("FF_ENABLE_CIRCUIT_BREAKER_PERCENTAGE", "10"),
+            ("FF_ENABLE_ENHANCED_POOLING", "false"),
+        ],
+    )
+    .unwrap();
+    assert!(
+        config.flags.environment.is_empty(),
+        "reserved names never create application flags"
+    );
+    let builtin = |name: &str| {
+        config
+            .flags
+            .builtin
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        (
+            builtin("seawall.circuit-breaker").enabled,
+            builtin("seawall.circuit-breaker").percentage
+        ),
+        (true, Some(10))
+    );
+    assert!(
+        !builtin("seawall.enhanced-pooling").enabled,
+        "the environment wins over [features]"
+    );
+    assert!(builtin("seawall.audit-trail").enabled);
+    assert!(
+        !builtin("seawall.prioritized-rate-limit").enabled,
+        "off by default"
+    );
+    let other = load("", &[("FF_ENABLE_SEARCH", "true")]).unwrap();
+    assert_eq!(
+        other.flags.environment[0].name, "enable-search",
+        "other FF_ENABLE_ names are ordinary flags"
+    );
+}
+
+#[test]
+fn bad_flag_variables_are_named() {
+    assert_eq!(
+        error("", &[("FF_X_PERCENTAGE", "half")]).key,
+        "FF_X_PERCENTAGE"
+    );
+    assert_eq!(
+        error("", &[("FF_X_PERCENTAGE", "150")]).key,
+        "FF_X_PERCENTAGE"
+    );
+    assert_eq!(error("", &[("FF_X", "maybe")]).key, "FF_X");
+    assert_eq!(error("", &[("FF_X_IPS", "10.0.0.0/33")]).key, "FF_X_IPS");
+    assert_eq!(
+        error("", &[("FF_ENABLE_AUDIT_TRAIL", "yes please")]).key,
+        "FF_ENABLE_AUDIT_TRAIL"
+    );
+    assert_eq!(
+        error("[features]\ncircuit_breaker_percentage = 101\n", &[]).key,
+        "features.circuit_breaker_percentage"
+    );
+    assert_eq!(
+        error("[features]\ncircuit_breakers = true\n", &[]).key,
+        "features.circuit_breakers"
+    );
+}

@@ -14,8 +14,8 @@ use ipnet::IpNet;
 use crate::config::env::Sources;
 use crate::config::raw::{RawConfig, RawRoute, RawUpstream};
 use crate::config::{
-    AdminConfig, Config, ConfigError, HealthConfig, LogConfig, LogFormat, RouteConfig, Secret,
-    ServerConfig, StoreConfig, UpstreamConfig, UpstreamKind,
+    AdminConfig, Config, ConfigError, FlagsConfig, HealthConfig, LogConfig, LogFormat, RouteConfig,
+    Secret, ServerConfig, StoreConfig, UpstreamConfig, UpstreamKind,
 };
 use crate::path_pattern::PathPattern;
 
@@ -24,7 +24,11 @@ const MIB: u64 = 1024 * 1024;
 /// Fly's proxy reaches a machine from these private ranges; trusted when running on Fly.
 const FLY_PROXY_NETS: [&str; 2] = ["172.16.0.0/12", "fdaa::/16"];
 
-pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError> {
+pub fn validate(
+    raw: RawConfig,
+    flags: FlagsConfig,
+    sources: &Sources,
+) -> Result<Config, ConfigError> {
     let v = Validator { sources };
     let server = v.server(&raw)?;
     let upstreams = raw
@@ -78,6 +82,7 @@ pub fn validate(raw: RawConfig, sources: &Sources) -> Result<Config, ConfigError
                 600_000,
             )?,
         },
+        flags,
         upstreams,
         routes,
     })
@@ -285,6 +290,7 @@ impl Validator<'_> {
             methods,
             upstream,
             strip_prefix: raw.strip_prefix.clone(),
+            flag: raw.flag.clone(),
             max_body_bytes: self.range(
                 &key("max_body_bytes"),
                 raw.max_body_bytes,
