@@ -22,6 +22,12 @@ const PROBE_KEY: &[u8] = b"health_probe";
 pub mod trees {
     /// Store-level metadata: schema version, health probe.
     pub const META: &str = "meta";
+    /// Flag records by name (JSON).
+    pub const FLAGS: &str = "flags";
+    /// Flag change history, keyed by name, 0x00, version (big-endian).
+    pub const FLAG_HISTORY: &str = "flag_history";
+    /// Segments by id (big-endian i64).
+    pub const FLAG_SEGMENTS: &str = "flag_segments";
 }
 
 /// Why the store could not be opened or used.
@@ -41,6 +47,8 @@ pub enum StoreError {
     BadSchema { path: PathBuf },
     #[error("store operation failed: {0}")]
     Sled(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 /// The process's single handle on sled. Cheap to clone.
@@ -107,6 +115,11 @@ impl Store {
     /// The tree for one concern.
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
+    }
+
+    /// A crash-safe, monotonic (not contiguous) id: versions, sequence numbers.
+    pub fn generate_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
     }
 
     /// Makes every write so far durable. Blocking.

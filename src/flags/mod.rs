@@ -8,12 +8,15 @@
 //!
 //! HTTP handlers live outside this folder (`ofrep`, `admin_flags`); nothing here knows hyper.
 
+pub mod bootstrap;
 pub mod compile;
 pub mod constraint;
 pub mod context;
 pub mod evaluate;
 pub mod model;
+pub mod store;
 pub mod murmur3;
+pub mod validate;
 
 pub use compile::FlagSet;
 pub use context::Context;
