@@ -6,6 +6,7 @@
 //! | `GET /health`, `/health/live`, `/health/ready`, `/health/detailed` | none | as on the proxy listener |
 //! | `GET /admin/stats` | bearer | latency percentiles per route (hdrhistogram) |
 //! | `GET /admin/config` | bearer | the effective configuration, secrets masked |
+//! | `/admin/flags...`, `/admin/segments` | bearer | the flag API, see `admin_flags` |
 //!
 //! Every `/admin/` path requires `Authorization: Bearer <token>`; the check comes before route
 //! lookup, so an unauthenticated caller cannot probe which admin paths exist.
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use crate::admin_flags;
 use crate::body::{self, Body};
 use crate::error::Error;
 use crate::metrics::Exposition;
@@ -32,6 +34,7 @@ pub enum Endpoint {
     Health(HealthEndpoint),
     Stats,
     Config,
+    Flags,
     Unknown,
 }
 
@@ -39,6 +42,9 @@ impl Endpoint {
     fn from_path(path: &str) -> Endpoint {
         if let Some(health) = HealthEndpoint::from_path(path) {
             return Endpoint::Health(health);
+        }
+        if admin_flags::owns(path) {
+            return Endpoint::Flags;
         }
         match path {
             "/metrics" => Endpoint::Metrics,
@@ -54,6 +60,7 @@ impl Endpoint {
             Endpoint::Health(_) => "health",
             Endpoint::Stats => "admin.stats",
             Endpoint::Config => "admin.config",
+            Endpoint::Flags => "admin.flags",
             Endpoint::Unknown => "admin.unmatched",
         }
     }
@@ -61,6 +68,13 @@ impl Endpoint {
     fn methods(self) -> &'static [Method] {
         match self {
             Endpoint::Unknown => &[],
+            Endpoint::Flags => &[
+                Method::GET,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+            ],
             _ => &[Method::GET, Method::HEAD],
         }
     }
@@ -90,6 +104,7 @@ impl AdminService {
         );
         state.stats.render(&mut out);
         state.health.render_metrics(&mut out);
+        state.flags.render_metrics(&mut out);
         out.single(
             "seawall_store_size_on_disk_bytes",
             "gauge",
@@ -138,6 +153,7 @@ impl Service for AdminService {
             });
         }
         Ok(match endpoint {
+            Endpoint::Flags => return admin_flags::handle(&self.state, request).await,
             Endpoint::Metrics => self.metrics(),
             Endpoint::Health(health) => health.respond(&self.state),
             Endpoint::Stats => body::json(StatusCode::OK, &self.state.stats.percentiles()),

@@ -97,3 +97,60 @@ where
         self.inner.size_hint()
     }
 }
+
+/// Reads a whole request body of at most `limit` bytes.
+pub async fn read_limited(
+    body: hyper::body::Incoming,
+    limit: u64,
+) -> Result<Bytes, crate::error::Error> {
+    use crate::error::Error;
+    match http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(Error::PayloadTooLarge { limit })
+        }
+        Err(_) => Err(Error::BadRequest(
+            "The request body could not be read.".to_string(),
+        )),
+    }
+}
+
+/// Parses a JSON object request body into `T`; errors name the JSON path that is wrong.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, crate::error::Error> {
+    use crate::error::Error;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::BadRequest("A JSON body is required.".to_string()));
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::BadRequest(format!("The body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        // serde would otherwise read a struct from an array, by position.
+        return Err(Error::Validation {
+            field: "body".to_string(),
+            message: "must be a JSON object".to_string(),
+        });
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
+        Error::Validation {
+            field,
+            message: strip_position(&e.into_inner().to_string()),
+        }
+    })
+}
+
+/// serde_json appends " at line 1 column 42"; the JSON path already says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}

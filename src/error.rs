@@ -24,6 +24,14 @@ pub enum Error {
     PayloadTooLarge { limit: u64 },
     #[error("{0}")]
     BadRequest(String),
+    #[error("{field}: {message}")]
+    Validation { field: String, message: String },
+    #[error("flag {0:?} not found")]
+    FlagNotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("precondition failed; current ETag {current}")]
+    PreconditionFailed { current: String },
     #[error("missing or wrong admin token")]
     Unauthorized,
     #[error("upstream {upstream} unreachable: {detail}")]
@@ -44,7 +52,10 @@ impl Error {
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::BadRequest(_) | Error::Validation { .. } => StatusCode::BAD_REQUEST,
+            Error::FlagNotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout { .. } | Error::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -60,6 +71,10 @@ impl Error {
             Error::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             Error::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Error::BadRequest(_) => "BAD_REQUEST",
+            Error::Validation { .. } => "VALIDATION_FAILED",
+            Error::FlagNotFound(_) => "FLAG_NOT_FOUND",
+            Error::Conflict { code, .. } => code,
+            Error::PreconditionFailed { .. } => "PRECONDITION_FAILED",
             Error::Unauthorized => "UNAUTHORIZED",
             Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             Error::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
@@ -78,6 +93,14 @@ impl Error {
                 format!("The request body exceeds the limit of {limit} bytes.")
             }
             Error::BadRequest(message) => message.clone(),
+            Error::Validation { field, message } => format!("{field}: {message}"),
+            Error::FlagNotFound(name) => format!("Flag {name:?} does not exist."),
+            Error::Conflict { message, .. } => message.clone(),
+            Error::PreconditionFailed { current } => {
+                format!(
+                    "The resource changed since it was read (If-Match did not match); its current ETag is {current}."
+                )
+            }
             Error::Unauthorized => {
                 "A valid admin token is required: Authorization: Bearer <token>.".to_string()
             }
@@ -97,12 +120,15 @@ impl Error {
 
     /// The JSON answer for this error.
     pub fn to_response(&self, request_id: &str) -> Response<Body> {
-        let body = json!({
+        let mut body = json!({
             "ok": false,
             "error": self.code(),
             "message": self.public_message(),
             "requestId": request_id,
         });
+        if let Error::Validation { field, .. } = self {
+            body["field"] = json!(field);
+        }
         let mut response = body::json(self.status(), &body);
         let headers = response.headers_mut();
         match self {
@@ -120,6 +146,11 @@ impl Error {
             }
             Error::UpstreamBusy { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Error::PreconditionFailed { current } => {
+                if let Ok(value) = HeaderValue::from_str(current) {
+                    headers.insert(header::ETAG, value);
+                }
             }
             _ => {}
         }

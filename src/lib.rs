@@ -16,15 +16,18 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_flags;
 pub mod admin_token;
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod features;
 pub mod flags;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod ofrep;
 pub mod path_pattern;
 pub mod process_metrics;
 pub mod proxy;

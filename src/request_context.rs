@@ -24,6 +24,9 @@ pub struct RequestContext {
     pub scheme: &'static str,
     /// Whether the socket peer is a trusted proxy (its forwarding headers were believed).
     pub peer_trusted: bool,
+    /// The client's stickiness and quota key: its IPv4 address, or its IPv6 /56 network (one
+    /// subscriber's allocation), so one client cannot spread over many keys.
+    pub client_key: String,
     pub started: Instant,
 }
 
@@ -42,11 +45,23 @@ impl RequestContext {
         RequestContext {
             request_id: request_id(headers),
             peer,
+            client_key: address_key(client_ip),
             client_ip,
             scheme,
             peer_trusted,
             started: Instant::now(),
         }
+    }
+}
+
+/// IPv4 addresses as they are; IPv6 addresses grouped by their /56 network.
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 56) {
+            Ok(net) => net.trunc().to_string(),
+            Err(_) => v6.to_string(),
+        },
     }
 }
 
@@ -168,6 +183,15 @@ mod tests {
             "10.0.0.2".parse::<IpAddr>().unwrap(),
             "unparseable chain falls back to the peer"
         );
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_56_network() {
+        let a = ctx("[2001:db8:aa:bb01::1]:80", &[], &[]);
+        let b = ctx("[2001:db8:aa:bbff:1:2:3:4]:80", &[], &[]);
+        assert_eq!(a.client_key, "2001:db8:aa:bb00::/56");
+        assert_eq!(a.client_key, b.client_key);
+        assert_eq!(ctx("192.0.2.1:80", &[], &[]).client_key, "192.0.2.1");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The proxy listener's request dispatch: health endpoints, then the configured routes.
 //!
 //! Endpoints served here (besides the routes from the configuration):
-//! `/health`, `/health/live`, `/health/ready`, `/health/detailed`. They are answered before
-//! route matching so that no route can shadow them.
+//! `/health`, `/health/live`, `/health/ready`, `/health/detailed` and OFREP
+//! (`/ofrep/v1/evaluate/flags[/{key}]`, see `ofrep`). They are answered before route matching
+//! so that no route can shadow them. A route with `flag = "..."` answers 404, as if it did not
+//! exist, while that flag is off for the client.
 
 use std::sync::Arc;
 
@@ -11,6 +13,8 @@ use hyper::body::Incoming;
 
 use crate::body::Body;
 use crate::error::Error;
+use crate::features::client_context;
+use crate::ofrep;
 use crate::proxy;
 use crate::request_context::RequestContext;
 use crate::request_stats::Listener;
@@ -21,6 +25,7 @@ use crate::state::AppState;
 /// What a proxy-listener request turned out to be.
 pub enum Target {
     Health(HealthEndpoint),
+    Ofrep(ofrep::Endpoint),
     Route(Arc<Route>),
     Rejected(Error),
 }
@@ -58,6 +63,7 @@ impl HealthEndpoint {
 pub struct ProxyService {
     state: Arc<AppState>,
     health_label: Arc<str>,
+    ofrep_label: Arc<str>,
     unmatched_label: Arc<str>,
 }
 
@@ -66,6 +72,7 @@ impl ProxyService {
         ProxyService {
             state,
             health_label: Arc::from("health"),
+            ofrep_label: Arc::from("ofrep"),
             unmatched_label: Arc::from("unmatched"),
         }
     }
@@ -83,6 +90,9 @@ impl Service for ProxyService {
         let path = request.uri().path();
         if let Some(endpoint) = HealthEndpoint::from_path(path) {
             return (self.health_label.clone(), Target::Health(endpoint));
+        }
+        if let Some(endpoint) = ofrep::Endpoint::from_path(path) {
+            return (self.ofrep_label.clone(), Target::Ofrep(endpoint));
         }
         match self.state.routes.resolve(request.method(), path) {
             Resolution::Matched { route, .. } => (route.name.clone(), Target::Route(route.clone())),
@@ -105,8 +115,14 @@ impl Service for ProxyService {
     ) -> Result<Response<Body>, Error> {
         match target {
             Target::Health(endpoint) => Ok(endpoint.respond(&self.state)),
+            Target::Ofrep(endpoint) => ofrep::serve(&self.state, endpoint, request, ctx).await,
             Target::Rejected(error) => Err(error),
             Target::Route(route) => {
+                if let Some(flag) = &route.config.flag
+                    && !self.state.flags.is_on(flag, &client_context(ctx))
+                {
+                    return Err(Error::NotFound);
+                }
                 let upstream = self
                     .state
                     .upstreams

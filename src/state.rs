@@ -9,8 +9,11 @@ use std::sync::Arc;
 
 use crate::admin_token::AdminToken;
 use crate::config::Config;
+use crate::features::{self, Feature};
+use crate::flags::store::FlagStore;
 use crate::health::{Health, Probe, StoreProbe};
 use crate::metrics::Gauge;
+use crate::request_context::RequestContext;
 use crate::request_stats::RequestStats;
 use crate::route::RouteTable;
 use crate::store::{Store, StoreError};
@@ -34,6 +37,7 @@ pub enum StartError {
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
+    pub flags: Arc<FlagStore>,
     pub health: Arc<Health>,
     pub stats: RequestStats,
     pub routes: RouteTable,
@@ -46,6 +50,7 @@ impl AppState {
     /// Opens the store and prepares everything else. Blocking (sled open): call at startup.
     pub fn build(config: Config) -> Result<AppState, StartError> {
         let store = Store::open(&config.store)?;
+        let flags = Arc::new(FlagStore::open(&store, &config.flags)?);
         let admin_token = AdminToken::load(&config.admin, &config.store.data_dir)
             .map_err(StartError::AdminToken)?;
         let store_probe = StoreProbe::new(store.clone());
@@ -58,8 +63,17 @@ impl AppState {
             upstreams: Upstreams::new(&config.upstreams),
             admin_token,
             store_size,
+            flags,
             store,
             config: Arc::new(config),
         })
+    }
+}
+
+impl AppState {
+    /// Whether one of seawall's own features is on for this request's client.
+    pub fn feature_on(&self, feature: Feature, ctx: &RequestContext) -> bool {
+        self.flags
+            .is_on(feature.flag(), &features::client_context(ctx))
     }
 }

@@ -82,6 +82,27 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the store, waiting up to `timeout` while another handle in this process still
+    /// holds its file lock: sled's background flusher keeps a dropped store locked for up to
+    /// its flush interval, so reopening a store just closed needs this.
+    pub fn open_when_free(config: &StoreConfig, timeout: Duration) -> Result<Store, StoreError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match Store::open(config) {
+                Err(StoreError::Open {
+                    source: sled::Error::Io(e),
+                    ..
+                }) if e.kind() == io::ErrorKind::Other
+                    && e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn check_schema(&self) -> Result<(), StoreError> {
         let meta = self.tree(trees::META)?;
         match meta.get(SCHEMA_KEY)? {

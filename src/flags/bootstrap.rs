@@ -22,7 +22,11 @@ pub fn flag_from_spec(spec: &FlagSpec) -> Flag {
     if let Some(percentage) = spec.percentage {
         strategies.push(strategy(
             "flexibleRollout",
-            [("rollout", percentage.to_string()), ("stickiness", "default".to_string()), ("groupId", spec.name.clone())],
+            [
+                ("rollout", percentage.to_string()),
+                ("stickiness", "default".to_string()),
+                ("groupId", spec.name.clone()),
+            ],
         ));
     }
     if strategies.is_empty() {
@@ -45,7 +49,10 @@ pub fn flag_from_spec(spec: &FlagSpec) -> Flag {
 fn strategy<const N: usize>(name: &str, parameters: [(&str, String); N]) -> Strategy {
     Strategy {
         name: name.to_string(),
-        parameters: parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
+        parameters: parameters
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect::<BTreeMap<_, _>>(),
         constraints: Vec::new(),
         segments: Vec::new(),
         variants: Vec::new(),

@@ -14,8 +14,8 @@ pub mod constraint;
 pub mod context;
 pub mod evaluate;
 pub mod model;
-pub mod store;
 pub mod murmur3;
+pub mod store;
 pub mod validate;
 
 pub use compile::FlagSet;

@@ -129,12 +129,29 @@ impl Snapshot {
         record.flag.as_ref().map(|flag| (flag, record))
     }
 
-    fn build(records: BTreeMap<String, Record>, segments: BTreeMap<i64, Segment>, metrics: &FlagMetrics) -> Snapshot {
+    fn build(
+        records: BTreeMap<String, Record>,
+        segments: BTreeMap<i64, Segment>,
+        metrics: &FlagMetrics,
+    ) -> Snapshot {
         let flags: Vec<Flag> = records.values().filter_map(|r| r.flag.clone()).collect();
         let segment_list: Vec<Segment> = segments.values().cloned().collect();
         let set = FlagSet::compile(&flags, &segment_list);
-        let counters = flags.iter().map(|f| (f.name.clone(), metrics.outcomes.get(&FlagLabel(f.name.clone())))).collect();
-        Snapshot { set, records, segments, counters }
+        let counters = flags
+            .iter()
+            .map(|f| {
+                (
+                    f.name.clone(),
+                    metrics.outcomes.get(&FlagLabel(f.name.clone())),
+                )
+            })
+            .collect();
+        Snapshot {
+            set,
+            records,
+            segments,
+            counters,
+        }
     }
 }
 
@@ -166,15 +183,16 @@ impl FlagStore {
         for entry in flags.iter() {
             let (key, value) = entry?;
             let name = String::from_utf8_lossy(&key).into_owned();
-            let record: Record = serde_json::from_slice(&value)
-                .map_err(|e| StoreError::Corrupt(format!("flag record {name:?} does not parse: {e}")))?;
+            let record: Record = serde_json::from_slice(&value).map_err(|e| {
+                StoreError::Corrupt(format!("flag record {name:?} does not parse: {e}"))
+            })?;
             records.insert(name, record);
         }
         let mut segment_map = BTreeMap::new();
         for entry in segments.iter() {
             let (_, value) = entry?;
-            let segment: Segment =
-                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(format!("segment does not parse: {e}")))?;
+            let segment: Segment = serde_json::from_slice(&value)
+                .map_err(|e| StoreError::Corrupt(format!("segment does not parse: {e}")))?;
             segment_map.insert(segment.id, segment);
         }
         let metrics = FlagMetrics::new();
@@ -203,7 +221,10 @@ impl FlagStore {
     /// Whether `name` is on for `ctx` now; unknown flags are off. Counted in the metrics.
     pub fn is_on(&self, name: &str, ctx: &Context) -> bool {
         let snapshot = self.snapshot();
-        let enabled = snapshot.set.evaluate(name, ctx, chrono::Utc::now(), &mut ThreadRandom).map(|e| e.enabled);
+        let enabled = snapshot
+            .set
+            .evaluate(name, ctx, chrono::Utc::now(), &mut ThreadRandom)
+            .map(|e| e.enabled);
         self.count(&snapshot, name, enabled);
         enabled == Some(true)
     }
@@ -219,14 +240,35 @@ impl FlagStore {
 
     pub fn render_metrics(&self, out: &mut Exposition) {
         let snapshot = self.snapshot();
-        out.header("seawall_flag_evaluations_total", "counter", "Flag evaluations by flag and result (enabled, disabled, not_found).");
+        out.header(
+            "seawall_flag_evaluations_total",
+            "counter",
+            "Flag evaluations by flag and result (enabled, disabled, not_found).",
+        );
         for (pairs, outcomes) in self.metrics.outcomes.snapshot() {
             let flag = pairs[0].1.as_str();
-            out.sample("seawall_flag_evaluations_total", &[("flag", flag), ("result", "enabled")], outcomes.enabled.get() as f64);
-            out.sample("seawall_flag_evaluations_total", &[("flag", flag), ("result", "disabled")], outcomes.disabled.get() as f64);
+            out.sample(
+                "seawall_flag_evaluations_total",
+                &[("flag", flag), ("result", "enabled")],
+                outcomes.enabled.get() as f64,
+            );
+            out.sample(
+                "seawall_flag_evaluations_total",
+                &[("flag", flag), ("result", "disabled")],
+                outcomes.disabled.get() as f64,
+            );
         }
-        out.sample("seawall_flag_evaluations_total", &[("flag", ""), ("result", "not_found")], self.metrics.not_found.get() as f64);
-        out.single("seawall_flags", "gauge", "Flags currently defined.", snapshot.set.len() as f64);
+        out.sample(
+            "seawall_flag_evaluations_total",
+            &[("flag", ""), ("result", "not_found")],
+            self.metrics.not_found.get() as f64,
+        );
+        out.single(
+            "seawall_flags",
+            "gauge",
+            "Flags currently defined.",
+            snapshot.set.len() as f64,
+        );
     }
 
     /// The change history of one flag, oldest first. Blocking but short (one prefix scan).
@@ -236,7 +278,8 @@ impl FlagStore {
         let mut entries = Vec::new();
         for item in self.history.scan_prefix(&prefix) {
             let (_, value) = item?;
-            let entry = serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt(format!("history of {name:?}: {e}")))?;
+            let entry = serde_json::from_slice(&value)
+                .map_err(|e| StoreError::Corrupt(format!("history of {name:?}: {e}")))?;
             entries.push(entry);
         }
         Ok(entries)
@@ -265,23 +308,56 @@ impl FlagStore {
     }
 
     /// Replaces a flag's definition.
-    pub async fn replace(&self, name: &str, flag: Flag, if_match: Option<&str>, actor: &str) -> Result<Record, WriteError> {
+    pub async fn replace(
+        &self,
+        name: &str,
+        flag: Flag,
+        if_match: Option<&str>,
+        actor: &str,
+    ) -> Result<Record, WriteError> {
         self.write(|snap, now| {
             let (current, record) = existing(snap, name, if_match)?;
             if flag.name != name {
-                return Err(WriteError::Invalid(FieldError::new("name", format!("{:?} differs from the flag in the path ({name:?})", flag.name))));
+                return Err(WriteError::Invalid(FieldError::new(
+                    "name",
+                    format!(
+                        "{:?} differs from the flag in the path ({name:?})",
+                        flag.name
+                    ),
+                )));
             }
             check(snap, &flag, &[])?;
             let before = Some(current.clone());
-            let meta = FlagMeta { overridden: true, updated_at: now.clone(), updated_by: actor.to_string(), ..record.meta.clone() };
-            Ok(single(name, Some(Record { flag: Some(flag), meta }), Action::Replaced, before, now, actor))
+            let meta = FlagMeta {
+                overridden: true,
+                updated_at: now.clone(),
+                updated_by: actor.to_string(),
+                ..record.meta.clone()
+            };
+            Ok(single(
+                name,
+                Some(Record {
+                    flag: Some(flag),
+                    meta,
+                }),
+                Action::Replaced,
+                before,
+                now,
+                actor,
+            ))
         })
         .await
         .map(written)
     }
 
     /// Applies a JSON merge patch (RFC 7396) to a flag's definition.
-    pub async fn patch(&self, name: &str, patch: &serde_json::Value, if_match: Option<&str>, actor: &str) -> Result<Record, WriteError> {
+    pub async fn patch(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+        if_match: Option<&str>,
+        actor: &str,
+    ) -> Result<Record, WriteError> {
         self.write(|snap, now| {
             let (current, record) = existing(snap, name, if_match)?;
             let mut document = serde_json::to_value(current).expect("flags serialize");
@@ -290,28 +366,58 @@ impl FlagStore {
                 WriteError::Invalid(FieldError::new(e.path().to_string(), e.inner().to_string()))
             })?;
             if flag.name != name {
-                return Err(WriteError::Invalid(FieldError::new("name", "a flag cannot be renamed")));
+                return Err(WriteError::Invalid(FieldError::new(
+                    "name",
+                    "a flag cannot be renamed",
+                )));
             }
             check(snap, &flag, &[])?;
             let before = Some(current.clone());
-            let meta = FlagMeta { overridden: true, updated_at: now.clone(), updated_by: actor.to_string(), ..record.meta.clone() };
-            Ok(single(name, Some(Record { flag: Some(flag), meta }), Action::Patched, before, now, actor))
+            let meta = FlagMeta {
+                overridden: true,
+                updated_at: now.clone(),
+                updated_by: actor.to_string(),
+                ..record.meta.clone()
+            };
+            Ok(single(
+                name,
+                Some(Record {
+                    flag: Some(flag),
+                    meta,
+                }),
+                Action::Patched,
+                before,
+                now,
+                actor,
+            ))
         })
         .await
         .map(written)
     }
 
     /// Deletes a flag. Configured flags leave a tombstone; built-in ones cannot be deleted.
-    pub async fn delete(&self, name: &str, if_match: Option<&str>, actor: &str) -> Result<(), WriteError> {
+    pub async fn delete(
+        &self,
+        name: &str,
+        if_match: Option<&str>,
+        actor: &str,
+    ) -> Result<(), WriteError> {
         self.write(|snap, now| {
             let (current, record) = existing(snap, name, if_match)?;
             if record.meta.origin == Origin::Builtin {
-                return Err(WriteError::Reserved(format!("{name:?} is one of seawall's own features; disable it instead")));
+                return Err(WriteError::Reserved(format!(
+                    "{name:?} is one of seawall's own features; disable it instead"
+                )));
             }
             let before = Some(current.clone());
             let remaining = record.meta.configured.as_ref().map(|_| Record {
                 flag: None,
-                meta: FlagMeta { overridden: true, updated_at: now.clone(), updated_by: actor.to_string(), ..record.meta.clone() },
+                meta: FlagMeta {
+                    overridden: true,
+                    updated_at: now.clone(),
+                    updated_by: actor.to_string(),
+                    ..record.meta.clone()
+                },
             });
             Ok(single(name, remaining, Action::Deleted, before, now, actor))
         })
@@ -322,10 +428,32 @@ impl FlagStore {
     /// Puts the configured definition back and lets the configuration govern again.
     pub async fn reset(&self, name: &str, actor: &str) -> Result<Record, WriteError> {
         self.write(|snap, now| {
-            let record = snap.records.get(name).ok_or_else(|| WriteError::NotFound(name.to_string()))?;
-            let configured = record.meta.configured.clone().ok_or_else(|| WriteError::NoConfiguration(name.to_string()))?;
-            let meta = FlagMeta { overridden: false, updated_at: now.clone(), updated_by: actor.to_string(), ..record.meta.clone() };
-            Ok(single(name, Some(Record { flag: Some(configured), meta }), Action::Reset, record.flag.clone(), now, actor))
+            let record = snap
+                .records
+                .get(name)
+                .ok_or_else(|| WriteError::NotFound(name.to_string()))?;
+            let configured = record
+                .meta
+                .configured
+                .clone()
+                .ok_or_else(|| WriteError::NoConfiguration(name.to_string()))?;
+            let meta = FlagMeta {
+                overridden: false,
+                updated_at: now.clone(),
+                updated_by: actor.to_string(),
+                ..record.meta.clone()
+            };
+            Ok(single(
+                name,
+                Some(Record {
+                    flag: Some(configured),
+                    meta,
+                }),
+                Action::Reset,
+                record.flag.clone(),
+                now,
+                actor,
+            ))
         })
         .await
         .map(written)
@@ -338,29 +466,57 @@ impl FlagStore {
             let mut plan = Plan::default();
             let mut ids: HashSet<i64> = snap.segments.keys().copied().collect();
             for (i, segment) in state.segments.iter().enumerate() {
-                validate::check_segment(&format!("segments[{i}]"), segment).map_err(WriteError::Invalid)?;
+                validate::check_segment(&format!("segments[{i}]"), segment)
+                    .map_err(WriteError::Invalid)?;
                 ids.insert(segment.id);
                 plan.segments.push((segment.id, Some(segment.clone())));
             }
             let mut seen = HashSet::new();
             for (i, flag) in state.features.iter().enumerate() {
-                let at = |e: FieldError| WriteError::Invalid(FieldError::new(format!("features[{i}].{}", e.field), e.message));
+                let at = |e: FieldError| {
+                    WriteError::Invalid(FieldError::new(
+                        format!("features[{i}].{}", e.field),
+                        e.message,
+                    ))
+                };
                 if !seen.insert(flag.name.as_str()) {
-                    return Err(at(FieldError::new("name", format!("{:?} appears twice", flag.name))));
+                    return Err(at(FieldError::new(
+                        "name",
+                        format!("{:?} appears twice", flag.name),
+                    )));
                 }
-                let exists = |dep: &str| snap.live(dep).is_some() || state.features.iter().any(|f| f.name == dep);
+                let exists = |dep: &str| {
+                    snap.live(dep).is_some() || state.features.iter().any(|f| f.name == dep)
+                };
                 validate::check_flag(flag, &exists, &ids).map_err(at)?;
                 let record = snap.records.get(&flag.name);
-                if record.is_none_or(|r| r.meta.origin != Origin::Builtin) && flag.name.starts_with(RESERVED_PREFIX) {
-                    return Err(at(FieldError::new("name", format!("names starting with {RESERVED_PREFIX:?} are reserved"))));
+                if record.is_none_or(|r| r.meta.origin != Origin::Builtin)
+                    && flag.name.starts_with(RESERVED_PREFIX)
+                {
+                    return Err(at(FieldError::new(
+                        "name",
+                        format!("names starting with {RESERVED_PREFIX:?} are reserved"),
+                    )));
                 }
                 let meta = match record {
-                    Some(r) => FlagMeta { overridden: true, updated_at: now.clone(), updated_by: actor.to_string(), ..r.meta.clone() },
+                    Some(r) => FlagMeta {
+                        overridden: true,
+                        updated_at: now.clone(),
+                        updated_by: actor.to_string(),
+                        ..r.meta.clone()
+                    },
                     None => new_meta(Origin::Import, now, actor),
                 };
                 let before = record.and_then(|r| r.flag.clone());
                 let entry = history_entry(Action::Imported, before, Some(flag.clone()), now, actor);
-                plan.records.push((flag.name.clone(), Some(Record { flag: Some(flag.clone()), meta }), entry));
+                plan.records.push((
+                    flag.name.clone(),
+                    Some(Record {
+                        flag: Some(flag.clone()),
+                        meta,
+                    }),
+                    entry,
+                ));
             }
             Ok(plan)
         })
@@ -370,20 +526,34 @@ impl FlagStore {
 
     /// Runs a one-flag change under the writer lock; the written record, or `None` when the
     /// flag was removed.
-    async fn write(&self, change: impl FnOnce(&Snapshot, &String) -> Result<Plan, WriteError>) -> Result<Option<Record>, WriteError> {
+    async fn write(
+        &self,
+        change: impl FnOnce(&Snapshot, &String) -> Result<Plan, WriteError>,
+    ) -> Result<Option<Record>, WriteError> {
         let applied = self.write_plan(change).await?;
-        Ok(applied.records.into_iter().next().and_then(|(_, record, _)| record))
+        Ok(applied
+            .records
+            .into_iter()
+            .next()
+            .and_then(|(_, record, _)| record))
     }
 
     /// Plans a change against the current snapshot, commits and flushes it on the blocking
     /// pool, then publishes the new snapshot. The writer lock keeps writes in order.
-    async fn write_plan(&self, change: impl FnOnce(&Snapshot, &String) -> Result<Plan, WriteError>) -> Result<Plan, WriteError> {
+    async fn write_plan(
+        &self,
+        change: impl FnOnce(&Snapshot, &String) -> Result<Plan, WriteError>,
+    ) -> Result<Plan, WriteError> {
         let _writer = self.writer.lock().await;
         let snapshot = self.snapshot();
         let now = crate::time::rfc3339(SystemTime::now());
         let plan = change(&snapshot, &now)?;
         let store = self.store.clone();
-        let (flags, history, segments) = (self.flags.clone(), self.history.clone(), self.segments.clone());
+        let (flags, history, segments) = (
+            self.flags.clone(),
+            self.history.clone(),
+            self.segments.clone(),
+        );
         let applied = tokio::task::spawn_blocking(move || {
             let plan = assign_versions(&store, plan)?;
             commit(&store, &flags, &history, &segments, &plan)?;
@@ -398,7 +568,13 @@ impl FlagStore {
     /// Applies a plan synchronously (startup bootstrap).
     fn apply(&self, plan: Plan) -> Result<(), StoreError> {
         let plan = assign_versions(&self.store, plan)?;
-        commit(&self.store, &self.flags, &self.history, &self.segments, &plan)?;
+        commit(
+            &self.store,
+            &self.flags,
+            &self.history,
+            &self.segments,
+            &plan,
+        )?;
         let snapshot = self.snapshot();
         self.publish(&snapshot, &plan);
         Ok(())
@@ -419,22 +595,42 @@ impl FlagStore {
                 None => segments.remove(id),
             };
         }
-        *self.snapshot.write().expect("flag snapshot lock") = Arc::new(Snapshot::build(records, segments, &self.metrics));
+        *self.snapshot.write().expect("flag snapshot lock") =
+            Arc::new(Snapshot::build(records, segments, &self.metrics));
     }
 
     fn bootstrap_plan(&self, config: &FlagsConfig) -> Result<Plan, StoreError> {
         let snapshot = self.snapshot();
         let now = crate::time::rfc3339(SystemTime::now());
         let mut plan = Plan::default();
-        let specs = config.builtin.iter().map(|s| (s, Origin::Builtin)).chain(config.environment.iter().map(|s| (s, Origin::Environment)));
+        let specs = config
+            .builtin
+            .iter()
+            .map(|s| (s, Origin::Builtin))
+            .chain(config.environment.iter().map(|s| (s, Origin::Environment)));
         for (spec, origin) in specs {
             let configured = flag_from_spec(spec);
-            let entry = |before: Option<Flag>| history_entry(Action::Bootstrapped, before, Some(configured.clone()), &now, "configuration");
+            let entry = |before: Option<Flag>| {
+                history_entry(
+                    Action::Bootstrapped,
+                    before,
+                    Some(configured.clone()),
+                    &now,
+                    "configuration",
+                )
+            };
             match snapshot.records.get(&spec.name) {
                 None => {
-                    let meta = FlagMeta { configured: Some(configured.clone()), ..new_meta(origin, &now, "configuration") };
-                    let record = Record { flag: Some(configured.clone()), meta };
-                    plan.records.push((spec.name.clone(), Some(record), entry(None)));
+                    let meta = FlagMeta {
+                        configured: Some(configured.clone()),
+                        ..new_meta(origin, &now, "configuration")
+                    };
+                    let record = Record {
+                        flag: Some(configured.clone()),
+                        meta,
+                    };
+                    plan.records
+                        .push((spec.name.clone(), Some(record), entry(None)));
                 }
                 Some(record) if !record.meta.overridden => {
                     if record.flag.as_ref() != Some(&configured) {
@@ -445,7 +641,14 @@ impl FlagStore {
                             updated_by: "configuration".to_string(),
                             ..record.meta.clone()
                         };
-                        plan.records.push((spec.name.clone(), Some(Record { flag: Some(configured.clone()), meta }), entry(record.flag.clone())));
+                        plan.records.push((
+                            spec.name.clone(),
+                            Some(Record {
+                                flag: Some(configured.clone()),
+                                meta,
+                            }),
+                            entry(record.flag.clone()),
+                        ));
                     }
                 }
                 Some(record) => {
@@ -458,10 +661,20 @@ impl FlagStore {
                         );
                     }
                     if record.meta.configured.as_ref() != Some(&configured) {
-                        let meta = FlagMeta { configured: Some(configured.clone()), ..record.meta.clone() };
+                        let meta = FlagMeta {
+                            configured: Some(configured.clone()),
+                            ..record.meta.clone()
+                        };
                         let mut unchanged = entry(record.flag.clone());
                         unchanged.after = record.flag.clone();
-                        plan.records.push((spec.name.clone(), Some(Record { flag: record.flag.clone(), meta }), unchanged));
+                        plan.records.push((
+                            spec.name.clone(),
+                            Some(Record {
+                                flag: record.flag.clone(),
+                                meta,
+                            }),
+                            unchanged,
+                        ));
                     }
                 }
             }
@@ -483,28 +696,57 @@ fn assign_versions(store: &Store, mut plan: Plan) -> Result<Plan, StoreError> {
     Ok(plan)
 }
 
-fn commit(store: &Store, flags: &sled::Tree, history: &sled::Tree, segments: &sled::Tree, plan: &Plan) -> Result<(), StoreError> {
-    let encoded: Vec<(Vec<u8>, Option<Vec<u8>>, Vec<u8>, Vec<u8>)> = plan
+fn commit(
+    store: &Store,
+    flags: &sled::Tree,
+    history: &sled::Tree,
+    segments: &sled::Tree,
+    plan: &Plan,
+) -> Result<(), StoreError> {
+    /// One record write with its history entry, encoded outside the transaction closure
+    /// (which sled may run more than once).
+    struct Encoded {
+        name: Vec<u8>,
+        record: Option<Vec<u8>>,
+        history_key: Vec<u8>,
+        history: Vec<u8>,
+    }
+    let encoded: Vec<Encoded> = plan
         .records
         .iter()
         .map(|(name, record, entry)| {
-            let mut key = name.as_bytes().to_vec();
-            key.push(0);
-            key.extend_from_slice(&entry.version.to_be_bytes());
-            let value = record.as_ref().map(|r| serde_json::to_vec(r).expect("records serialize"));
-            (name.as_bytes().to_vec(), value, key, serde_json::to_vec(entry).expect("history serializes"))
+            let mut history_key = name.as_bytes().to_vec();
+            history_key.push(0);
+            history_key.extend_from_slice(&entry.version.to_be_bytes());
+            Encoded {
+                name: name.as_bytes().to_vec(),
+                record: record
+                    .as_ref()
+                    .map(|r| serde_json::to_vec(r).expect("records serialize")),
+                history_key,
+                history: serde_json::to_vec(entry).expect("history serializes"),
+            }
         })
         .collect();
-    let segment_values: Vec<(i64, Option<Vec<u8>>)> =
-        plan.segments.iter().map(|(id, s)| (*id, s.as_ref().map(|s| serde_json::to_vec(s).expect("segments serialize")))).collect();
+    let segment_values: Vec<(i64, Option<Vec<u8>>)> = plan
+        .segments
+        .iter()
+        .map(|(id, s)| {
+            (
+                *id,
+                s.as_ref()
+                    .map(|s| serde_json::to_vec(s).expect("segments serialize")),
+            )
+        })
+        .collect();
     (flags, history, segments)
         .transaction(|(flags, history, segments)| {
-            for (name, value, history_key, entry) in &encoded {
-                match value {
-                    Some(value) => flags.insert(name.as_slice(), value.as_slice())?,
-                    None => flags.remove(name.as_slice())?,
+            for write in &encoded {
+                match &write.record {
+                    Some(value) => flags.insert(write.name.as_slice(), value.as_slice())?,
+                    None => flags.remove(write.name.as_slice())?,
                 };
-                history.insert(history_key.as_slice(), entry.as_slice())?;
+                history.insert(write.history_key.as_slice(), write.history.as_slice())?;
             }
             for (id, value) in &segment_values {
                 match value {
@@ -516,19 +758,29 @@ fn commit(store: &Store, flags: &sled::Tree, history: &sled::Tree, segments: &sl
         })
         .map_err(|e: sled::transaction::TransactionError<()>| match e {
             sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-            sled::transaction::TransactionError::Abort(()) => StoreError::Corrupt("flag transaction aborted".into()),
+            sled::transaction::TransactionError::Abort(()) => {
+                StoreError::Corrupt("flag transaction aborted".into())
+            }
         })?;
     store.flush()?;
     Ok(())
 }
 
-fn existing<'s>(snap: &'s Snapshot, name: &str, if_match: Option<&str>) -> Result<(&'s Flag, &'s Record), WriteError> {
-    let (flag, record) = snap.live(name).ok_or_else(|| WriteError::NotFound(name.to_string()))?;
+fn existing<'s>(
+    snap: &'s Snapshot,
+    name: &str,
+    if_match: Option<&str>,
+) -> Result<(&'s Flag, &'s Record), WriteError> {
+    let (flag, record) = snap
+        .live(name)
+        .ok_or_else(|| WriteError::NotFound(name.to_string()))?;
     if let Some(expected) = if_match
         && expected.trim() != "*"
         && !expected.split(',').any(|tag| tag.trim() == record.etag())
     {
-        return Err(WriteError::Stale { current: record.etag() });
+        return Err(WriteError::Stale {
+            current: record.etag(),
+        });
     }
     Ok((flag, record))
 }
@@ -557,13 +809,40 @@ fn new_meta(origin: Origin, now: &str, actor: &str) -> FlagMeta {
     }
 }
 
-fn history_entry(action: Action, before: Option<Flag>, after: Option<Flag>, now: &str, actor: &str) -> HistoryEntry {
-    HistoryEntry { version: 0, time: now.to_string(), actor: actor.to_string(), action, before, after }
+fn history_entry(
+    action: Action,
+    before: Option<Flag>,
+    after: Option<Flag>,
+    now: &str,
+    actor: &str,
+) -> HistoryEntry {
+    HistoryEntry {
+        version: 0,
+        time: now.to_string(),
+        actor: actor.to_string(),
+        action,
+        before,
+        after,
+    }
 }
 
-fn single(name: &str, record: Option<Record>, action: Action, before: Option<Flag>, now: &str, actor: &str) -> Plan {
+fn single(
+    name: &str,
+    record: Option<Record>,
+    action: Action,
+    before: Option<Flag>,
+    now: &str,
+    actor: &str,
+) -> Plan {
     let after = record.as_ref().and_then(|r| r.flag.clone());
-    Plan { records: vec![(name.to_string(), record, history_entry(action, before, after, now, actor))], segments: Vec::new() }
+    Plan {
+        records: vec![(
+            name.to_string(),
+            record,
+            history_entry(action, before, after, now, actor),
+        )],
+        segments: Vec::new(),
+    }
 }
 
 /// RFC 7396: objects merge recursively, `null` removes, anything else replaces.
@@ -580,7 +859,10 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
         if value.is_null() {
             target.remove(key);
         } else {
-            merge_patch(target.entry(key.clone()).or_insert(serde_json::Value::Null), value);
+            merge_patch(
+                target.entry(key.clone()).or_insert(serde_json::Value::Null),
+                value,
+            );
         }
     }
 }
@@ -607,7 +889,10 @@ struct FlagMetrics {
 
 impl FlagMetrics {
     fn new() -> FlagMetrics {
-        FlagMetrics { outcomes: Family::new(Outcomes::default), not_found: Counter::default() }
+        FlagMetrics {
+            outcomes: Family::new(Outcomes::default),
+            not_found: Counter::default(),
+        }
     }
 }
 

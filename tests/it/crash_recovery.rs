@@ -18,10 +18,13 @@ const WRITER_DIR: &str = "SEAWALL_TEST_WRITER_DIR";
 const TREE: &str = "crash_test";
 
 fn open(dir: &std::path::Path) -> Store {
-    Store::open(&StoreConfig {
-        data_dir: dir.to_path_buf(),
-        cache_capacity_bytes: 16 << 20,
-    })
+    Store::open_when_free(
+        &StoreConfig {
+            data_dir: dir.to_path_buf(),
+            cache_capacity_bytes: 16 << 20,
+        },
+        PROCESS_TIMEOUT,
+    )
     .expect("store opens")
 }
 

@@ -5,12 +5,19 @@ use super::*;
 use crate::config::{Config, MapEnv, StoreConfig};
 
 fn config(pairs: &[(&str, &str)]) -> FlagsConfig {
-    let env: MapEnv = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let env: MapEnv = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Config::from_toml("", &env).unwrap().flags
 }
 
 fn open(dir: &TempDir, pairs: &[(&str, &str)]) -> FlagStore {
-    let store = Store::open(&StoreConfig { data_dir: dir.path().to_path_buf(), cache_capacity_bytes: 8 << 20 }).unwrap();
+    let store_config = StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        cache_capacity_bytes: 8 << 20,
+    };
+    let store = Store::open_when_free(&store_config, std::time::Duration::from_secs(30)).unwrap();
     FlagStore::open(&store, &config(pairs)).unwrap()
 }
 
@@ -21,10 +28,15 @@ fn flag(value: serde_json::Value) -> Flag {
 fn rollout_of(store: &FlagStore, name: &str) -> Option<String> {
     let snap = store.snapshot();
     let (flag, _) = snap.live(name)?;
-    flag.strategies.iter().find_map(|s| s.parameters.get("rollout").cloned())
+    flag.strategies
+        .iter()
+        .find_map(|s| s.parameters.get("rollout").cloned())
 }
 
-const ENV: [(&str, &str); 2] = [("FF_NEW_CHECKOUT", "true"), ("FF_NEW_CHECKOUT_PERCENTAGE", "25")];
+const ENV: [(&str, &str); 2] = [
+    ("FF_NEW_CHECKOUT", "true"),
+    ("FF_NEW_CHECKOUT_PERCENTAGE", "25"),
+];
 
 #[tokio::test]
 async fn configuration_creates_then_runtime_wins_until_reset() {
@@ -32,23 +44,55 @@ async fn configuration_creates_then_runtime_wins_until_reset() {
     {
         let store = open(&dir, &ENV);
         assert_eq!(rollout_of(&store, "new-checkout").as_deref(), Some("25"));
-        assert!(store.snapshot().live("seawall.audit-trail").is_some(), "built-in features always exist");
-        store.patch("new-checkout", &json!({"enabled": false}), None, "ann").await.unwrap();
+        assert!(
+            store.snapshot().live("seawall.audit-trail").is_some(),
+            "built-in features always exist"
+        );
+        store
+            .patch("new-checkout", &json!({"enabled": false}), None, "ann")
+            .await
+            .unwrap();
     }
     {
         let store = open(&dir, &ENV);
         let snap = store.snapshot();
         let (flag, record) = snap.live("new-checkout").unwrap();
-        assert!(!flag.enabled, "the runtime change survives a restart with the same environment");
+        assert!(
+            !flag.enabled,
+            "the runtime change survives a restart with the same environment"
+        );
         assert!(record.meta.overridden);
         let reset = store.reset("new-checkout", "ann").await.unwrap();
         assert!(reset.flag.unwrap().enabled);
         assert!(!reset.meta.overridden);
     }
-    let store = open(&dir, &[("FF_NEW_CHECKOUT", "true"), ("FF_NEW_CHECKOUT_PERCENTAGE", "50")]);
-    assert_eq!(rollout_of(&store, "new-checkout").as_deref(), Some("50"), "without an override the environment applies");
-    let actions: Vec<Action> = store.history("new-checkout").unwrap().iter().map(|h| h.action).collect();
-    assert_eq!(actions, [Action::Bootstrapped, Action::Patched, Action::Reset, Action::Bootstrapped]);
+    let store = open(
+        &dir,
+        &[
+            ("FF_NEW_CHECKOUT", "true"),
+            ("FF_NEW_CHECKOUT_PERCENTAGE", "50"),
+        ],
+    );
+    assert_eq!(
+        rollout_of(&store, "new-checkout").as_deref(),
+        Some("50"),
+        "without an override the environment applies"
+    );
+    let actions: Vec<Action> = store
+        .history("new-checkout")
+        .unwrap()
+        .iter()
+        .map(|h| h.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            Action::Bootstrapped,
+            Action::Patched,
+            Action::Reset,
+            Action::Bootstrapped
+        ]
+    );
 }
 
 #[tokio::test]
@@ -58,10 +102,16 @@ async fn deleted_configured_flags_stay_deleted_until_reset() {
         let store = open(&dir, &ENV);
         store.delete("new-checkout", None, "ann").await.unwrap();
         assert!(store.snapshot().live("new-checkout").is_none());
-        assert!(matches!(store.delete("seawall.audit-trail", None, "ann").await, Err(WriteError::Reserved(_))));
+        assert!(matches!(
+            store.delete("seawall.audit-trail", None, "ann").await,
+            Err(WriteError::Reserved(_))
+        ));
     }
     let store = open(&dir, &ENV);
-    assert!(store.snapshot().live("new-checkout").is_none(), "a restart does not bring it back");
+    assert!(
+        store.snapshot().live("new-checkout").is_none(),
+        "a restart does not bring it back"
+    );
     store.reset("new-checkout", "ann").await.unwrap();
     assert!(store.snapshot().live("new-checkout").is_some());
 }
@@ -70,7 +120,10 @@ async fn deleted_configured_flags_stay_deleted_until_reset() {
 async fn concurrent_writes_with_one_etag_let_exactly_one_win() {
     let dir = TempDir::new().unwrap();
     let store = Arc::new(open(&dir, &[]));
-    let created = store.create(flag(json!({"name": "race", "enabled": true})), "ann").await.unwrap();
+    let created = store
+        .create(flag(json!({"name": "race", "enabled": true})), "ann")
+        .await
+        .unwrap();
     let etag = created.etag();
     let attempt = |enabled: bool| {
         let store = store.clone();
@@ -83,7 +136,10 @@ async fn concurrent_writes_with_one_etag_let_exactly_one_win() {
     let (a, b) = (attempt(false), attempt(true));
     let results = [a.await.unwrap(), b.await.unwrap()];
     let wins = results.iter().filter(|r| r.is_ok()).count();
-    let stale = results.iter().filter(|r| matches!(r, Err(WriteError::Stale { .. }))).count();
+    let stale = results
+        .iter()
+        .filter(|r| matches!(r, Err(WriteError::Stale { .. })))
+        .count();
     assert_eq!((wins, stale), (1, 1));
 }
 
@@ -91,17 +147,37 @@ async fn concurrent_writes_with_one_etag_let_exactly_one_win() {
 async fn invalid_changes_leave_the_flag_unchanged() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir, &[]);
-    let created = store.create(flag(json!({"name": "f", "enabled": true})), "ann").await.unwrap();
+    let created = store
+        .create(flag(json!({"name": "f", "enabled": true})), "ann")
+        .await
+        .unwrap();
     let bad = json!({"strategies": [{"name": "default", "constraints": [{"contextName": "x", "operator": "REGEX", "value": "(("}]}]});
-    let Err(WriteError::Invalid(e)) = store.patch("f", &bad, None, "ann").await else { panic!("refused") };
+    let Err(WriteError::Invalid(e)) = store.patch("f", &bad, None, "ann").await else {
+        panic!("refused")
+    };
     assert_eq!(e.field, "strategies[0].constraints[0].value");
-    let Err(WriteError::Invalid(e)) = store.patch("f", &json!({"enabled": "yes"}), None, "ann").await else { panic!("refused") };
+    let Err(WriteError::Invalid(e)) = store
+        .patch("f", &json!({"enabled": "yes"}), None, "ann")
+        .await
+    else {
+        panic!("refused")
+    };
     assert_eq!(e.field, "enabled");
     let snap = store.snapshot();
     let (_, record) = snap.live("f").unwrap();
     assert_eq!(record, &created, "nothing was written");
-    assert!(matches!(store.create(flag(json!({"name": "seawall.x", "enabled": true})), "ann").await, Err(WriteError::Reserved(_))));
-    assert!(matches!(store.create(flag(json!({"name": "f", "enabled": true})), "ann").await, Err(WriteError::Exists(_))));
+    assert!(matches!(
+        store
+            .create(flag(json!({"name": "seawall.x", "enabled": true})), "ann")
+            .await,
+        Err(WriteError::Reserved(_))
+    ));
+    assert!(matches!(
+        store
+            .create(flag(json!({"name": "f", "enabled": true})), "ann")
+            .await,
+        Err(WriteError::Exists(_))
+    ));
 }
 
 #[tokio::test]
@@ -121,7 +197,12 @@ async fn imports_are_all_or_nothing() {
         "features": [{"name": "c", "enabled": true}, {"name": "d", "enabled": true, "strategies": [{"name": "nope"}]}]
     }))
     .unwrap();
-    let Err(WriteError::Invalid(e)) = store.import(broken, "ann").await else { panic!("refused") };
+    let Err(WriteError::Invalid(e)) = store.import(broken, "ann").await else {
+        panic!("refused")
+    };
     assert_eq!(e.field, "features[1].strategies[0].name");
-    assert!(store.snapshot().live("c").is_none(), "no flag of a refused import is written");
+    assert!(
+        store.snapshot().live("c").is_none(),
+        "no flag of a refused import is written"
+    );
 }
