@@ -232,17 +232,20 @@ impl Compiled {
     }
 }
 
-fn string_op(
-    value: Option<&str>,
-    ci: bool,
-    values: &[String],
-    test: impl Fn(&str, &str) -> bool,
-) -> bool {
+fn string_op(value: Option<&str>, ci: bool, values: &[String], test: impl Fn(&str, &str) -> bool) -> bool {
     let Some(value) = value else { return false };
-    if ci {
-        let value = value.to_lowercase();
-        values.iter().any(|x| test(&value, x))
-    } else {
-        values.iter().any(|x| test(value, x))
+    if !ci {
+        return values.iter().any(|x| test(value, x));
     }
+    // The common case, ASCII text, lowercases on the stack instead of allocating.
+    let mut buffer = [0u8; 128];
+    if value.is_ascii() && value.len() <= buffer.len() {
+        let lowered = &mut buffer[..value.len()];
+        lowered.copy_from_slice(value.as_bytes());
+        lowered.make_ascii_lowercase();
+        let lowered = std::str::from_utf8(lowered).expect("ASCII stays UTF-8");
+        return values.iter().any(|x| test(lowered, x));
+    }
+    let lowered = value.to_lowercase();
+    values.iter().any(|x| test(&lowered, x))
 }
