@@ -40,18 +40,27 @@ fn context() -> Context {
         ..Context::default()
     };
     ctx.properties.insert("appVersion".into(), "2.4.1".into());
-    ctx.properties.insert("email".into(), "Someone@Example.com".into());
+    ctx.properties
+        .insert("email".into(), "Someone@Example.com".into());
     ctx
 }
 
 fn bench(c: &mut Criterion) {
     let one = FlagSet::compile(&[three_strategy_flag("checkout")], &[]);
     let ctx = context();
-    c.bench_function("evaluate one flag (3 strategies, constraints, variants)", |b| {
-        b.iter(|| black_box(one.evaluate(black_box("checkout"), &ctx, Utc::now(), &mut ThreadRandom)).map(|e| e.enabled))
-    });
+    c.bench_function(
+        "evaluate one flag (3 strategies, constraints, variants)",
+        |b| {
+            b.iter(|| {
+                black_box(one.evaluate(black_box("checkout"), &ctx, Utc::now(), &mut ThreadRandom))
+                    .map(|e| e.enabled)
+            })
+        },
+    );
 
-    let flags: Vec<Flag> = (0..100).map(|i| three_strategy_flag(&format!("flag-{i:03}"))).collect();
+    let flags: Vec<Flag> = (0..100)
+        .map(|i| three_strategy_flag(&format!("flag-{i:03}")))
+        .collect();
     let hundred = FlagSet::compile(&flags, &[]);
     c.bench_function("evaluate 100 flags for one context", |b| {
         b.iter(|| {
@@ -59,7 +68,11 @@ fn bench(c: &mut Criterion) {
             let on = hundred
                 .names()
                 .iter()
-                .filter(|name| hundred.evaluate(name, &ctx, now, &mut ThreadRandom).is_some_and(|e| e.enabled))
+                .filter(|name| {
+                    hundred
+                        .evaluate(name, &ctx, now, &mut ThreadRandom)
+                        .is_some_and(|e| e.enabled)
+                })
                 .count();
             black_box(on)
         })

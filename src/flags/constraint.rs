@@ -232,7 +232,12 @@ impl Compiled {
     }
 }
 
-fn string_op(value: Option<&str>, ci: bool, values: &[String], test: impl Fn(&str, &str) -> bool) -> bool {
+fn string_op(
+    value: Option<&str>,
+    ci: bool,
+    values: &[String],
+    test: impl Fn(&str, &str) -> bool,
+) -> bool {
     let Some(value) = value else { return false };
     if !ci {
         return values.iter().any(|x| test(value, x));
