@@ -19,6 +19,7 @@ pub mod admin;
 pub mod admin_flags;
 pub mod admin_token;
 pub mod body;
+pub mod breaker;
 pub mod cli;
 pub mod config;
 pub mod error;
