@@ -7,6 +7,7 @@
 //! | `GET /admin/stats` | bearer | latency percentiles per route (hdrhistogram) |
 //! | `GET /admin/config` | bearer | the effective configuration, secrets masked |
 //! | `/admin/flags...`, `/admin/segments` | bearer | the flag API, see `admin_flags` |
+//! | `/admin/breakers...`, `/admin/pools` | bearer | breakers and pools, see `admin_dependencies` |
 //!
 //! Every `/admin/` path requires `Authorization: Bearer <token>`; the check comes before route
 //! lookup, so an unauthenticated caller cannot probe which admin paths exist.
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::admin_flags;
 use crate::body::{self, Body};
 use crate::error::Error;
 use crate::metrics::Exposition;
@@ -26,6 +26,7 @@ use crate::request_stats::Listener;
 use crate::router::HealthEndpoint;
 use crate::server::Service;
 use crate::state::AppState;
+use crate::{admin_dependencies, admin_flags};
 
 /// The admin endpoints; each also names the route label used in metrics.
 #[derive(Clone, Copy)]
@@ -35,6 +36,7 @@ pub enum Endpoint {
     Stats,
     Config,
     Flags,
+    Dependencies,
     Unknown,
 }
 
@@ -45,6 +47,9 @@ impl Endpoint {
         }
         if admin_flags::owns(path) {
             return Endpoint::Flags;
+        }
+        if admin_dependencies::owns(path) {
+            return Endpoint::Dependencies;
         }
         match path {
             "/metrics" => Endpoint::Metrics,
@@ -61,6 +66,7 @@ impl Endpoint {
             Endpoint::Stats => "admin.stats",
             Endpoint::Config => "admin.config",
             Endpoint::Flags => "admin.flags",
+            Endpoint::Dependencies => "admin.dependencies",
             Endpoint::Unknown => "admin.unmatched",
         }
     }
@@ -105,6 +111,8 @@ impl AdminService {
         state.stats.render(&mut out);
         state.health.render_metrics(&mut out);
         state.flags.render_metrics(&mut out);
+        state.breakers.render_metrics(&mut out);
+        state.upstreams.render_metrics(&mut out);
         out.single(
             "seawall_store_size_on_disk_bytes",
             "gauge",
@@ -154,6 +162,9 @@ impl Service for AdminService {
         }
         Ok(match endpoint {
             Endpoint::Flags => return admin_flags::handle(&self.state, request).await,
+            Endpoint::Dependencies => {
+                return admin_dependencies::handle(&self.state, request).await;
+            }
             Endpoint::Metrics => self.metrics(),
             Endpoint::Health(health) => health.respond(&self.state),
             Endpoint::Stats => body::json(StatusCode::OK, &self.state.stats.percentiles()),
@@ -165,5 +176,20 @@ impl Service for AdminService {
             }
             Endpoint::Unknown => return Err(Error::NotFound),
         })
+    }
+}
+
+/// Who made an admin change: the `X-Seawall-Actor` header, else `admin`.
+pub fn actor(headers: &http::HeaderMap) -> Result<String, Error> {
+    match headers.get("x-seawall-actor") {
+        None => Ok("admin".to_string()),
+        Some(value) => match value.to_str() {
+            Ok(actor) if !actor.trim().is_empty() && actor.len() <= 128 => {
+                Ok(actor.trim().to_string())
+            }
+            _ => Err(Error::BadRequest(
+                "x-seawall-actor must be 1-128 printable characters.".to_string(),
+            )),
+        },
     }
 }

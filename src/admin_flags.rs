@@ -26,8 +26,6 @@ use crate::flags::model::{Flag, State};
 use crate::flags::store::{Record, WriteError};
 use crate::state::AppState;
 
-const ACTOR_HEADER: &str = "x-seawall-actor";
-
 enum Route {
     Collection,
     Import,
@@ -67,7 +65,7 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Resp
         return Err(Error::NotFound);
     };
     let method = request.method().clone();
-    let actor = actor(request.headers())?;
+    let actor = crate::admin::actor(request.headers())?;
     let if_match = request
         .headers()
         .get(header::IF_MATCH)
@@ -194,20 +192,6 @@ async fn read<T: serde::de::DeserializeOwned>(
     )
     .await?;
     body::parse_json(&bytes)
-}
-
-fn actor(headers: &http::HeaderMap) -> Result<String, Error> {
-    match headers.get(ACTOR_HEADER) {
-        None => Ok("admin".to_string()),
-        Some(value) => match value.to_str() {
-            Ok(actor) if !actor.trim().is_empty() && actor.len() <= 128 => {
-                Ok(actor.trim().to_string())
-            }
-            _ => Err(Error::BadRequest(format!(
-                "{ACTOR_HEADER} must be 1-128 printable characters."
-            ))),
-        },
-    }
 }
 
 /// A flag and its metadata as the API shows them.

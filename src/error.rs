@@ -28,6 +28,8 @@ pub enum Error {
     Validation { field: String, message: String },
     #[error("flag {0:?} not found")]
     FlagNotFound(String),
+    #[error("no {what} named {name:?}")]
+    NotFoundNamed { what: &'static str, name: String },
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     #[error("precondition failed; current ETag {current}")]
@@ -40,6 +42,11 @@ pub enum Error {
     UpstreamTimeout { upstream: String, timeout: Duration },
     #[error("upstream {upstream} has no free connection slot")]
     UpstreamBusy { upstream: String },
+    #[error("circuit breaker {breaker} is open")]
+    CircuitOpen {
+        breaker: String,
+        retry_after: Duration,
+    },
     #[error("request not answered within {0:?}")]
     RequestTimeout(Duration),
     #[error("internal error: {0}")]
@@ -53,13 +60,15 @@ impl Error {
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BadRequest(_) | Error::Validation { .. } => StatusCode::BAD_REQUEST,
-            Error::FlagNotFound(_) => StatusCode::NOT_FOUND,
+            Error::FlagNotFound(_) | Error::NotFoundNamed { .. } => StatusCode::NOT_FOUND,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout { .. } | Error::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::UpstreamBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UpstreamBusy { .. } | Error::CircuitOpen { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,12 +82,14 @@ impl Error {
             Error::BadRequest(_) => "BAD_REQUEST",
             Error::Validation { .. } => "VALIDATION_FAILED",
             Error::FlagNotFound(_) => "FLAG_NOT_FOUND",
+            Error::NotFoundNamed { .. } => "NOT_FOUND",
             Error::Conflict { code, .. } => code,
             Error::PreconditionFailed { .. } => "PRECONDITION_FAILED",
             Error::Unauthorized => "UNAUTHORIZED",
             Error::UpstreamUnavailable { .. } => "UPSTREAM_UNAVAILABLE",
             Error::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
             Error::UpstreamBusy { .. } => "UPSTREAM_BUSY",
+            Error::CircuitOpen { .. } => "CIRCUIT_OPEN",
             Error::RequestTimeout(_) => "GATEWAY_TIMEOUT",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
@@ -95,6 +106,7 @@ impl Error {
             Error::BadRequest(message) => message.clone(),
             Error::Validation { field, message } => format!("{field}: {message}"),
             Error::FlagNotFound(name) => format!("Flag {name:?} does not exist."),
+            Error::NotFoundNamed { what, name } => format!("There is no {what} named {name:?}."),
             Error::Conflict { message, .. } => message.clone(),
             Error::PreconditionFailed { current } => {
                 format!(
@@ -114,6 +126,11 @@ impl Error {
                 format!("The upstream '{upstream}' is at its connection limit; retry shortly.")
             }
             Error::RequestTimeout(_) => "The request was not answered in time.".to_string(),
+            Error::CircuitOpen { breaker, .. } => {
+                format!(
+                    "'{breaker}' is failing and its circuit breaker is open; retry after the Retry-After delay."
+                )
+            }
             Error::Internal(_) => "Something went wrong inside seawall.".to_string(),
         }
     }
@@ -126,8 +143,16 @@ impl Error {
             "message": self.public_message(),
             "requestId": request_id,
         });
-        if let Error::Validation { field, .. } = self {
-            body["field"] = json!(field);
+        match self {
+            Error::Validation { field, .. } => body["field"] = json!(field),
+            Error::CircuitOpen {
+                breaker,
+                retry_after,
+            } => {
+                body["breaker"] = json!(breaker);
+                body["retryAfter"] = json!(retry_after_seconds(*retry_after));
+            }
+            _ => {}
         }
         let mut response = body::json(self.status(), &body);
         let headers = response.headers_mut();
@@ -147,6 +172,12 @@ impl Error {
             Error::UpstreamBusy { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
+            Error::CircuitOpen { retry_after, .. } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_seconds(*retry_after)),
+                );
+            }
             Error::PreconditionFailed { current } => {
                 if let Ok(value) = HeaderValue::from_str(current) {
                     headers.insert(header::ETAG, value);
@@ -158,6 +189,11 @@ impl Error {
     }
 }
 
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+pub fn retry_after_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,6 +203,14 @@ mod tests {
         let response = error.to_response("rid-1");
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_secs(5)), 5);
+        assert_eq!(retry_after_seconds(Duration::from_millis(12_300)), 13);
     }
 
     #[tokio::test]

@@ -97,7 +97,8 @@ impl Reading {
     }
 }
 
-pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Reading> + Send + 'a>>;
+/// A probe's result; `None` when the probe is switched off (its check is then not shown).
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = Option<Reading>> + Send + 'a>>;
 
 /// A dependency check run in the background.
 pub trait Probe: Send + Sync + 'static {
@@ -139,15 +140,24 @@ impl Health {
                 let started = Instant::now();
                 let mut reading = match tokio::time::timeout(timeout, probe.check()).await {
                     Ok(reading) => reading,
-                    Err(_) => Reading::fail(format!("no answer within {} ms", timeout.as_millis())),
+                    Err(_) => Some(Reading::fail(format!(
+                        "no answer within {} ms",
+                        timeout.as_millis()
+                    ))),
                 };
-                reading.duration = started.elapsed();
+                if let Some(reading) = &mut reading {
+                    reading.duration = started.elapsed();
+                }
                 (probe.key().to_string(), reading)
             });
         }
         while let Some(joined) = runs.join_next().await {
             let Ok((key, reading)) = joined else {
                 tracing::error!("a health probe panicked");
+                continue;
+            };
+            let Some(reading) = reading else {
+                self.readings.write().expect("health lock").remove(&key);
                 continue;
             };
             if reading.status != Status::Pass {
@@ -182,11 +192,28 @@ impl Health {
         self.draining.load(Ordering::SeqCst)
     }
 
+    /// The worst status, where a dependency (a check that does not gate readiness) counts at
+    /// most as `warn`: one dependency's outage must not make seawall itself look down.
     fn overall(&self) -> Status {
         let readings = self.readings.read().expect("health lock");
+        self.aggregate(&readings)
+    }
+
+    fn aggregate(&self, readings: &BTreeMap<String, Reading>) -> Status {
+        let gating = |key: &str| {
+            self.probes
+                .iter()
+                .any(|p| p.key() == key && p.gates_readiness())
+        };
         readings
-            .values()
-            .map(|r| r.status)
+            .iter()
+            .map(|(key, r)| {
+                if gating(key) {
+                    r.status
+                } else {
+                    r.status.min(Status::Warn)
+                }
+            })
             .max()
             .unwrap_or(Status::Pass)
     }
@@ -252,11 +279,7 @@ impl Health {
             Some("s"),
         );
         checks.insert("uptime".to_string(), json!([check_json("system", &uptime)]));
-        let status = readings
-            .values()
-            .map(|r| r.status)
-            .max()
-            .unwrap_or(Status::Pass);
+        let status = self.aggregate(&readings);
         let mut doc = json!({
             "status": status,
             "version": env!("CARGO_PKG_VERSION_MAJOR"),
@@ -380,10 +403,10 @@ impl Probe for StoreProbe {
                     let ms = (elapsed.as_secs_f64() * 1e4).round() / 10.0;
                     let mut reading = Reading::pass(json!(ms), Some("ms"));
                     reading.extra.insert("sizeOnDiskBytes".into(), json!(size));
-                    reading
+                    Some(reading)
                 }
-                Ok(Err(e)) => Reading::fail(format!("store write/flush failed: {e}")),
-                Err(_) => Reading::fail("store probe panicked".to_string()),
+                Ok(Err(e)) => Some(Reading::fail(format!("store write/flush failed: {e}"))),
+                Err(_) => Some(Reading::fail("store probe panicked".to_string())),
             }
         })
     }

@@ -16,10 +16,12 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_dependencies;
 pub mod admin_flags;
 pub mod admin_token;
 pub mod body;
 pub mod breaker;
+pub mod breakers;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -14,7 +14,7 @@ use crate::body::Body;
 use crate::error::Error;
 use crate::request_context::RequestContext;
 use crate::route::{self, Route};
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{CallOptions, Upstream, UpstreamError};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones that proxies conventionally treat the same way.
@@ -36,6 +36,7 @@ pub async fn forward(
     route: &Route,
     request: Request<Incoming>,
     ctx: &RequestContext,
+    options: CallOptions,
 ) -> Result<Response<Body>, Error> {
     let limit = route.config.max_body_bytes;
     if declared_length(request.headers()).is_some_and(|length| length > limit) {
@@ -55,7 +56,7 @@ pub async fn forward(
         .map_err(Into::into)
         .boxed();
     let mut response = upstream
-        .send(Request::from_parts(parts, body))
+        .call(Request::from_parts(parts, body), options)
         .await
         .map_err(|e| upstream_error(&upstream.config.name, e, limit))?;
     remove_hop_by_hop(response.headers_mut());
@@ -65,7 +66,11 @@ pub async fn forward(
 fn upstream_error(name: &str, error: UpstreamError, limit: u64) -> Error {
     let upstream = name.to_string();
     match error {
-        UpstreamError::Busy => Error::UpstreamBusy { upstream },
+        UpstreamError::QueueFull | UpstreamError::SlotTimeout => Error::UpstreamBusy { upstream },
+        UpstreamError::CircuitOpen(rejected) => Error::CircuitOpen {
+            breaker: upstream,
+            retry_after: rejected.retry_after,
+        },
         UpstreamError::Connect(detail) | UpstreamError::Failed(detail) => {
             Error::UpstreamUnavailable { upstream, detail }
         }

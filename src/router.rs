@@ -130,7 +130,7 @@ impl Service for ProxyService {
                     .ok_or_else(|| {
                         Error::Internal(format!("route {} names a missing upstream", route.name))
                     })?;
-                proxy::forward(upstream, &route, request, ctx).await
+                proxy::forward(upstream, &route, request, ctx, self.state.call_options(ctx)).await
             }
         }
     }

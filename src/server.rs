@@ -90,7 +90,7 @@ impl Listeners {
 pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
     let server = state.config.server.clone();
     state.health.run_once().await;
-    let health_task = state.health.spawn();
+    let background = state.start_background();
     tracing::info!(proxy = %listeners.proxy_addr(), admin = %listeners.admin_addr(), "listening");
 
     let graceful = GracefulShutdown::new();
@@ -138,7 +138,15 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
     {
         tracing::warn!("grace period over with requests still in flight; closing them");
     }
-    health_task.abort();
+    for task in background {
+        task.abort();
+    }
+    let saving = state.clone();
+    match tokio::task::spawn_blocking(move || saving.save()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "saving state on shutdown failed"),
+        Err(_) => tracing::error!("saving state on shutdown panicked"),
+    }
     match state.store.flush_async().await {
         Ok(()) => tracing::info!("store flushed; shutdown complete"),
         Err(e) => tracing::error!(error = %e, "store flush on shutdown failed"),

@@ -1,13 +1,19 @@
 //! The running state: every long-lived handle, built once from the validated config.
 //!
 //! Building the state is the step from "configuration" to "resources": it opens the store,
-//! loads the admin token and prepares the upstream pools and the route table. Sockets are
-//! bound by `server`; nothing here touches the network.
+//! restores flags and breakers, loads the admin token and prepares the upstream pools, health
+//! probes and the route table. Sockets are bound by `server`; nothing here touches the network.
+//! Background tasks that need the runtime start in [`AppState::start_background`].
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::admin_token::AdminToken;
+use crate::breaker::Transition;
+use crate::breakers::Breakers;
 use crate::config::Config;
 use crate::features::{self, Feature};
 use crate::flags::store::FlagStore;
@@ -17,7 +23,7 @@ use crate::request_context::RequestContext;
 use crate::request_stats::RequestStats;
 use crate::route::RouteTable;
 use crate::store::{Store, StoreError};
-use crate::upstream::Upstreams;
+use crate::upstream::{CallOptions, UpstreamProbe, Upstreams};
 
 /// Why seawall could not start with a valid configuration.
 #[derive(Debug, thiserror::Error)]
@@ -38,12 +44,15 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
     pub flags: Arc<FlagStore>,
+    pub breakers: Arc<Breakers>,
     pub health: Arc<Health>,
     pub stats: RequestStats,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
     pub admin_token: AdminToken,
     pub store_size: Arc<Gauge>,
+    /// Breaker transitions for the recorder, taken when background tasks start.
+    transitions: Mutex<Option<mpsc::Receiver<Transition>>>,
 }
 
 impl AppState {
@@ -51,29 +60,78 @@ impl AppState {
     pub fn build(config: Config) -> Result<AppState, StartError> {
         let store = Store::open(&config.store)?;
         let flags = Arc::new(FlagStore::open(&store, &config.flags)?);
+        let breaker_configs: Vec<_> = config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.breaker.clone()))
+            .collect();
+        let (breakers, transitions) = Breakers::open(&store, &breaker_configs)?;
+        let breakers = Arc::new(breakers);
+        let upstreams = Upstreams::new(&config.upstreams, |name| {
+            breakers
+                .get(name)
+                .expect("one breaker per upstream")
+                .clone()
+        });
         let admin_token = AdminToken::load(&config.admin, &config.store.data_dir)
             .map_err(StartError::AdminToken)?;
+
         let store_probe = StoreProbe::new(store.clone());
         let store_size = store_probe.size_on_disk.clone();
-        let probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store_probe)];
+        let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store_probe)];
+        for upstream in upstreams.sorted() {
+            if let Some(path) = &upstream.config.health_path {
+                let flags = flags.clone();
+                let enabled =
+                    Box::new(move || flags.is_switched_on(Feature::EnhancedPooling.flag()));
+                probes.push(Arc::new(UpstreamProbe::new(
+                    upstream.clone(),
+                    path.clone(),
+                    enabled,
+                )));
+            }
+        }
         Ok(AppState {
             health: Arc::new(Health::new(config.health.clone(), probes)),
             stats: RequestStats::default(),
             routes: RouteTable::new(&config.routes),
-            upstreams: Upstreams::new(&config.upstreams),
+            upstreams,
             admin_token,
             store_size,
             flags,
+            breakers,
             store,
+            transitions: Mutex::new(Some(transitions)),
             config: Arc::new(config),
         })
     }
-}
 
-impl AppState {
+    /// Starts the tasks that run for the life of the process: health probes and the breaker
+    /// recorder. Abort the handles to stop them.
+    pub fn start_background(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        let mut tasks = vec![self.health.spawn()];
+        if let Some(transitions) = self.transitions.lock().expect("state lock").take() {
+            tasks.push(self.breakers.spawn_recorder(transitions));
+        }
+        tasks
+    }
+
+    /// Saves what must outlive the process (breaker state) before the final flush. Blocking.
+    pub fn save(&self) -> Result<(), StoreError> {
+        self.breakers.save_all()
+    }
+
     /// Whether one of seawall's own features is on for this request's client.
     pub fn feature_on(&self, feature: Feature, ctx: &RequestContext) -> bool {
         self.flags
             .is_on(feature.flag(), &features::client_context(ctx))
+    }
+
+    /// The upstream call switches for this request.
+    pub fn call_options(&self, ctx: &RequestContext) -> CallOptions {
+        CallOptions {
+            breaker: self.feature_on(Feature::CircuitBreaker, ctx),
+            bounded_queue: self.feature_on(Feature::EnhancedPooling, ctx),
+        }
     }
 }

@@ -28,6 +28,10 @@ pub mod trees {
     pub const FLAG_HISTORY: &str = "flag_history";
     /// Segments by id (big-endian i64).
     pub const FLAG_SEGMENTS: &str = "flag_segments";
+    /// Breaker state to restore, by breaker name (JSON).
+    pub const BREAKERS: &str = "breakers";
+    /// Breaker transitions, keyed by breaker name, 0x00, id (big-endian).
+    pub const BREAKER_LOG: &str = "breaker_log";
 }
 
 /// Why the store could not be opened or used.

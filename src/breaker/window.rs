@@ -2,7 +2,7 @@
 //!
 //! A window only counts; the breaker decides what the counts mean.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What one finished call contributes to the rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,16 +134,10 @@ fn second_of(origin: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(origin).as_secs()
 }
 
-/// How long a window of this kind spans, for documentation and views.
-pub fn span(kind: WindowKind) -> Option<Duration> {
-    match kind {
-        WindowKind::Count(_) => None,
-        WindowKind::Time(n) => Some(Duration::from_secs(n as u64)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const FAIL: Mark = Mark {

@@ -24,6 +24,7 @@ use serde::{Serialize, Serializer};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use flags::{BUILTIN_FEATURES, FlagSpec, FlagsConfig};
 
+use crate::breaker::BreakerConfig;
 use crate::path_pattern::PathPattern;
 
 /// The whole validated configuration.
@@ -120,6 +121,12 @@ pub struct UpstreamConfig {
     /// Bound on the upstream's time to answer with a response head.
     #[serde(serialize_with = "millis")]
     pub timeout: Duration,
+    /// With enhanced pooling: requests that may wait for a slot; more are refused at once.
+    pub max_queue: usize,
+    /// With enhanced pooling: the longest wait for a slot.
+    #[serde(serialize_with = "millis")]
+    pub acquire_timeout: Duration,
+    pub breaker: BreakerConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -85,6 +85,25 @@ pub struct RawUpstream {
     pub max_connections: Option<u64>,
     pub connect_timeout_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
+    pub max_queue: Option<u64>,
+    pub acquire_timeout_ms: Option<u64>,
+    pub breaker: Option<RawBreaker>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    pub window: Option<String>,
+    pub window_size: Option<u64>,
+    pub minimum_calls: Option<u64>,
+    pub failure_rate_threshold: Option<f64>,
+    pub slow_call_rate_threshold: Option<f64>,
+    pub slow_call_duration_ms: Option<u64>,
+    pub half_open_permits: Option<u64>,
+    pub wait_in_open_ms: Option<u64>,
+    pub wait_multiplier: Option<f64>,
+    pub max_wait_in_open_ms: Option<u64>,
+    pub max_wait_in_half_open_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

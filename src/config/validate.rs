@@ -11,8 +11,9 @@ use std::time::Duration;
 use http::{Method, Uri};
 use ipnet::IpNet;
 
+use crate::breaker::{BreakerConfig, WindowKind};
 use crate::config::env::Sources;
-use crate::config::raw::{RawConfig, RawRoute, RawUpstream};
+use crate::config::raw::{RawBreaker, RawConfig, RawRoute, RawUpstream};
 use crate::config::{
     AdminConfig, Config, ConfigError, FlagsConfig, HealthConfig, LogConfig, LogFormat, RouteConfig,
     Secret, ServerConfig, StoreConfig, UpstreamConfig, UpstreamKind,
@@ -210,18 +211,21 @@ impl Validator<'_> {
             (None, UpstreamKind::Chroma) => Some("/api/v2/heartbeat".to_string()),
             (None, UpstreamKind::Http) => None,
         };
+        let max_connections =
+            self.range(&key("max_connections"), raw.max_connections, 64, 1, 100_000)?;
+        let timeout = self.millis(&key("timeout_ms"), raw.timeout_ms, 10_000, 1, 3_600_000)?;
+        let default_breaker = RawBreaker::default();
+        let breaker = self.breaker(
+            &key("breaker"),
+            raw.breaker.as_ref().unwrap_or(&default_breaker),
+            timeout,
+        )?;
         Ok(UpstreamConfig {
             name: name.to_string(),
             kind,
             url,
             health_path,
-            max_connections: self.range(
-                &key("max_connections"),
-                raw.max_connections,
-                64,
-                1,
-                100_000,
-            )? as usize,
+            max_connections: max_connections as usize,
             connect_timeout: self.millis(
                 &key("connect_timeout_ms"),
                 raw.connect_timeout_ms,
@@ -229,7 +233,22 @@ impl Validator<'_> {
                 1,
                 600_000,
             )?,
-            timeout: self.millis(&key("timeout_ms"), raw.timeout_ms, 10_000, 1, 3_600_000)?,
+            timeout,
+            max_queue: self.range(
+                &key("max_queue"),
+                raw.max_queue,
+                2 * max_connections,
+                0,
+                1_000_000,
+            )? as usize,
+            acquire_timeout: self.millis(
+                &key("acquire_timeout_ms"),
+                raw.acquire_timeout_ms,
+                2_000,
+                1,
+                3_600_000,
+            )?,
+            breaker,
         })
     }
 
@@ -297,6 +316,106 @@ impl Validator<'_> {
                 server.max_body_bytes,
                 0,
                 1 << 40,
+            )?,
+        })
+    }
+
+    /// A breaker section; defaults follow research/breaker-pool.md §7.2. The half-open wait
+    /// defaults to the dependency's call timeout.
+    fn breaker(
+        &self,
+        at: &str,
+        raw: &RawBreaker,
+        call_timeout: Duration,
+    ) -> Result<BreakerConfig, ConfigError> {
+        let key = |field: &str| format!("{at}.{field}");
+        let size = self.range(&key("window_size"), raw.window_size, 10, 1, 100_000)? as u32;
+        let window = match raw.window.as_deref() {
+            None | Some("time") if size > 3600 => {
+                let message = format!("{size} seconds is out of range (expected 1-3600)");
+                return Err(self.error(&key("window_size"), message));
+            }
+            None | Some("time") => WindowKind::Time(size),
+            Some("count") => WindowKind::Count(size),
+            Some(other) => {
+                let message = format!("{other:?} is not a window (expected \"time\" or \"count\")");
+                return Err(self.error(&key("window"), message));
+            }
+        };
+        let percent = |field: &str, value: Option<f64>, default: f64| {
+            let value = value.unwrap_or(default);
+            if value > 0.0 && value <= 100.0 {
+                return Ok(value);
+            }
+            let message = format!("{value} is out of range (expected more than 0, at most 100)");
+            Err(self.error(&key(field), message))
+        };
+        let wait_in_open = self.millis(
+            &key("wait_in_open_ms"),
+            raw.wait_in_open_ms,
+            30_000,
+            1,
+            86_400_000,
+        )?;
+        let default_max = 300_000.max(wait_in_open.as_millis() as u64);
+        let max_wait_in_open = self.millis(
+            &key("max_wait_in_open_ms"),
+            raw.max_wait_in_open_ms,
+            default_max,
+            1,
+            86_400_000,
+        )?;
+        if max_wait_in_open < wait_in_open {
+            let message = format!(
+                "{} is below wait_in_open_ms ({})",
+                max_wait_in_open.as_millis(),
+                wait_in_open.as_millis()
+            );
+            return Err(self.error(&key("max_wait_in_open_ms"), message));
+        }
+        let wait_multiplier = raw.wait_multiplier.unwrap_or(2.0);
+        if !(1.0..=10.0).contains(&wait_multiplier) {
+            let message = format!("{wait_multiplier} is out of range (expected 1-10)");
+            return Err(self.error(&key("wait_multiplier"), message));
+        }
+        let half_open_default = call_timeout.as_millis() as u64;
+        Ok(BreakerConfig {
+            window,
+            minimum_calls: self.range(&key("minimum_calls"), raw.minimum_calls, 10, 1, 100_000)?
+                as u32,
+            failure_rate_threshold: percent(
+                "failure_rate_threshold",
+                raw.failure_rate_threshold,
+                50.0,
+            )?,
+            slow_call_rate_threshold: percent(
+                "slow_call_rate_threshold",
+                raw.slow_call_rate_threshold,
+                80.0,
+            )?,
+            slow_call_duration: self.millis(
+                &key("slow_call_duration_ms"),
+                raw.slow_call_duration_ms,
+                5_000,
+                1,
+                3_600_000,
+            )?,
+            half_open_permits: self.range(
+                &key("half_open_permits"),
+                raw.half_open_permits,
+                3,
+                1,
+                10_000,
+            )? as u32,
+            wait_in_open,
+            wait_multiplier,
+            max_wait_in_open,
+            max_wait_in_half_open: self.millis(
+                &key("max_wait_in_half_open_ms"),
+                raw.max_wait_in_half_open_ms,
+                half_open_default,
+                0,
+                3_600_000,
             )?,
         })
     }

@@ -229,6 +229,14 @@ impl FlagStore {
         enabled == Some(true)
     }
 
+    /// Whether a flag exists and its kill switch is on, whoever asks: for behaviour that is not
+    /// per request (background probes).
+    pub fn is_switched_on(&self, name: &str) -> bool {
+        self.snapshot()
+            .live(name)
+            .is_some_and(|(flag, _)| flag.enabled)
+    }
+
     /// Counts one evaluation: `None` for an unknown flag.
     pub fn count(&self, snapshot: &Snapshot, name: &str, enabled: Option<bool>) {
         match (snapshot.counters.get(name), enabled) {
