@@ -74,7 +74,7 @@ impl Endpoint {
     fn methods(self) -> &'static [Method] {
         match self {
             Endpoint::Unknown => &[],
-            Endpoint::Flags => &[
+            Endpoint::Flags | Endpoint::Dependencies => &[
                 Method::GET,
                 Method::POST,
                 Method::PUT,

@@ -6,6 +6,8 @@ mod backend;
 mod support;
 
 mod admin_auth;
+mod breakers;
+mod chroma;
 mod config_errors;
 mod crash_recovery;
 mod environment;

@@ -285,3 +285,100 @@ pub fn assert_error(reply: &Reply, status: u16, code: &str) {
         "{body}"
     );
 }
+
+/// A free loopback port: bound, then released for a server about to start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A ChromaDB server of this test's own (started with the wheel `tests/run` installed), so the
+/// test may kill and restart it.
+pub struct Chroma {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+}
+
+impl Chroma {
+    pub async fn start() -> Chroma {
+        let mut chroma = Chroma {
+            child: None,
+            port: free_port(),
+            dir: TempDir::new().unwrap(),
+        };
+        chroma.launch().await;
+        chroma
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts (again) on the same port with the same data.
+    pub async fn launch(&mut self) {
+        let config = self.dir.path().join("config.yaml");
+        let data = self.dir.path().join("data");
+        std::fs::write(
+            &config,
+            format!("listen_address: \"127.0.0.1\"\nport: {}\npersist_path: \"{}\"\nallow_reset: true\n", self.port, data.display()),
+        )
+        .unwrap();
+        let child = Command::new(required_env("SEAWALL_TEST_CHROMA_PYTHON"))
+            .args([
+                "-c",
+                "import sys, chromadb_rust_bindings as b; b.cli(['chroma', 'run', sys.argv[1]])",
+            ])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ChromaDB starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        let heartbeat = format!("{}/api/v2/heartbeat", self.url());
+        loop {
+            let probe = tokio::time::timeout(
+                Duration::from_secs(2),
+                client().get(heartbeat.parse().unwrap()),
+            )
+            .await;
+            if let Ok(Ok(response)) = probe
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "ChromaDB did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `kill -9`, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Chroma {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The value of one sample in a Prometheus exposition, e.g. `name{label="x"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
