@@ -334,11 +334,26 @@ impl Breaker {
         self.inner.lock().expect("breaker lock")
     }
 
+    /// Runs `f` under the lock, then hands the transitions it caused to the listener outside
+    /// the lock (one lock acquisition per call).
+    fn locked<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        let (result, pending) = {
+            let mut inner = self.lock();
+            let result = f(&mut inner);
+            (result, std::mem::take(&mut inner.pending))
+        };
+        if let Some(listener) = &self.listener {
+            for transition in &pending {
+                listener(transition);
+            }
+        }
+        result
+    }
+
     /// Asks to make a call now.
     pub fn try_acquire(self: &Arc<Self>, now: Instant) -> Result<Permit, Rejected> {
-        let result = {
-            let mut inner = self.lock();
-            self.advance(&mut inner, now);
+        let result = self.locked(|inner| {
+            self.advance(inner, now);
             let reject = |reason, retry_after| {
                 Err(Rejected {
                     reason,
@@ -374,8 +389,7 @@ impl Breaker {
                     reject(RejectReason::HalfOpenFull, retry_after)
                 }
             }
-        };
-        self.publish();
+        });
         result.map(|(epoch, counted)| Permit {
             breaker: self.clone(),
             epoch,
@@ -386,19 +400,15 @@ impl Breaker {
 
     /// The state now (committing any transition that is due).
     pub fn state(&self, now: Instant) -> State {
-        let state = {
-            let mut inner = self.lock();
-            self.advance(&mut inner, now);
+        self.locked(|inner| {
+            self.advance(inner, now);
             inner.state
-        };
-        self.publish();
-        state
+        })
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let snapshot = {
-            let mut inner = self.lock();
-            self.advance(&mut inner, now);
+        self.locked(|inner| {
+            self.advance(inner, now);
             let buffered = match inner.state {
                 State::HalfOpen => inner.half_open.window.counts(now),
                 _ => inner.window.counts(now),
@@ -424,43 +434,38 @@ impl Breaker {
                 attempts: inner.attempts,
                 transitions: inner.transitions.clone(),
             }
-        };
-        self.publish();
-        snapshot
+        })
     }
 
     /// What to save so that a restart continues where this left off.
     pub fn persisted(&self, now: Instant) -> Persisted {
-        let mut inner = self.lock();
-        self.advance(&mut inner, now);
-        Persisted {
-            state: inner.state,
-            open_remaining: (inner.state == State::Open)
-                .then(|| inner.open_until.saturating_duration_since(now)),
-            attempts: inner.attempts,
-            totals: inner.totals,
-        }
+        self.locked(|inner| {
+            self.advance(inner, now);
+            Persisted {
+                state: inner.state,
+                open_remaining: (inner.state == State::Open)
+                    .then(|| inner.open_until.saturating_duration_since(now)),
+                attempts: inner.attempts,
+                totals: inner.totals,
+            }
+        })
     }
 
     /// An operator's transition: `reset` (to a fresh CLOSED), `force_open`, `disable`,
     /// `metrics_only`, or any legal state. Illegal ones are refused and change nothing.
     pub fn transition_to(&self, to: State, now: Instant) -> Result<(), IllegalTransition> {
-        let result = {
-            let mut inner = self.lock();
-            self.advance(&mut inner, now);
+        self.locked(|inner| {
+            self.advance(inner, now);
             let from = inner.state;
             if !from.may_become(to) {
-                Err(IllegalTransition { from, to })
-            } else {
-                if to == State::Open {
-                    inner.attempts += 1;
-                }
-                self.enter(&mut inner, to, Cause::Manual, now, (-1.0, -1.0));
-                Ok(())
+                return Err(IllegalTransition { from, to });
             }
-        };
-        self.publish();
-        result
+            if to == State::Open {
+                inner.attempts += 1;
+            }
+            self.enter(inner, to, Cause::Manual, now, (-1.0, -1.0));
+            Ok(())
+        })
     }
 
     /// Back to a fresh CLOSED from any state.
@@ -477,11 +482,10 @@ impl Breaker {
         duration: Duration,
         now: Instant,
     ) {
-        {
-            let mut inner = self.lock();
+        self.locked(|inner| {
             // An ignored outcome decides nothing, so it needs no clock (a dropped permit has none).
             if outcome != Outcome::Ignored {
-                self.advance(&mut inner, now);
+                self.advance(inner, now);
             }
             let slow = duration > self.config.slow_call_duration;
             let current = permit_epoch == inner.epoch;
@@ -506,11 +510,10 @@ impl Breaker {
                     }
                 }
                 if current {
-                    self.judge(&mut inner, Mark { failed, slow }, now);
+                    self.judge(inner, Mark { failed, slow }, now);
                 }
             }
-        }
-        self.publish();
+        })
     }
 
     /// Records a current-epoch outcome into the state's window and decides on a transition.
@@ -625,16 +628,6 @@ impl Breaker {
             open_for: (to == State::Open).then(|| inner.open_until.saturating_duration_since(now)),
             attempts: inner.attempts,
         });
-    }
-
-    /// Hands pending transitions to the listener, outside the lock.
-    fn publish(&self) {
-        let pending = std::mem::take(&mut self.lock().pending);
-        if let Some(listener) = &self.listener {
-            for transition in &pending {
-                listener(transition);
-            }
-        }
     }
 }
 
