@@ -113,6 +113,9 @@ impl AdminService {
         state.flags.render_metrics(&mut out);
         state.breakers.render_metrics(&mut out);
         state.upstreams.render_metrics(&mut out);
+        if let Some(database) = &state.database {
+            database.render_metrics(&mut out);
+        }
         out.single(
             "seawall_store_size_on_disk_bytes",
             "gauge",

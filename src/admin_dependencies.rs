@@ -7,7 +7,7 @@
 //! | `POST /admin/breakers/{name}/force-open` | refuse every call until an operator acts |
 //! | `POST /admin/breakers/{name}/disable` | let every call through, record nothing |
 //! | `POST /admin/breakers/{name}/metrics-only` | measure, never refuse |
-//! | `GET /admin/pools` | every HTTP upstream pool: slots, waiters, queue, requests, errors by kind, breaker state |
+//! | `GET /admin/pools` | the PostgreSQL pool (connections by state, waiters, timeouts, connection errors by kind) and every HTTP upstream pool (slots, waiters, queue, requests, errors by kind), each with its breaker state |
 //!
 //! Operator changes are written to sled and flushed before the answer; they survive restarts.
 //! The actor is the `X-Seawall-Actor` header, else `admin`.
@@ -84,7 +84,10 @@ pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Resp
             allow: vec![Method::POST],
         }),
         (["pools"], &Method::GET) => {
-            let pools: Vec<Value> = state.upstreams.sorted().iter().map(|u| u.view()).collect();
+            let mut pools: Vec<Value> = state.upstreams.sorted().iter().map(|u| u.view()).collect();
+            if let Some(database) = &state.database {
+                pools.insert(0, database.view());
+            }
             Ok(body::json(StatusCode::OK, &json!({ "pools": pools })))
         }
         (["pools"], _) => Err(Error::MethodNotAllowed {

@@ -47,6 +47,18 @@ pub enum Error {
         breaker: String,
         retry_after: Duration,
     },
+    #[error("the database is unreachable: {0}")]
+    DatabaseUnavailable(String),
+    #[error("the database has no free connection")]
+    DatabaseBusy,
+    #[error("the statement did not finish in time")]
+    QueryTimeout,
+    #[error("the database refused the statement ({sqlstate})")]
+    QueryRejected { sqlstate: String, conflict: bool },
+    #[error("the statement failed ({sqlstate}): {detail}")]
+    QueryFailed { sqlstate: String, detail: String },
+    #[error("missing parameter {0:?}")]
+    MissingParameter(String),
     #[error("request not answered within {0:?}")]
     RequestTimeout(Duration),
     #[error("internal error: {0}")]
@@ -66,9 +78,17 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout { .. } | Error::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Error::UpstreamBusy { .. } | Error::CircuitOpen { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
+            Error::UpstreamBusy { .. }
+            | Error::CircuitOpen { .. }
+            | Error::DatabaseUnavailable(_)
+            | Error::DatabaseBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Error::QueryTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Error::QueryRejected { conflict: true, .. } => StatusCode::CONFLICT,
+            Error::QueryRejected {
+                conflict: false, ..
             }
+            | Error::MissingParameter(_) => StatusCode::BAD_REQUEST,
+            Error::QueryFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +110,15 @@ impl Error {
             Error::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
             Error::UpstreamBusy { .. } => "UPSTREAM_BUSY",
             Error::CircuitOpen { .. } => "CIRCUIT_OPEN",
+            Error::DatabaseUnavailable(_) => "DB_UNAVAILABLE",
+            Error::DatabaseBusy => "DB_BUSY",
+            Error::QueryTimeout => "QUERY_TIMEOUT",
+            Error::QueryRejected { conflict: true, .. } => "CONFLICT",
+            Error::QueryRejected {
+                conflict: false, ..
+            } => "INVALID_INPUT",
+            Error::QueryFailed { .. } => "QUERY_FAILED",
+            Error::MissingParameter(_) => "MISSING_PARAMETER",
             Error::RequestTimeout(_) => "GATEWAY_TIMEOUT",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
@@ -126,6 +155,31 @@ impl Error {
                 format!("The upstream '{upstream}' is at its connection limit; retry shortly.")
             }
             Error::RequestTimeout(_) => "The request was not answered in time.".to_string(),
+            Error::DatabaseUnavailable(_) => {
+                "The database cannot be reached right now; retry shortly.".to_string()
+            }
+            Error::DatabaseBusy => "Every database connection is busy; retry shortly.".to_string(),
+            Error::QueryTimeout => "The database did not finish the statement in time.".to_string(),
+            Error::QueryRejected {
+                sqlstate,
+                conflict: true,
+            } => {
+                format!("The request conflicts with the stored data (SQLSTATE {sqlstate}).")
+            }
+            Error::QueryRejected {
+                sqlstate,
+                conflict: false,
+            } => {
+                format!("A parameter is not acceptable to the database (SQLSTATE {sqlstate}).")
+            }
+            Error::QueryFailed { .. } => {
+                "The database could not run this route's statement.".to_string()
+            }
+            Error::MissingParameter(name) => {
+                format!(
+                    "The parameter {name:?} is required: in the path, the query string or the JSON body."
+                )
+            }
             Error::CircuitOpen { breaker, .. } => {
                 format!(
                     "'{breaker}' is failing and its circuit breaker is open; retry after the Retry-After delay."
@@ -145,6 +199,7 @@ impl Error {
         });
         match self {
             Error::Validation { field, .. } => body["field"] = json!(field),
+            Error::QueryRejected { sqlstate, .. } => body["sqlstate"] = json!(sqlstate),
             Error::CircuitOpen {
                 breaker,
                 retry_after,
@@ -169,7 +224,7 @@ impl Error {
                     HeaderValue::from_static("Bearer realm=\"seawall-admin\""),
                 );
             }
-            Error::UpstreamBusy { .. } => {
+            Error::UpstreamBusy { .. } | Error::DatabaseUnavailable(_) | Error::DatabaseBusy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Error::CircuitOpen { retry_after, .. } => {

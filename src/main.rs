@@ -63,6 +63,10 @@ fn run(config: Config) -> ExitCode {
     let outcome = runtime.block_on(async {
         let signal =
             shutdown::on_signal().map_err(|e| format!("cannot install signal handler: {e}"))?;
+        // Bind first: a taken port fails before the store and pools are opened.
+        let listeners = Listeners::bind(&config.server)
+            .await
+            .map_err(|e| e.to_string())?;
         let state = tokio::task::spawn_blocking(move || AppState::build(config))
             .await
             .expect("startup task does not panic")
@@ -72,7 +76,6 @@ fn run(config: Config) -> ExitCode {
         {
             tracing::info!(path = %path.display(), created, "admin token is in this file");
         }
-        let listeners = Listeners::bind(&state).await.map_err(|e| e.to_string())?;
         server::run(listeners, state, signal).await;
         Ok::<(), String>(())
     });

@@ -19,7 +19,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// A monotonically increasing count.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
 
 impl Counter {
@@ -37,7 +37,7 @@ impl Counter {
 }
 
 /// A value that goes up and down.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Gauge(AtomicI64);
 
 impl Gauge {
@@ -59,6 +59,7 @@ impl Gauge {
 }
 
 /// A cumulative histogram of durations with fixed bucket bounds (seconds).
+#[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],
     /// Non-cumulative counts per bucket; the last slot is the `+Inf` overflow.
@@ -181,6 +182,19 @@ impl Exposition {
     pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) {
         self.header(name, kind, help);
         self.sample(name, &[], value);
+    }
+
+    /// A whole family with a single labelled sample.
+    pub fn single_labelled(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        labels: Labels<'_>,
+        value: f64,
+    ) {
+        self.header(name, kind, help);
+        self.sample(name, labels, value);
     }
 
     /// A whole counter family.

@@ -1,13 +1,13 @@
 //! The route table of the proxy listener: ordered routes, first match wins.
 //!
 //! Resolution is pure: a method and a path in, a decision out. What a matched route does
-//! (proxy to an upstream, and in later capabilities run SQL or check a flag) is up to `router`.
+//! (check its flag, proxy to an upstream, run its SQL) is up to `router`.
 
 use std::sync::Arc;
 
 use http::Method;
 
-use crate::config::RouteConfig;
+use crate::config::{RouteConfig, RouteTarget};
 use crate::path_pattern::Params;
 
 /// A route ready to serve: its configuration plus the name shared by metrics and logs.
@@ -15,6 +15,8 @@ use crate::path_pattern::Params;
 pub struct Route {
     pub name: Arc<str>,
     pub config: RouteConfig,
+    /// For SQL routes: the statement wrapped to answer one JSON array, built once.
+    pub wrapped_sql: Option<Arc<str>>,
 }
 
 /// The outcome of looking a request up.
@@ -42,6 +44,12 @@ impl RouteTable {
             .map(|config| {
                 Arc::new(Route {
                     name: Arc::from(config.name.as_str()),
+                    wrapped_sql: match &config.target {
+                        RouteTarget::Postgres(sql) => {
+                            Some(Arc::from(crate::pg::wrap_as_json(&sql.sql)))
+                        }
+                        RouteTarget::Upstream(_) => None,
+                    },
                     config: config.clone(),
                 })
             })

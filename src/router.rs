@@ -12,21 +12,24 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::Body;
+use crate::config::RouteTarget;
 use crate::error::Error;
 use crate::features::client_context;
 use crate::ofrep;
+use crate::path_pattern::Params;
 use crate::proxy;
 use crate::request_context::RequestContext;
 use crate::request_stats::Listener;
 use crate::route::{Resolution, Route};
 use crate::server::Service;
+use crate::sql_route;
 use crate::state::AppState;
 
 /// What a proxy-listener request turned out to be.
 pub enum Target {
     Health(HealthEndpoint),
     Ofrep(ofrep::Endpoint),
-    Route(Arc<Route>),
+    Route(Arc<Route>, Params),
     Rejected(Error),
 }
 
@@ -95,7 +98,9 @@ impl Service for ProxyService {
             return (self.ofrep_label.clone(), Target::Ofrep(endpoint));
         }
         match self.state.routes.resolve(request.method(), path) {
-            Resolution::Matched { route, .. } => (route.name.clone(), Target::Route(route.clone())),
+            Resolution::Matched { route, params } => {
+                (route.name.clone(), Target::Route(route.clone(), params))
+            }
             Resolution::MethodNotAllowed { allow } => (
                 self.unmatched_label.clone(),
                 Target::Rejected(Error::MethodNotAllowed { allow }),
@@ -117,20 +122,32 @@ impl Service for ProxyService {
             Target::Health(endpoint) => Ok(endpoint.respond(&self.state)),
             Target::Ofrep(endpoint) => ofrep::serve(&self.state, endpoint, request, ctx).await,
             Target::Rejected(error) => Err(error),
-            Target::Route(route) => {
+            Target::Route(route, params) => {
                 if let Some(flag) = &route.config.flag
                     && !self.state.flags.is_on(flag, &client_context(ctx))
                 {
                     return Err(Error::NotFound);
                 }
-                let upstream = self
-                    .state
-                    .upstreams
-                    .get(&route.config.upstream)
-                    .ok_or_else(|| {
-                        Error::Internal(format!("route {} names a missing upstream", route.name))
-                    })?;
-                proxy::forward(upstream, &route, request, ctx, self.state.call_options(ctx)).await
+                match &route.config.target {
+                    RouteTarget::Upstream(name) => {
+                        let upstream = self.state.upstreams.get(name).ok_or_else(|| {
+                            Error::Internal(format!(
+                                "route {} names a missing upstream",
+                                route.name
+                            ))
+                        })?;
+                        let options = self.state.call_options(ctx);
+                        proxy::forward(upstream, &route, request, ctx, options).await
+                    }
+                    RouteTarget::Postgres(sql) => {
+                        let wrapped = route
+                            .wrapped_sql
+                            .clone()
+                            .expect("SQL routes carry their statement");
+                        sql_route::serve(&self.state, &route, sql, wrapped, params, request, ctx)
+                            .await
+                    }
+                }
             }
         }
     }

@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::admin::AdminService;
 use crate::body::Body;
+use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::request_context::RequestContext;
 use crate::request_stats::Listener;
@@ -60,8 +61,7 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub async fn bind(state: &AppState) -> Result<Listeners, StartError> {
-        let server = &state.config.server;
+    pub async fn bind(server: &ServerConfig) -> Result<Listeners, StartError> {
         let bind = |what: &'static str, addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -141,6 +141,7 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
     for task in background {
         task.abort();
     }
+    state.close().await;
     let saving = state.clone();
     match tokio::task::spawn_blocking(move || saving.save()).await {
         Ok(Ok(())) => {}

@@ -19,6 +19,7 @@ use crate::features::{self, Feature};
 use crate::flags::store::FlagStore;
 use crate::health::{Health, Probe, StoreProbe};
 use crate::metrics::Gauge;
+use crate::pg::{Database, DatabaseProbe};
 use crate::request_context::RequestContext;
 use crate::request_stats::RequestStats;
 use crate::route::RouteTable;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub stats: RequestStats,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
+    /// The PostgreSQL pool, when a database is configured.
+    pub database: Option<Arc<Database>>,
     pub admin_token: AdminToken,
     pub store_size: Arc<Gauge>,
     /// Breaker transitions for the recorder, taken when background tasks start.
@@ -73,12 +76,25 @@ impl AppState {
                 .expect("one breaker per upstream")
                 .clone()
         });
+        let database = config.postgres.as_ref().map(|postgres| {
+            let breaker = breakers
+                .get("postgres")
+                .expect("the postgres breaker")
+                .clone();
+            Arc::new(Database::new(postgres.clone(), breaker))
+        });
         let admin_token = AdminToken::load(&config.admin, &config.store.data_dir)
             .map_err(StartError::AdminToken)?;
 
         let store_probe = StoreProbe::new(store.clone());
         let store_size = store_probe.size_on_disk.clone();
         let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store_probe)];
+        if let Some(database) = &database {
+            probes.push(Arc::new(DatabaseProbe::new(
+                database.clone(),
+                config.health.timeout,
+            )));
+        }
         for upstream in upstreams.sorted() {
             if let Some(path) = &upstream.config.health_path {
                 let flags = flags.clone();
@@ -96,6 +112,7 @@ impl AppState {
             stats: RequestStats::default(),
             routes: RouteTable::new(&config.routes),
             upstreams,
+            database,
             admin_token,
             store_size,
             flags,
@@ -119,6 +136,13 @@ impl AppState {
     /// Saves what must outlive the process (breaker state) before the final flush. Blocking.
     pub fn save(&self) -> Result<(), StoreError> {
         self.breakers.save_all()
+    }
+
+    /// Closes the database pool (on the blocking pool, where its connections may be dropped).
+    pub async fn close(&self) {
+        if let Some(database) = &self.database {
+            database.close().await;
+        }
     }
 
     /// Whether one of seawall's own features is on for this request's client.

@@ -105,6 +105,28 @@ pub fn overlay(
         chroma.kind.get_or_insert_with(|| "chroma".to_string());
         sources.insert("upstreams.chroma.url", "CHROMA_URL");
     }
+    let postgres_set = ["DATABASE_URL", "DB_POOL_MAX", "DB_POOL_MIN"]
+        .iter()
+        .any(|v| env.get(v).is_some());
+    if postgres_set {
+        let postgres = raw.postgres.get_or_insert_with(Default::default);
+        if let Some(url) = env.get("DATABASE_URL") {
+            postgres.url = Some(url);
+            sources.insert("postgres.url", "DATABASE_URL");
+        }
+        for (var, key, slot) in [
+            ("DB_POOL_MAX", "postgres.pool_max", &mut postgres.pool_max),
+            ("DB_POOL_MIN", "postgres.pool_min", &mut postgres.pool_min),
+        ] {
+            if let Some(value) = env.get(var) {
+                let parsed = value.trim().parse().map_err(|_| {
+                    ConfigError::new(var, format!("{value:?} is not a number of connections"))
+                })?;
+                *slot = Some(parsed);
+                sources.insert(key, var);
+            }
+        }
+    }
     if raw.server.trust_fly_proxy.is_none() && env.get("FLY_APP_NAME").is_some() {
         raw.server.trust_fly_proxy = Some(true);
         sources.insert("server.trust_fly_proxy", "FLY_APP_NAME");

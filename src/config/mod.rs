@@ -7,6 +7,7 @@
 //! it into exit status 64. Turning the config into running state (sockets, the store, pools) is
 //! left to `state` and `server`.
 
+mod database;
 mod env;
 mod flags;
 mod raw;
@@ -37,6 +38,7 @@ pub struct Config {
     pub health: HealthConfig,
     pub flags: FlagsConfig,
     pub upstreams: Vec<UpstreamConfig>,
+    pub postgres: Option<PostgresConfig>,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -145,11 +147,52 @@ pub struct RouteConfig {
     /// `None` accepts every method.
     #[serde(serialize_with = "methods")]
     pub methods: Option<Vec<Method>>,
-    pub upstream: String,
+    #[serde(flatten)]
+    pub target: RouteTarget,
     pub strip_prefix: Option<String>,
     pub max_body_bytes: u64,
     /// Served only while this flag is on for the request; otherwise 404.
     pub flag: Option<String>,
+}
+
+/// What a route does with a request.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteTarget {
+    /// Proxy to `[upstreams.NAME]`.
+    Upstream(String),
+    /// Run one parameterised statement; answer its rows as a JSON array.
+    Postgres(SqlRoute),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SqlRoute {
+    pub sql: String,
+    /// Bound in order as `$1..$n`: each from the path, else the query string, else the body.
+    pub params: Vec<String>,
+}
+
+/// The PostgreSQL pool (`[postgres]`, `DATABASE_URL`, `DB_POOL_MAX`, `DB_POOL_MIN`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresConfig {
+    /// The connection string with its password masked.
+    pub url: String,
+    #[serde(skip)]
+    pub connection: ::postgres::Config,
+    pub pool_max: u32,
+    pub pool_min: u32,
+    #[serde(serialize_with = "millis")]
+    pub acquire_timeout: Duration,
+    #[serde(serialize_with = "millis")]
+    pub connect_timeout: Duration,
+    /// Set on every connection (`statement_timeout`), so the server ends slow statements.
+    #[serde(serialize_with = "millis")]
+    pub statement_timeout: Duration,
+    /// Bound on a whole call (slot, connection, statement) as the client waits for it.
+    #[serde(serialize_with = "millis")]
+    pub call_timeout: Duration,
+    pub max_queue: usize,
+    pub breaker: BreakerConfig,
 }
 
 /// A secret string: never printed, logged or serialized in clear.

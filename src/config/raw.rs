@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub ofrep: crate::config::flags::RawOfrep,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+    pub postgres: Option<RawPostgres>,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
@@ -90,7 +91,7 @@ pub struct RawUpstream {
     pub breaker: Option<RawBreaker>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     pub window: Option<String>,
@@ -117,4 +118,20 @@ pub struct RawRoute {
     pub strip_prefix: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub flag: Option<String>,
+    pub postgres: Option<String>,
+    pub params: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPostgres {
+    pub url: Option<String>,
+    pub pool_max: Option<u64>,
+    pub pool_min: Option<u64>,
+    pub acquire_timeout_ms: Option<u64>,
+    pub connect_timeout_ms: Option<u64>,
+    pub statement_timeout_ms: Option<u64>,
+    pub call_timeout_ms: Option<u64>,
+    pub max_queue: Option<u64>,
+    pub breaker: Option<RawBreaker>,
 }

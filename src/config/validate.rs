@@ -16,7 +16,7 @@ use crate::config::env::Sources;
 use crate::config::raw::{RawBreaker, RawConfig, RawRoute, RawUpstream};
 use crate::config::{
     AdminConfig, Config, ConfigError, FlagsConfig, HealthConfig, LogConfig, LogFormat, RouteConfig,
-    Secret, ServerConfig, StoreConfig, UpstreamConfig, UpstreamKind,
+    RouteTarget, Secret, ServerConfig, StoreConfig, UpstreamConfig, UpstreamKind,
 };
 use crate::path_pattern::PathPattern;
 
@@ -37,9 +37,13 @@ pub fn validate(
         .iter()
         .map(|(name, up)| v.upstream(name, up))
         .collect::<Result<Vec<_>, _>>()?;
+    let postgres = match &raw.postgres {
+        Some(section) => v.postgres(section)?,
+        None => None,
+    };
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
     for (index, route) in raw.routes.iter().enumerate() {
-        let route = v.route(index, route, &server, &upstreams)?;
+        let route = v.route(index, route, &server, &upstreams, postgres.is_some())?;
         if routes.iter().any(|r| r.name == route.name) {
             return Err(v.error(
                 &format!("routes[{index}].name"),
@@ -85,16 +89,17 @@ pub fn validate(
         },
         flags,
         upstreams,
+        postgres,
         routes,
     })
 }
 
-struct Validator<'a> {
-    sources: &'a Sources,
+pub(super) struct Validator<'a> {
+    pub(super) sources: &'a Sources,
 }
 
 impl Validator<'_> {
-    fn error(&self, key: &str, message: String) -> ConfigError {
+    pub(super) fn error(&self, key: &str, message: String) -> ConfigError {
         match self.sources.get(key) {
             Some(var) => ConfigError::new(format!("{key} (set by {var})"), message),
             None => ConfigError::new(key, message),
@@ -258,6 +263,7 @@ impl Validator<'_> {
         raw: &RawRoute,
         server: &ServerConfig,
         upstreams: &[UpstreamConfig],
+        postgres: bool,
     ) -> Result<RouteConfig, ConfigError> {
         let key = |field: &str| format!("routes[{index}].{field}");
         let Some(name) = raw.name.clone() else {
@@ -282,17 +288,40 @@ impl Validator<'_> {
                     .collect::<Result<Vec<_>, _>>()?,
             ),
         };
-        let Some(upstream) = raw.upstream.clone() else {
-            return Err(self.error(
-                &key("upstream"),
-                "is required: the name of an [upstreams.NAME] section".to_string(),
-            ));
+        let target = match (&raw.upstream, &raw.postgres) {
+            (Some(_), Some(_)) => {
+                let message = "a route has either upstream or postgres, not both".to_string();
+                return Err(self.error(&key("postgres"), message));
+            }
+            (None, None) => {
+                let message =
+                    "is required: the name of an [upstreams.NAME] section (or postgres = \"SQL\")";
+                return Err(self.error(&key("upstream"), message.to_string()));
+            }
+            (Some(upstream), None) => {
+                if !upstreams.iter().any(|u| &u.name == upstream) {
+                    let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                    return Err(self.error(
+                        &key("upstream"),
+                        format!("{upstream:?} is not a configured upstream (known: {known:?})"),
+                    ));
+                }
+                RouteTarget::Upstream(upstream.clone())
+            }
+            (None, Some(sql)) => {
+                let params = raw.params.clone().unwrap_or_default();
+                RouteTarget::Postgres(self.sql_route(
+                    &format!("routes[{index}]"),
+                    sql,
+                    &params,
+                    postgres,
+                )?)
+            }
         };
-        if !upstreams.iter().any(|u| u.name == upstream) {
-            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        if raw.params.is_some() && raw.postgres.is_none() {
             return Err(self.error(
-                &key("upstream"),
-                format!("{upstream:?} is not a configured upstream (known: {known:?})"),
+                &key("params"),
+                "only applies to postgres routes".to_string(),
             ));
         }
         if let Some(prefix) = &raw.strip_prefix
@@ -307,7 +336,7 @@ impl Validator<'_> {
             name,
             pattern,
             methods,
-            upstream,
+            target,
             strip_prefix: raw.strip_prefix.clone(),
             flag: raw.flag.clone(),
             max_body_bytes: self.range(
@@ -322,7 +351,7 @@ impl Validator<'_> {
 
     /// A breaker section; defaults follow research/breaker-pool.md §7.2. The half-open wait
     /// defaults to the dependency's call timeout.
-    fn breaker(
+    pub(super) fn breaker(
         &self,
         at: &str,
         raw: &RawBreaker,
@@ -438,7 +467,7 @@ impl Validator<'_> {
             .map_err(|_| self.error(key, format!("{text:?} is not an IP address or CIDR")))
     }
 
-    fn range(
+    pub(super) fn range(
         &self,
         key: &str,
         value: Option<u64>,
@@ -456,7 +485,7 @@ impl Validator<'_> {
         Ok(value)
     }
 
-    fn millis(
+    pub(super) fn millis(
         &self,
         key: &str,
         value: Option<u64>,
