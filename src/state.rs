@@ -63,11 +63,14 @@ impl AppState {
     pub fn build(config: Config) -> Result<AppState, StartError> {
         let store = Store::open(&config.store)?;
         let flags = Arc::new(FlagStore::open(&store, &config.flags)?);
-        let breaker_configs: Vec<_> = config
+        let mut breaker_configs: Vec<_> = config
             .upstreams
             .iter()
             .map(|u| (u.name.clone(), u.breaker.clone()))
             .collect();
+        if let Some(postgres) = &config.postgres {
+            breaker_configs.push(("postgres".to_string(), postgres.breaker.clone()));
+        }
         let (breakers, transitions) = Breakers::open(&store, &breaker_configs)?;
         let breakers = Arc::new(breakers);
         let upstreams = Upstreams::new(&config.upstreams, |name| {

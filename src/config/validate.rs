@@ -189,6 +189,10 @@ impl Validator<'_> {
     fn upstream(&self, name: &str, raw: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
         let key = |field: &str| format!("upstreams.{name}.{field}");
         check_name(name).map_err(|m| self.error(&format!("upstreams.{name}"), m))?;
+        if name == "postgres" {
+            let message = "is reserved for the PostgreSQL pool and its breaker".to_string();
+            return Err(self.error(&format!("upstreams.{name}"), message));
+        }
         let kind = match raw.kind.as_deref() {
             None | Some("http") => UpstreamKind::Http,
             Some("chroma") => UpstreamKind::Chroma,

@@ -17,5 +17,6 @@ mod flags;
 mod fly;
 mod health_metrics;
 mod ofrep;
+mod postgres;
 mod proxying;
 mod shutdown;

@@ -382,3 +382,140 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// A PostgreSQL cluster of this test's own, on a free port, that the test may stop and start.
+/// PostgreSQL refuses to run as root, so its commands run as `SEAWALL_TEST_PG_USER`.
+pub struct Pg {
+    dir: TempDir,
+    pub port: u16,
+    bin: PathBuf,
+    user: String,
+}
+
+impl Pg {
+    /// A fresh cluster, running, with a `seawall` database holding `setup`.
+    pub fn start(setup: &str) -> Pg {
+        let dir = TempDir::new().unwrap();
+        let pg = Pg {
+            port: free_port(),
+            bin: PathBuf::from(required_env("SEAWALL_TEST_PG_BIN")),
+            user: required_env("SEAWALL_TEST_PG_USER"),
+            dir,
+        };
+        run(Command::new("chmod").arg("755").arg(pg.dir.path()));
+        run(Command::new("chown").arg(&pg.user).arg(pg.dir.path()));
+        run(pg
+            .as_pg("initdb")
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "-D",
+            ])
+            .arg(pg.data()));
+        pg.start_again();
+        pg.psql("postgres", "CREATE DATABASE seawall");
+        pg.psql("seawall", setup);
+        pg
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn as_pg(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if whoami() == self.user {
+            Command::new(path)
+        } else {
+            let mut command = Command::new("runuser");
+            command.args(["-u", &self.user, "--"]).arg(path);
+            command
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/seawall", self.port)
+    }
+
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        run(self
+            .as_pg("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "-t", "60", "-o", &options, "start"]));
+    }
+
+    /// A fast shutdown: clients are disconnected, the server stops.
+    pub fn stop(&self) {
+        run(self
+            .as_pg("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "fast", "-w", "-t", "60", "stop"]));
+    }
+
+    /// Runs SQL as the superuser and returns the unaligned, tuples-only output.
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        let _ = self
+            .as_pg("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+fn whoami() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn run(command: &mut Command) {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

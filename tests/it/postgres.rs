@@ -1,0 +1,417 @@
+//! SQL routes against a real PostgreSQL of each test's own: binding, errors, outages,
+//! recovery, killed backends, slow statements, exhaustion and shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::support::{
+    PROCESS_TIMEOUT, Pg, Reply, Seawall, admin_get, assert_error, full, get, metric, send,
+};
+
+const SCHEMA: &str = "CREATE TABLE pets (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);
+                      INSERT INTO pets VALUES (1, 'rex'), (2, 'tom');";
+
+const BREAKER_ON: [(&str, &str); 2] = [
+    ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
+    ("FF_ENABLE_ENHANCED_POOLING", "true"),
+];
+
+fn config(pg: &Pg, extra: &str) -> String {
+    format!(
+        r#"
+[health]
+interval_ms = 200
+timeout_ms = 1000
+
+[postgres]
+url = "{}"
+pool_max = 4
+pool_min = 1
+acquire_timeout_ms = 1000
+connect_timeout_ms = 500
+statement_timeout_ms = 1000
+{extra}
+
+[postgres.breaker]
+window = "count"
+window_size = 6
+minimum_calls = 3
+wait_in_open_ms = 2000
+half_open_permits = 1
+
+[[routes]]
+name = "pet"
+match = "/pets/{{id}}"
+methods = ["GET"]
+postgres = "SELECT id, name FROM pets WHERE id = $1::bigint"
+params = ["id"]
+
+[[routes]]
+name = "pets-by-name"
+match = "/pets"
+methods = ["GET"]
+postgres = "SELECT id, name FROM pets WHERE name = $1 ORDER BY id"
+params = ["name"]
+
+[[routes]]
+name = "new-pet"
+match = "/pets"
+methods = ["POST"]
+postgres = "INSERT INTO pets (id, name) VALUES ($1::bigint, $2) RETURNING id, name"
+params = ["id", "name"]
+
+[[routes]]
+name = "sleep"
+match = "/sleep/{{seconds}}"
+postgres = "SELECT pg_sleep($1::float8)::text AS slept"
+params = ["seconds"]
+"#,
+        pg.url()
+    )
+}
+
+fn start(pg: &Pg, extra: &str) -> Seawall {
+    Seawall::start_in(
+        Arc::new(TempDir::new().unwrap()),
+        &config(pg, extra),
+        &BREAKER_ON,
+    )
+}
+
+async fn post(seawall: &Seawall, path: &str, body: Value) -> Reply {
+    send(
+        Method::POST,
+        &seawall.proxy_url(path),
+        &[("content-type", "application/json")],
+        full(body.to_string()),
+    )
+    .await
+}
+
+async fn postgres_breaker(seawall: &Seawall) -> Value {
+    let all = admin_get(seawall, "/admin/breakers").await.json();
+    all["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "postgres")
+        .unwrap()
+        .clone()
+}
+
+async fn postgres_check(seawall: &Seawall) -> Value {
+    get(&seawall.proxy_url("/health/detailed")).await.json()["checks"]["postgres:responseTime"][0]
+        .clone()
+}
+
+/// Polls `path` until it answers 200, within `limit`; the answers on the way must be 503s.
+async fn until_ok(seawall: &Seawall, path: &str, limit: Duration) -> Reply {
+    let deadline = Instant::now() + limit;
+    loop {
+        let reply = get(&seawall.proxy_url(path)).await;
+        if reply.status == 200 {
+            return reply;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(
+            reply.header("retry-after").is_some(),
+            "503 without Retry-After: {}",
+            reply.text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{path} never recovered; last answer {}",
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_routes_answer_json_and_bind_parameters_as_data() {
+    let pg = Pg::start(SCHEMA);
+    let seawall = start(&pg, "");
+    let one = get(&seawall.proxy_url("/pets/1")).await;
+    assert_eq!(one.status, 200, "{}", one.text());
+    assert_eq!(one.header("content-type"), Some("application/json"));
+    assert_eq!(one.json(), json!([{"id": 1, "name": "rex"}]));
+    assert_eq!(get(&seawall.proxy_url("/pets/999")).await.json(), json!([]));
+    assert_eq!(
+        get(&seawall.proxy_url("/pets?name=tom")).await.json(),
+        json!([{"id": 2, "name": "tom"}])
+    );
+
+    let bad = get(&seawall.proxy_url("/pets/abc")).await;
+    assert_error(&bad, 400, "INVALID_INPUT");
+    assert_eq!(bad.json()["sqlstate"], "22P02");
+    assert!(
+        !bad.text().contains("bigint"),
+        "no internals in the answer: {}",
+        bad.text()
+    );
+
+    let created = post(&seawall, "/pets", json!({"id": 3, "name": "kit"})).await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    assert_eq!(created.json(), json!([{"id": 3, "name": "kit"}]));
+    let duplicate = post(&seawall, "/pets", json!({"id": 4, "name": "kit"})).await;
+    assert_error(&duplicate, 409, "CONFLICT");
+    assert_eq!(duplicate.json()["sqlstate"], "23505");
+    assert_error(
+        &post(&seawall, "/pets", json!({"id": 5})).await,
+        400,
+        "MISSING_PARAMETER",
+    );
+    assert_error(
+        &post(&seawall, "/pets", json!(["x"])).await,
+        400,
+        "BAD_REQUEST",
+    );
+
+    let injection = "'; DROP TABLE pets; --";
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("name", injection)
+        .finish();
+    assert_eq!(
+        get(&seawall.proxy_url(&format!("/pets?{query}")))
+            .await
+            .json(),
+        json!([])
+    );
+    let stored = post(&seawall, "/pets", json!({"id": 6, "name": injection})).await;
+    assert_eq!(
+        stored.json(),
+        json!([{"id": 6, "name": injection}]),
+        "stored as data"
+    );
+    assert_eq!(
+        pg.psql("seawall", "SELECT count(*) FROM pets"),
+        "4",
+        "the table is intact"
+    );
+
+    let breaker = postgres_breaker(&seawall).await;
+    assert_eq!(
+        breaker["calls"]["failed"], 0,
+        "constraint and input errors do not move the breaker: {breaker}"
+    );
+    assert_eq!(breaker["state"], "closed");
+    let metrics = get(&seawall.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "seawall_db_query_errors_total{pool=\"postgres\",sqlstate_class=\"23\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "seawall_db_query_errors_total{pool=\"postgres\",sqlstate_class=\"22\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seawall_starts_while_postgres_is_down_and_recovers_on_its_own() {
+    let pg = Pg::start(SCHEMA);
+    pg.stop();
+    let seawall = start(&pg, "");
+    assert_eq!(get(&seawall.proxy_url("/health/live")).await.status, 200);
+    assert_eq!(get(&seawall.proxy_url("/health/ready")).await.status, 200);
+    assert_eq!(
+        admin_get(&seawall, "/admin/flags").await.status,
+        200,
+        "everything else works"
+    );
+    let down = get(&seawall.proxy_url("/pets/1")).await;
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert!(["DB_UNAVAILABLE", "CIRCUIT_OPEN"].contains(&down.json()["error"].as_str().unwrap()));
+    assert!(down.header("retry-after").is_some());
+    let check = postgres_check(&seawall).await;
+    assert!(
+        check["status"] == "fail" || check["status"] == "warn",
+        "{check}"
+    );
+    assert_eq!(
+        get(&seawall.proxy_url("/health")).await.status,
+        200,
+        "a database outage does not fail seawall's health"
+    );
+
+    pg.start_again();
+    let back = until_ok(&seawall, "/pets/1", Duration::from_secs(60)).await;
+    assert_eq!(back.json(), json!([{"id": 1, "name": "rex"}]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while postgres_check(&seawall).await["status"] != "pass" {
+        assert!(
+            Instant::now() < deadline,
+            "the postgres check never passed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_mid_traffic_opens_the_breaker_and_its_restart_closes_it() {
+    let pg = Pg::start(SCHEMA);
+    let seawall = start(&pg, "");
+    for _ in 0..5 {
+        assert_eq!(get(&seawall.proxy_url("/pets/2")).await.status, 200);
+    }
+    pg.stop();
+    let mut attempts = 0;
+    let open = loop {
+        let reply = get(&seawall.proxy_url("/pets/2")).await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        if reply.json()["error"] == "CIRCUIT_OPEN" {
+            break reply;
+        }
+        attempts += 1;
+        assert!(attempts <= 10, "the breaker never opened: {}", reply.text());
+    };
+    let retry_after: u64 = open.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let started = Instant::now();
+    assert_error(
+        &get(&seawall.proxy_url("/pets/2")).await,
+        503,
+        "CIRCUIT_OPEN",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "open breakers answer at once"
+    );
+    let metrics = get(&seawall.admin_url("/metrics")).await.text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "seawall_circuit_breaker_state{name=\"postgres\",state=\"open\"}"
+        ),
+        Some(1.0)
+    );
+
+    pg.start_again();
+    until_ok(&seawall, "/pets/2", Duration::from_secs(60)).await;
+    let breaker = postgres_breaker(&seawall).await;
+    let transitions = breaker["transitions"].to_string();
+    assert!(
+        transitions.contains("\"from\":\"half_open\",\"to\":\"closed\""),
+        "{transitions}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_backends_are_replaced_without_failing_requests() {
+    let pg = Pg::start(SCHEMA);
+    let seawall = start(&pg, "");
+    for _ in 0..5 {
+        assert_eq!(get(&seawall.proxy_url("/pets/1")).await.status, 200);
+    }
+    let killed = pg.psql("postgres", "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'seawall'");
+    assert!(
+        killed.parse::<u32>().unwrap() >= 1,
+        "no seawall backend to kill"
+    );
+    let mut failed = 0;
+    for _ in 0..10 {
+        if get(&seawall.proxy_url("/pets/1")).await.status != 200 {
+            failed += 1;
+        }
+    }
+    assert!(
+        failed <= 1,
+        "{failed} of 10 requests failed after the backends were killed"
+    );
+    assert_eq!(postgres_breaker(&seawall).await["state"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_statements_are_cut_and_exhaustion_is_refused_at_once() {
+    let pg = Pg::start(SCHEMA);
+    let seawall = Arc::new(start(&pg, "max_queue = 2"));
+    let started = Instant::now();
+    let slow = get(&seawall.proxy_url("/sleep/3")).await;
+    assert_error(&slow, 504, "QUERY_TIMEOUT");
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "statement_timeout (1 s) cut it: {:?}",
+        started.elapsed()
+    );
+    let breaker = postgres_breaker(&seawall).await;
+    assert_eq!(breaker["calls"]["failed"], 1, "{breaker}");
+
+    let flood: Vec<_> = (0..12)
+        .map(|_| {
+            let seawall = seawall.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                (
+                    get(&seawall.proxy_url("/sleep/0.6")).await,
+                    started.elapsed(),
+                )
+            })
+        })
+        .collect();
+    let (mut served, mut refused) = (0, 0);
+    for request in flood {
+        let (reply, took) = request.await.unwrap();
+        match reply.status.as_u16() {
+            200 => served += 1,
+            503 => {
+                assert_error(&reply, 503, "DB_BUSY");
+                assert!(
+                    took < Duration::from_millis(1500),
+                    "a refusal took {took:?}, beyond the acquire timeout"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", reply.text()),
+        }
+    }
+    assert_eq!(served + refused, 12);
+    assert!(
+        served >= 4 && refused >= 6,
+        "{served} served, {refused} refused: 4 slots and a queue of 2"
+    );
+    let pools = admin_get(&seawall, "/admin/pools").await.json();
+    let postgres = &pools["pools"][0];
+    assert_eq!(postgres["name"], "postgres");
+    assert!(postgres["rejected"].as_u64().unwrap() >= 6, "{postgres}");
+    assert_eq!(postgres["waiters"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_queries_in_flight_ends_cleanly() {
+    let pg = Pg::start(SCHEMA);
+    let config = config(&pg, "");
+    let mut seawall = Seawall::start_in(Arc::new(TempDir::new().unwrap()), &config, &BREAKER_ON);
+    let url = seawall.proxy_url("/sleep/0.5");
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    // Wait until PostgreSQL runs them, so the shutdown really finds them in flight.
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    while pg.psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep%' AND state = 'active' AND application_name = 'seawall'") == "0" {
+        assert!(Instant::now() < deadline, "the queries never started");
+    }
+    seawall.signal("TERM");
+    for request in in_flight {
+        assert_eq!(
+            request.await.unwrap().status,
+            200,
+            "in-flight queries finish"
+        );
+    }
+    let status = seawall.wait_exit(PROCESS_TIMEOUT);
+    let logs = seawall.logs();
+    assert_eq!(status.code(), Some(0), "{logs}");
+    assert!(!logs.contains("panicked"), "{logs}");
+}
