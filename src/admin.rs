@@ -8,6 +8,7 @@
 //! | `GET /admin/config` | bearer | the effective configuration, secrets masked |
 //! | `/admin/flags...`, `/admin/segments` | bearer | the flag API, see `admin_flags` |
 //! | `/admin/breakers...`, `/admin/pools` | bearer | breakers and pools, see `admin_dependencies` |
+//! | `/admin/ratelimits...` | bearer | rate-limit policies, see `admin_ratelimits` |
 //!
 //! Every `/admin/` path requires `Authorization: Bearer <token>`; the check comes before route
 //! lookup, so an unauthenticated caller cannot probe which admin paths exist.
@@ -26,7 +27,7 @@ use crate::request_stats::Listener;
 use crate::router::HealthEndpoint;
 use crate::server::Service;
 use crate::state::AppState;
-use crate::{admin_dependencies, admin_flags};
+use crate::{admin_dependencies, admin_flags, admin_ratelimits};
 
 /// The admin endpoints; each also names the route label used in metrics.
 #[derive(Clone, Copy)]
@@ -37,6 +38,7 @@ pub enum Endpoint {
     Config,
     Flags,
     Dependencies,
+    RateLimits,
     Unknown,
 }
 
@@ -50,6 +52,9 @@ impl Endpoint {
         }
         if admin_dependencies::owns(path) {
             return Endpoint::Dependencies;
+        }
+        if admin_ratelimits::owns(path) {
+            return Endpoint::RateLimits;
         }
         match path {
             "/metrics" => Endpoint::Metrics,
@@ -67,6 +72,7 @@ impl Endpoint {
             Endpoint::Config => "admin.config",
             Endpoint::Flags => "admin.flags",
             Endpoint::Dependencies => "admin.dependencies",
+            Endpoint::RateLimits => "admin.ratelimits",
             Endpoint::Unknown => "admin.unmatched",
         }
     }
@@ -74,7 +80,7 @@ impl Endpoint {
     fn methods(self) -> &'static [Method] {
         match self {
             Endpoint::Unknown => &[],
-            Endpoint::Flags | Endpoint::Dependencies => &[
+            Endpoint::Flags | Endpoint::Dependencies | Endpoint::RateLimits => &[
                 Method::GET,
                 Method::POST,
                 Method::PUT,
@@ -111,6 +117,7 @@ impl AdminService {
         state.stats.render(&mut out);
         state.health.render_metrics(&mut out);
         state.flags.render_metrics(&mut out);
+        state.ratelimiter.render_metrics(&mut out);
         state.breakers.render_metrics(&mut out);
         state.upstreams.render_metrics(&mut out);
         if let Some(database) = &state.database {
@@ -165,6 +172,9 @@ impl Service for AdminService {
         }
         Ok(match endpoint {
             Endpoint::Flags => return admin_flags::handle(&self.state, request).await,
+            Endpoint::RateLimits => {
+                return admin_ratelimits::handle(&self.state, request).await;
+            }
             Endpoint::Dependencies => {
                 return admin_dependencies::handle(&self.state, request).await;
             }

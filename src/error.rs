@@ -13,6 +13,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use serde_json::json;
 
 use crate::body::{self, Body};
+use crate::ratelimit::{Level, Limited};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -59,6 +60,10 @@ pub enum Error {
     QueryFailed { sqlstate: String, detail: String },
     #[error("missing parameter {0:?}")]
     MissingParameter(String),
+    #[error("rate limit {} exceeded", .0.policy)]
+    RateLimited(Box<Limited>),
+    #[error("{} priority load is being shed", level.as_str())]
+    Overloaded { level: Level, retry_after: u64 },
     #[error("request not answered within {0:?}")]
     RequestTimeout(Duration),
     #[error("internal error: {0}")]
@@ -88,6 +93,8 @@ impl Error {
                 conflict: false, ..
             }
             | Error::MissingParameter(_) => StatusCode::BAD_REQUEST,
+            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::QueryFailed { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -119,6 +126,8 @@ impl Error {
             } => "INVALID_INPUT",
             Error::QueryFailed { .. } => "QUERY_FAILED",
             Error::MissingParameter(_) => "MISSING_PARAMETER",
+            Error::RateLimited(_) => "RATE_LIMIT_EXCEEDED",
+            Error::Overloaded { .. } => "SERVICE_OVERLOADED",
             Error::RequestTimeout(_) => "GATEWAY_TIMEOUT",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
@@ -172,6 +181,14 @@ impl Error {
             } => {
                 format!("A parameter is not acceptable to the database (SQLSTATE {sqlstate}).")
             }
+            Error::RateLimited(limited) if limited.policy == limited.level.as_str() => {
+                limited.level.message().to_string()
+            }
+            Error::RateLimited(limited) => format!("Rate limit exceeded for {}", limited.policy),
+            Error::Overloaded { level, .. } => format!(
+                "Server is temporarily shedding {} priority load; retry later",
+                level.as_str()
+            ),
             Error::QueryFailed { .. } => {
                 "The database could not run this route's statement.".to_string()
             }
@@ -200,6 +217,15 @@ impl Error {
         match self {
             Error::Validation { field, .. } => body["field"] = json!(field),
             Error::QueryRejected { sqlstate, .. } => body["sqlstate"] = json!(sqlstate),
+            Error::RateLimited(limited) => {
+                body["priority"] = json!(limited.level.as_str());
+                body["policy"] = json!(limited.policy);
+                body["retryAfter"] = json!(limited.retry_after);
+            }
+            Error::Overloaded { level, retry_after } => {
+                body["priority"] = json!(level.as_str());
+                body["retryAfter"] = json!(retry_after);
+            }
             Error::CircuitOpen {
                 breaker,
                 retry_after,
@@ -226,6 +252,19 @@ impl Error {
             }
             Error::UpstreamBusy { .. } | Error::DatabaseUnavailable(_) | Error::DatabaseBusy => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Error::RateLimited(limited) => {
+                for (name, value) in &limited.headers {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+            Error::Overloaded { level, retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+                headers.insert(
+                    "x-ratelimit-priority",
+                    HeaderValue::from_static(level.as_str()),
+                );
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             }
             Error::CircuitOpen { retry_after, .. } => {
                 headers.insert(

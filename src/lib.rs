@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod admin_dependencies;
 pub mod admin_flags;
+pub mod admin_ratelimits;
 pub mod admin_token;
 pub mod body;
 pub mod breaker;
@@ -35,6 +36,7 @@ pub mod path_pattern;
 pub mod pg;
 pub mod process_metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod request_context;
 pub mod request_stats;
 pub mod route;

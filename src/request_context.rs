@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use http::HeaderMap;
 use ipnet::IpNet;
+use sha2::Digest;
 
 /// The longest client-supplied request id that is propagated rather than replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -51,6 +52,28 @@ impl RequestContext {
             peer_trusted,
             started: Instant::now(),
         }
+    }
+}
+
+impl RequestContext {
+    /// Keys the client by its API key instead of its address when it presents `header`: a
+    /// hash of the whole key, so keys never appear in logs and prefixes never collide.
+    pub fn keyed_by_api_key(mut self, headers: &HeaderMap, header: &str) -> RequestContext {
+        if let Some(key) = headers
+            .get(header)
+            .map(|v| v.as_bytes())
+            .filter(|k| !k.is_empty())
+        {
+            let digest = sha2::Sha256::digest(key);
+            self.client_key = format!(
+                "key:{}",
+                digest[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+        }
+        self
     }
 }
 
@@ -192,6 +215,25 @@ mod tests {
         assert_eq!(a.client_key, "2001:db8:aa:bb00::/56");
         assert_eq!(a.client_key, b.client_key);
         assert_eq!(ctx("192.0.2.1:80", &[], &[]).client_key, "192.0.2.1");
+    }
+
+    #[test]
+    fn api_keys_replace_the_address_as_the_client_key() {
+        let keyed = ctx("192.0.2.1:80", &[("x-api-key", "secret-key-1")], &[]).keyed_by_api_key(
+            &[("x-api-key", "secret-key-1")]
+                .iter()
+                .map(|(k, v)| (http::HeaderName::from_static(k), v.parse().unwrap()))
+                .collect(),
+            "x-api-key",
+        );
+        assert!(
+            keyed.client_key.starts_with("key:") && keyed.client_key.len() == 20,
+            "{}",
+            keyed.client_key
+        );
+        assert!(!keyed.client_key.contains("secret"));
+        let plain = ctx("192.0.2.1:80", &[], &[]).keyed_by_api_key(&HeaderMap::new(), "x-api-key");
+        assert_eq!(plain.client_key, "192.0.2.1");
     }
 
     #[test]

@@ -11,19 +11,22 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, Guarded};
 use crate::config::RouteTarget;
 use crate::error::Error;
+use crate::features::Feature;
 use crate::features::client_context;
 use crate::ofrep;
 use crate::path_pattern::Params;
 use crate::proxy;
+use crate::ratelimit::Admission;
 use crate::request_context::RequestContext;
 use crate::request_stats::Listener;
 use crate::route::{Resolution, Route};
 use crate::server::Service;
 use crate::sql_route;
 use crate::state::AppState;
+use http_body_util::BodyExt;
 
 /// What a proxy-listener request turned out to be.
 pub enum Target {
@@ -118,37 +121,72 @@ impl Service for ProxyService {
         ctx: &RequestContext,
         target: Target,
     ) -> Result<Response<Body>, Error> {
-        match target {
-            Target::Health(endpoint) => Ok(endpoint.respond(&self.state)),
-            Target::Ofrep(endpoint) => ofrep::serve(&self.state, endpoint, request, ctx).await,
-            Target::Rejected(error) => Err(error),
-            Target::Route(route, params) => {
+        let (level, policies) = match &target {
+            Target::Health(endpoint) => return Ok(endpoint.respond(&self.state)),
+            Target::Rejected(_) => (None, &[][..]),
+            Target::Ofrep(_) => (Some(self.state.config.ratelimit.ofrep_priority), &[][..]),
+            Target::Route(route, _) => {
                 if let Some(flag) = &route.config.flag
                     && !self.state.flags.is_on(flag, &client_context(ctx))
                 {
                     return Err(Error::NotFound);
                 }
-                match &route.config.target {
-                    RouteTarget::Upstream(name) => {
-                        let upstream = self.state.upstreams.get(name).ok_or_else(|| {
-                            Error::Internal(format!(
-                                "route {} names a missing upstream",
-                                route.name
-                            ))
-                        })?;
-                        let options = self.state.call_options(ctx);
-                        proxy::forward(upstream, &route, request, ctx, options).await
-                    }
-                    RouteTarget::Postgres(sql) => {
-                        let wrapped = route
-                            .wrapped_sql
-                            .clone()
-                            .expect("SQL routes carry their statement");
-                        sql_route::serve(&self.state, &route, sql, wrapped, params, request, ctx)
-                            .await
-                    }
-                }
+                (Some(route.config.priority), &route.config.rate_limits[..])
             }
+        };
+        let admission = match level {
+            Some(level) if self.state.feature_on(Feature::PrioritizedRateLimit, ctx) => Some(
+                self.state
+                    .ratelimiter
+                    .admit(level, policies, &ctx.client_key),
+            ),
+            _ => None,
+        };
+        let (slot, fields) = match admission {
+            None => (None, Vec::new()),
+            Some(Admission::Shed { level, retry_after }) => {
+                return Err(Error::Overloaded { level, retry_after });
+            }
+            Some(Admission::Limited(limited)) => return Err(Error::RateLimited(limited)),
+            Some(Admission::Admitted { slot, headers }) => (Some(slot), headers),
+        };
+        let mut response = self.dispatch(request, ctx, target).await?;
+        response.headers_mut().extend(fields);
+        // The in-flight slot is held until the answer has been sent, body included.
+        Ok(match slot {
+            Some(slot) => response.map(|body| Guarded::new(body, slot).boxed()),
+            None => response,
+        })
+    }
+}
+
+impl ProxyService {
+    async fn dispatch(
+        &self,
+        request: Request<Incoming>,
+        ctx: &RequestContext,
+        target: Target,
+    ) -> Result<Response<Body>, Error> {
+        match target {
+            Target::Health(endpoint) => Ok(endpoint.respond(&self.state)),
+            Target::Ofrep(endpoint) => ofrep::serve(&self.state, endpoint, request, ctx).await,
+            Target::Rejected(error) => Err(error),
+            Target::Route(route, params) => match &route.config.target {
+                RouteTarget::Upstream(name) => {
+                    let upstream = self.state.upstreams.get(name).ok_or_else(|| {
+                        Error::Internal(format!("route {} names a missing upstream", route.name))
+                    })?;
+                    let options = self.state.call_options(ctx);
+                    proxy::forward(upstream, &route, request, ctx, options).await
+                }
+                RouteTarget::Postgres(sql) => {
+                    let wrapped = route
+                        .wrapped_sql
+                        .clone()
+                        .expect("SQL routes carry their statement");
+                    sql_route::serve(&self.state, &route, sql, wrapped, params, request, ctx).await
+                }
+            },
         }
     }
 }

@@ -210,11 +210,14 @@ async fn exchange<S: Service>(
     peer: SocketAddr,
 ) -> Response<Body> {
     let state = service.state();
-    let ctx = RequestContext::new(
+    let mut ctx = RequestContext::new(
         peer,
         request.headers(),
         &state.config.server.trusted_proxies,
     );
+    if let Some(header) = &state.config.ratelimit.api_key_header {
+        ctx = ctx.keyed_by_api_key(request.headers(), header);
+    }
     let (route, target) = service.classify(&request);
     let method = request.method().clone();
     let path = request.uri().path().to_string();

@@ -20,6 +20,7 @@ use crate::flags::store::FlagStore;
 use crate::health::{Health, Probe, StoreProbe};
 use crate::metrics::Gauge;
 use crate::pg::{Database, DatabaseProbe};
+use crate::ratelimit::RateLimiter;
 use crate::request_context::RequestContext;
 use crate::request_stats::RequestStats;
 use crate::route::RouteTable;
@@ -50,6 +51,7 @@ pub struct AppState {
     pub stats: RequestStats,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
+    pub ratelimiter: Arc<RateLimiter>,
     /// The PostgreSQL pool, when a database is configured.
     pub database: Option<Arc<Database>>,
     pub admin_token: AdminToken,
@@ -79,6 +81,7 @@ impl AppState {
                 .expect("one breaker per upstream")
                 .clone()
         });
+        let ratelimiter = Arc::new(RateLimiter::open(&config.ratelimit, &store)?);
         let database = config.postgres.as_ref().map(|postgres| {
             let breaker = breakers
                 .get("postgres")
@@ -115,6 +118,7 @@ impl AppState {
             stats: RequestStats::default(),
             routes: RouteTable::new(&config.routes),
             upstreams,
+            ratelimiter,
             database,
             admin_token,
             store_size,
@@ -129,7 +133,7 @@ impl AppState {
     /// Starts the tasks that run for the life of the process: health probes and the breaker
     /// recorder. Abort the handles to stop them.
     pub fn start_background(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        let mut tasks = vec![self.health.spawn()];
+        let mut tasks = vec![self.health.spawn(), self.ratelimiter.spawn_sweeper()];
         if let Some(transitions) = self.transitions.lock().expect("state lock").take() {
             tasks.push(self.breakers.spawn_recorder(transitions));
         }

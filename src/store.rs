@@ -32,6 +32,8 @@ pub mod trees {
     pub const BREAKERS: &str = "breakers";
     /// Breaker transitions, keyed by breaker name, 0x00, id (big-endian).
     pub const BREAKER_LOG: &str = "breaker_log";
+    /// Runtime changes of rate-limit policies, by policy name (JSON).
+    pub const RATELIMIT_OVERRIDES: &str = "ratelimit_overrides";
 }
 
 /// Why the store could not be opened or used.

@@ -10,6 +10,7 @@
 mod database;
 mod env;
 mod flags;
+mod ratelimit;
 mod raw;
 mod validate;
 
@@ -27,6 +28,7 @@ pub use flags::{BUILTIN_FEATURES, FlagSpec, FlagsConfig};
 
 use crate::breaker::BreakerConfig;
 use crate::path_pattern::PathPattern;
+use crate::ratelimit::{Level, RateLimitConfig};
 
 /// The whole validated configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -39,6 +41,7 @@ pub struct Config {
     pub flags: FlagsConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub postgres: Option<PostgresConfig>,
+    pub ratelimit: RateLimitConfig,
     pub routes: Vec<RouteConfig>,
 }
 
@@ -153,6 +156,10 @@ pub struct RouteConfig {
     pub max_body_bytes: u64,
     /// Served only while this flag is on for the request; otherwise 404.
     pub flag: Option<String>,
+    /// The route's quota tier and shedding order.
+    pub priority: Level,
+    /// Custom policies that apply in addition to the level's.
+    pub rate_limits: Vec<String>,
 }
 
 /// What a route does with a request.

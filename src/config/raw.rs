@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub upstreams: BTreeMap<String, RawUpstream>,
     pub postgres: Option<RawPostgres>,
     #[serde(default)]
+    pub ratelimit: RawRateLimit,
+    #[serde(default)]
     pub routes: Vec<RawRoute>,
 }
 
@@ -120,6 +122,47 @@ pub struct RawRoute {
     pub flag: Option<String>,
     pub postgres: Option<String>,
     pub params: Option<Vec<String>>,
+    pub priority: Option<String>,
+    pub rate_limit: Option<OneOrMany>,
+}
+
+/// A string or a list of strings (`rate_limit = "ai.chat"` or `["ai.chat", "burst"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(one) => vec![one.clone()],
+            OneOrMany::Many(many) => many.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub max_in_flight: Option<u64>,
+    pub api_key_header: Option<String>,
+    pub max_keys: Option<u64>,
+    pub ofrep_priority: Option<String>,
+    #[serde(default)]
+    pub levels: BTreeMap<String, RawPolicy>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, RawPolicy>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub quota: Option<u64>,
+    pub window_s: Option<u64>,
+    pub shed_at: Option<f64>,
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -41,9 +41,17 @@ pub fn validate(
         Some(section) => v.postgres(section)?,
         None => None,
     };
+    let ratelimit = v.ratelimit(&raw.ratelimit)?;
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
-    for (index, route) in raw.routes.iter().enumerate() {
-        let route = v.route(index, route, &server, &upstreams, postgres.is_some())?;
+    for (index, raw_route) in raw.routes.iter().enumerate() {
+        let mut route = v.route(index, raw_route, &server, &upstreams, postgres.is_some())?;
+        let names = raw_route
+            .rate_limit
+            .as_ref()
+            .map(|r| r.to_vec())
+            .unwrap_or_default();
+        (route.priority, route.rate_limits) =
+            v.route_limits(index, raw_route.priority.as_deref(), names, &ratelimit)?;
         if routes.iter().any(|r| r.name == route.name) {
             return Err(v.error(
                 &format!("routes[{index}].name"),
@@ -90,6 +98,7 @@ pub fn validate(
         flags,
         upstreams,
         postgres,
+        ratelimit,
         routes,
     })
 }
@@ -343,6 +352,8 @@ impl Validator<'_> {
             target,
             strip_prefix: raw.strip_prefix.clone(),
             flag: raw.flag.clone(),
+            priority: crate::ratelimit::Level::Medium,
+            rate_limits: Vec::new(),
             max_body_bytes: self.range(
                 &key("max_body_bytes"),
                 raw.max_body_bytes,

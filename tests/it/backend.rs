@@ -7,6 +7,7 @@
 //! | `/bytes/{n}` | `n` bytes, streamed in 64 KiB chunks |
 //! | `/slow/{ms}` | 200 after `ms` milliseconds; announces the start on `slow_started` |
 //! | `/hang` | never answers |
+//! | `/hold` | 200 once the test calls [`Backend::release`] (at most a minute); announces the start on `slow_started` |
 //! | `/status/{code}` | an empty answer with that status |
 
 use std::convert::Infallible;
@@ -25,7 +26,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::support::{TestBody, full};
 
@@ -71,6 +72,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub connections: Arc<AtomicUsize>,
     pub slow_started: mpsc::UnboundedReceiver<()>,
+    release: watch::Sender<bool>,
 }
 
 impl Backend {
@@ -80,6 +82,7 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let (slow_tx, slow_started) = mpsc::unbounded_channel();
+        let (release, released) = watch::channel(false);
         let counter = connections.clone();
         tokio::spawn(async move {
             loop {
@@ -88,8 +91,11 @@ impl Backend {
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
                 let slow_tx = slow_tx.clone();
+                let released = released.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(request, slow_tx.clone()));
+                    let service = service_fn(move |request| {
+                        handle(request, slow_tx.clone(), released.clone())
+                    });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -100,7 +106,13 @@ impl Backend {
             addr,
             connections,
             slow_started,
+            release,
         }
+    }
+
+    /// Lets every `/hold` request (now and later) answer.
+    pub fn release(&self) {
+        self.release.send_replace(true);
     }
 
     pub fn url(&self) -> String {
@@ -111,6 +123,7 @@ impl Backend {
 async fn handle(
     request: Request<Incoming>,
     slow_started: mpsc::UnboundedSender<()>,
+    mut released: watch::Receiver<bool>,
 ) -> Result<Response<TestBody>, Infallible> {
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -145,6 +158,11 @@ async fn handle(
             let _ = slow_started.send(());
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
             Response::new(full("slow done"))
+        }
+        ["hold"] => {
+            let _ = slow_started.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(60), released.wait_for(|r| *r)).await;
+            Response::new(full("released"))
         }
         ["hang"] => {
             tokio::time::sleep(Duration::from_secs(3600)).await;

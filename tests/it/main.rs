@@ -19,4 +19,5 @@ mod health_metrics;
 mod ofrep;
 mod postgres;
 mod proxying;
+mod ratelimit;
 mod shutdown;
