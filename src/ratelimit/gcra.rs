@@ -12,6 +12,7 @@
 //! overflow state, so memory stays bounded and fairness, not availability, degrades.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -55,9 +56,29 @@ pub struct Gcra {
     shard_capacity: usize,
 }
 
+/// Keys arrive already hashed (uniform 64-bit values), so the table uses them as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    tats: HashMap<u64, u64>,
+    tats: HashMap<u64, u64, BuildHasherDefault<KeyHasher>>,
     /// The state shared by keys that did not fit.
     overflow: u64,
     /// When a full shard was last swept for room; a full shard sweeps at most once a second,
