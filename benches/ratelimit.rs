@@ -13,7 +13,10 @@ use seawall::ratelimit::{Gcra, Quota};
 fn bench(c: &mut Criterion) {
     for keys in [1u64, 100_000] {
         let gcra = Gcra::new(200_000);
-        let quota = Quota { quota: 1_000_000, window: Duration::from_secs(1) };
+        let quota = Quota {
+            quota: 1_000_000,
+            window: Duration::from_secs(1),
+        };
         let origin = Instant::now();
         let mut next = 0u64;
         c.bench_function(&format!("seawall gcra decision, {keys} keys"), |b| {
@@ -24,7 +27,9 @@ fn bench(c: &mut Criterion) {
             })
         });
 
-        let governor = Governor::keyed(GovernorQuota::per_second(NonZeroU32::new(1_000_000).unwrap()));
+        let governor = Governor::keyed(GovernorQuota::per_second(
+            NonZeroU32::new(1_000_000).unwrap(),
+        ));
         let mut next = 0u64;
         c.bench_function(&format!("governor keyed decision, {keys} keys"), |b| {
             b.iter(|| {

@@ -34,6 +34,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => match Config::load(config.as_deref(), &ProcessEnv) {
             Ok(config) => {
                 println!("{}", config.to_masked_json());
+                for warning in &config.warnings {
+                    eprintln!("seawall: warning: {warning}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -56,6 +59,9 @@ fn main() -> ExitCode {
 
 fn run(config: Config) -> ExitCode {
     logging::init(&config.log);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

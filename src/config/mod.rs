@@ -43,6 +43,10 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     pub ratelimit: RateLimitConfig,
     pub routes: Vec<RouteConfig>,
+    /// Settings that take effect only with a feature that is configured off; shown by
+    /// `check-config` and logged at start.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// Listeners, limits and timeouts of the HTTP server.

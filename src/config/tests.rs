@@ -260,3 +260,20 @@ fn bad_flag_variables_are_named() {
         "features.circuit_breakers"
     );
 }
+
+#[test]
+fn sections_idle_while_their_feature_is_off_are_warned_about() {
+    let text = "[ratelimit]\nmax_in_flight = 10\n[upstreams.app]\nurl = \"http://h:1\"\n[upstreams.app.breaker]\nminimum_calls = 3\n";
+    let off = load(text, &[]).unwrap();
+    assert_eq!(off.warnings.len(), 2, "{:?}", off.warnings);
+    assert!(off.warnings[0].contains("seawall.prioritized-rate-limit"));
+    let on = load(
+        text,
+        &[
+            ("FF_ENABLE_PRIORITIZED_RATE_LIMIT", "true"),
+            ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
+        ],
+    )
+    .unwrap();
+    assert!(on.warnings.is_empty(), "{:?}", on.warnings);
+}

@@ -42,6 +42,7 @@ pub fn validate(
         None => None,
     };
     let ratelimit = v.ratelimit(&raw.ratelimit)?;
+    let warnings = idle_sections(&raw, &flags);
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
     for (index, raw_route) in raw.routes.iter().enumerate() {
         let mut route = v.route(index, raw_route, &server, &upstreams, postgres.is_some())?;
@@ -100,6 +101,7 @@ pub fn validate(
         postgres,
         ratelimit,
         routes,
+        warnings,
     })
 }
 
@@ -592,4 +594,57 @@ fn check_name(name: &str) -> Result<(), String> {
             "{name:?} is not a valid name (1-64 characters of a-z, 0-9, '.', '_', '-')"
         ))
     }
+}
+
+/// Sections that are configured but will do nothing while their feature stays off.
+fn idle_sections(raw: &RawConfig, flags: &FlagsConfig) -> Vec<String> {
+    let off = |flag: &str| {
+        !flags
+            .builtin
+            .iter()
+            .any(|spec| spec.name == flag && spec.enabled)
+    };
+    let mut warnings = Vec::new();
+    let mut warn = |flag: &str, what: String| {
+        if off(flag) {
+            warnings.push(format!("{what} is configured, but {flag} is off (FF_ENABLE_* or [features]), so it has no effect until the flag is switched on"));
+        }
+    };
+    let rate_limited = !raw.ratelimit.levels.is_empty()
+        || !raw.ratelimit.policies.is_empty()
+        || raw.ratelimit.max_in_flight.is_some()
+        || raw
+            .routes
+            .iter()
+            .any(|r| r.priority.is_some() || r.rate_limit.is_some());
+    if rate_limited {
+        warn(
+            "seawall.prioritized-rate-limit",
+            "rate limiting ([ratelimit], route priority or rate_limit)".to_string(),
+        );
+    }
+    for (name, upstream) in &raw.upstreams {
+        if upstream.breaker.is_some() {
+            warn(
+                "seawall.circuit-breaker",
+                format!("[upstreams.{name}.breaker]"),
+            );
+        }
+        if upstream.max_queue.is_some() || upstream.acquire_timeout_ms.is_some() {
+            warn(
+                "seawall.enhanced-pooling",
+                format!("upstreams.{name} max_queue / acquire_timeout_ms"),
+            );
+        }
+        if upstream.health_path.is_some() {
+            warn(
+                "seawall.enhanced-pooling",
+                format!("upstreams.{name}.health_path (probes)"),
+            );
+        }
+    }
+    if raw.postgres.as_ref().is_some_and(|p| p.breaker.is_some()) {
+        warn("seawall.circuit-breaker", "[postgres.breaker]".to_string());
+    }
+    warnings
 }

@@ -87,7 +87,7 @@ fn wrong_types_exit_64() {
 fn check_config_prints_the_effective_config_with_secrets_masked() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("seawall.toml");
-    std::fs::write(&path, "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n").unwrap();
+    std::fs::write(&path, "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n[upstreams.app.breaker]\nminimum_calls = 5\n").unwrap();
     let out = seawall_command(dir.path(), &path, &[])
         .arg("check-config")
         .output()
