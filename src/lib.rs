@@ -20,6 +20,7 @@ pub mod admin_dependencies;
 pub mod admin_flags;
 pub mod admin_ratelimits;
 pub mod admin_token;
+pub mod audit;
 pub mod body;
 pub mod breaker;
 pub mod breakers;

@@ -1,0 +1,261 @@
+//! Value detectors: secrets and identifiers found inside free text, whatever key they sit
+//! under (research/audit.md §5.3).
+//!
+//! Card numbers (an issuer prefix that exists, the Luhn check, not all one digit), e-mail
+//! addresses, bearer tokens, JWTs, PEM private keys, credentials in URLs, IBANs (mod-97) and
+//! cloud access key ids are replaced by a marker naming the rule. Patterns are compiled once;
+//! the `regex` crate matches in linear time, so hostile input cannot make this slow. Cheap
+//! pre-checks skip the regexes for text that cannot contain a match.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::{Captures, Regex};
+
+struct Detectors {
+    pem: Regex,
+    url_credentials: Regex,
+    jwt: Regex,
+    bearer: Regex,
+    email: Regex,
+    cloud_key: Regex,
+    iban: Regex,
+    digits: Regex,
+}
+
+static DETECTORS: LazyLock<Detectors> = LazyLock::new(|| Detectors {
+    pem: Regex::new(
+        r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\z)",
+    )
+    .expect("valid"),
+    url_credentials: Regex::new(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s:@]+:[^/\s@]*@").expect("valid"),
+    jwt: Regex::new(r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*").expect("valid"),
+    bearer: Regex::new(r"(?i)\bbearer\s+[A-Za-z0-9\-._~+/]+=*").expect("valid"),
+    email: Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+        .expect("valid"),
+    cloud_key: Regex::new(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b").expect("valid"),
+    iban: Regex::new(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
+        .expect("valid"),
+    digits: Regex::new(r"\d(?:[ -]?\d){12,18}").expect("valid"),
+});
+
+/// Replaces every detected secret or identifier in `text`; `noted` receives the rule names.
+pub fn scrub<'a>(text: &'a str, noted: &mut Vec<&'static str>) -> Cow<'a, str> {
+    let d = &*DETECTORS;
+    let mut out: Cow<'a, str> = Cow::Borrowed(text);
+    let mut apply = |rule: &'static str,
+                     re: &Regex,
+                     cheap: bool,
+                     replace: &dyn Fn(&Captures) -> Option<String>| {
+        if !cheap {
+            return;
+        }
+        let mut hit = false;
+        let replaced = re.replace_all(&out, |caps: &Captures| match replace(caps) {
+            Some(replacement) => {
+                hit = true;
+                replacement
+            }
+            None => caps[0].to_string(),
+        });
+        if hit {
+            out = Cow::Owned(replaced.into_owned());
+            noted.push(rule);
+        }
+    };
+    apply("pem", &d.pem, text.contains("-----BEGIN"), &|_| {
+        Some("[REDACTED:pem]".into())
+    });
+    apply(
+        "url_credentials",
+        &d.url_credentials,
+        text.contains("://"),
+        &|c| Some(format!("{}REDACTED:REDACTED@", &c[1])),
+    );
+    apply("jwt", &d.jwt, text.contains("eyJ"), &|_| {
+        Some("[REDACTED:jwt]".into())
+    });
+    apply("bearer", &d.bearer, text.len() > 7, &|_| {
+        Some("[REDACTED:bearer]".into())
+    });
+    // `REDACTED@host` is what the URL-credentials rule leaves behind, not an address.
+    apply("email", &d.email, text.contains('@'), &|c| {
+        (!c[0].starts_with("REDACTED@")).then(|| "[REDACTED:email]".into())
+    });
+    apply(
+        "cloud_key",
+        &d.cloud_key,
+        text.contains("AKIA") || text.contains("ASIA"),
+        &|_| Some("[REDACTED:cloud_key]".into()),
+    );
+    apply("iban", &d.iban, text.len() >= 15, &|c| {
+        is_iban(&c[0]).then(|| "[REDACTED:iban]".into())
+    });
+    let digit_count = text.bytes().filter(u8::is_ascii_digit).count();
+    apply("pan", &d.digits, digit_count >= 13, &|c| {
+        is_card_number(&c[0]).then(|| "[REDACTED:pan]".into())
+    });
+    out
+}
+
+/// A payment card number: 13-19 digits (spaces or dashes between them allowed), an issuer
+/// prefix that exists, a valid Luhn check digit, and not all the same digit.
+pub fn is_card_number(candidate: &str) -> bool {
+    let digits: Vec<u8> = candidate
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .collect();
+    if !(13..=19).contains(&digits.len()) || digits.iter().all(|d| *d == digits[0]) {
+        return false;
+    }
+    plausible_issuer(&digits) && luhn(&digits)
+}
+
+fn plausible_issuer(d: &[u8]) -> bool {
+    let prefix = |n: usize| d[..n].iter().fold(0u32, |acc, x| acc * 10 + *x as u32);
+    match d[0] {
+        4 => true,
+        5 => (51..=55).contains(&prefix(2)),
+        2 => (2221..=2720).contains(&prefix(4)),
+        3 => matches!(prefix(2), 34 | 37 | 35 | 36 | 38 | 30),
+        6 => {
+            prefix(4) == 6011
+                || prefix(2) == 65
+                || (644..=649).contains(&prefix(3))
+                || prefix(2) == 62
+        }
+        _ => false,
+    }
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = *d as u32;
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+/// An IBAN whose check digits are right (ISO 13616 mod 97).
+pub fn is_iban(candidate: &str) -> bool {
+    let compact: String = candidate.chars().filter(|c| !c.is_whitespace()).collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let rearranged = format!("{}{}", &compact[4..], &compact[..4]);
+    let mut remainder = 0u32;
+    for c in rearranged.chars() {
+        let value = match c {
+            '0'..='9' => c as u32 - '0' as u32,
+            'A'..='Z' => c as u32 - 'A' as u32 + 10,
+            _ => return false,
+        };
+        let width = if value >= 10 { 100 } else { 10 };
+        remainder = (remainder * width + value) % 97;
+    }
+    remainder == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrubbed(text: &str) -> String {
+        scrub(text, &mut Vec::new()).into_owned()
+    }
+
+    #[test]
+    fn card_numbers_need_issuer_luhn_and_variety() {
+        for pan in [
+            "4111111111111111",
+            "5555555555554444",
+            "378282246310005",
+            "6011111111111117",
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            "2223003122003222",
+        ] {
+            assert!(is_card_number(pan), "{pan} should be a card");
+            assert_eq!(
+                scrubbed(&format!("pay {pan} now")),
+                "pay [REDACTED:pan] now",
+                "{pan}"
+            );
+        }
+        for not in [
+            "4111111111111112",
+            "0000000000000000",
+            "1760203033267281057",
+            "9999999999999995",
+            "12345",
+        ] {
+            assert!(!is_card_number(not), "{not} is not a card");
+        }
+        assert_eq!(
+            scrubbed("order 1760203033267281057 shipped"),
+            "order 1760203033267281057 shipped"
+        );
+    }
+
+    #[test]
+    fn emails_bearers_jwts_pems_urls_ibans_and_cloud_keys() {
+        let cases = [
+            (
+                "mail me at jane.doe+x@example.co.uk please",
+                "mail me at [REDACTED:email] please",
+            ),
+            (
+                "Authorization: Bearer abc.def-123",
+                "Authorization: [REDACTED:bearer]",
+            ),
+            (
+                "t=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.c2lnbmF0dXJl",
+                "t=[REDACTED:jwt]",
+            ),
+            (
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----",
+                "[REDACTED:pem]",
+            ),
+            ("-----BEGIN PRIVATE KEY-----\ntruncated", "[REDACTED:pem]"),
+            (
+                "see https://user:pass@host.example/x",
+                "see https://REDACTED:REDACTED@host.example/x",
+            ),
+            ("to GB82 WEST 1234 5698 7654 32", "to [REDACTED:iban]"),
+            ("to DE89370400440532013000", "to [REDACTED:iban]"),
+            ("key AKIAIOSFODNN7EXAMPLE", "key [REDACTED:cloud_key]"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(scrubbed(input), expected, "{input}");
+        }
+        for clean in [
+            "no secrets here",
+            "GB82 WEST 1234 5698 7654 33",
+            "version 1.2.3",
+            "user@localhost",
+            "https://host.example/path",
+            "eyJ",
+        ] {
+            assert_eq!(scrubbed(clean), clean, "{clean}");
+        }
+    }
+
+    #[test]
+    fn the_rules_that_fired_are_noted_without_values() {
+        let mut noted = Vec::new();
+        scrub("a@b.io and 4111111111111111", &mut noted);
+        noted.sort();
+        assert_eq!(noted, ["email", "pan"]);
+    }
+}

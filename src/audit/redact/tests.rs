@@ -1,0 +1,191 @@
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+
+const CANARY: &str = "canary-9f2c41";
+
+/// A sensitive key in a random spelling: case and separators vary.
+fn sensitive_key() -> impl Strategy<Value = String> {
+    let bases = prop::sample::select(vec![
+        "password",
+        "access_token",
+        "api key",
+        "client-secret",
+        "Session-Id",
+        "credit card number",
+        "cvv",
+        "private_key",
+    ]);
+    (
+        bases,
+        any::<bool>(),
+        prop::sample::select(vec!["", "_", "-", " "]),
+    )
+        .prop_map(|(base, upper, sep)| {
+            let spelled = base.replace([' ', '_', '-'], sep);
+            if upper {
+                spelled.to_uppercase()
+            } else {
+                spelled
+            }
+        })
+}
+
+/// Plain keys and values that contain nothing a detector would touch.
+fn plain() -> impl Strategy<Value = String> {
+    "[a-z]{1,8}".prop_filter("not sensitive", |k| !is_sensitive_key(k))
+}
+
+fn tree() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        plain().prop_map(Value::String),
+        any::<i32>().prop_map(|n| json!(n)),
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool)
+    ];
+    leaf.prop_recursive(6, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((plain(), inner.clone()), 0..4)
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            (
+                sensitive_key(),
+                inner.clone(),
+                prop::collection::vec((plain(), inner), 0..3)
+            )
+                .prop_map(|(key, _, rest)| {
+                    let mut map: serde_json::Map<String, Value> = rest.into_iter().collect();
+                    map.insert(key, json!({"deep": [CANARY, {"x": CANARY}]}));
+                    Value::Object(map)
+                }),
+        ]
+    })
+}
+
+fn leaves(value: &Value, out: &mut Vec<Value>) {
+    match value {
+        Value::Object(map) => map.values().for_each(|v| leaves(v, out)),
+        Value::Array(items) => items.iter().for_each(|v| leaves(v, out)),
+        leaf => out.push(leaf.clone()),
+    }
+}
+
+proptest! {
+    #[test]
+    fn a2_json_redaction_is_complete_exact_and_idempotent(input in tree()) {
+        let mut notes = Notes::default();
+        let once = json(input.clone(), &mut notes);
+        let text = serde_json::to_string(&once).unwrap();
+        prop_assert!(!text.contains(CANARY), "a canary under a sensitive key survived: {}", text);
+        prop_assert!(serde_json::from_str::<Value>(&text).is_ok());
+        let twice = json(once.clone(), &mut Notes::default());
+        prop_assert_eq!(&twice, &once, "redaction is idempotent");
+        if !serde_json::to_string(&input).unwrap().contains(CANARY) {
+            prop_assert_eq!(&once, &input, "nothing sensitive, nothing changed");
+            prop_assert!(notes.is_empty());
+        }
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        leaves(&input, &mut before);
+        leaves(&once, &mut after);
+        let kept: Vec<&Value> = before.iter().filter(|v| v.as_str() != Some(CANARY)).collect();
+        for leaf in kept {
+            prop_assert!(after.contains(leaf) || after.contains(&json!(REDACTED)), "leaf {} lost", leaf);
+        }
+    }
+}
+
+#[test]
+fn a5_query_values_are_redacted_with_their_keys_kept() {
+    let mut notes = Notes::default();
+    let cases = [
+        ("q=shoes&access_token=abc", "q=shoes&access_token=REDACTED"),
+        (
+            "sig=zz&Signature=yy&X-Goog-Signature=xx&AWSAccessKeyId=ww",
+            "sig=REDACTED&Signature=REDACTED&X-Goog-Signature=REDACTED&AWSAccessKeyId=REDACTED",
+        ),
+        ("pass%77ord=hunter2&a=1", "password=REDACTED&a=1"),
+        ("a=1&a=2&flag", "a=1&a=2&flag="),
+        ("email=jane%40example.com", "email=%5BREDACTED%3Aemail%5D"),
+        ("code=oauth-code", "code=REDACTED"),
+    ];
+    for (input, expected) in cases {
+        assert_eq!(query(input, &mut notes), expected, "{input}");
+    }
+}
+
+#[test]
+fn a6_bodies_that_cannot_be_redacted_are_dropped_not_kept() {
+    let mut notes = Notes::default();
+    let secret = br#"{"access_token":"x-secret"}"#;
+    assert_eq!(
+        body(secret, Some("text/plain"), None, &mut notes),
+        Body::Dropped("dropped_content_type")
+    );
+    assert_eq!(
+        body(b"{not json", Some("application/json"), None, &mut notes),
+        Body::Dropped("dropped_unparseable")
+    );
+    assert_eq!(
+        body(
+            &vec![b'a'; 10 << 20],
+            Some("application/json"),
+            None,
+            &mut notes
+        ),
+        Body::Dropped("dropped_too_large")
+    );
+    assert_eq!(
+        body(secret, Some("application/json"), Some("gzip"), &mut notes),
+        Body::Dropped("dropped_compressed")
+    );
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    assert_eq!(
+        body(deep.as_bytes(), Some("application/json"), None, &mut notes),
+        Body::Dropped("dropped_unparseable")
+    );
+    let Body::Captured(value) = body(
+        secret,
+        Some("application/json; charset=utf-8"),
+        None,
+        &mut notes,
+    ) else {
+        panic!("parsed")
+    };
+    assert_eq!(value, json!({"access_token": REDACTED}));
+    let Body::Captured(form) = body(
+        b"client_secret=s3&name=ok",
+        Some("application/x-www-form-urlencoded"),
+        None,
+        &mut notes,
+    ) else {
+        panic!("parsed")
+    };
+    assert_eq!(form, json!("client_secret=REDACTED&name=ok"));
+}
+
+#[test]
+fn a7_only_allowlisted_headers_are_kept_and_credentials_never() {
+    let mut h = http::HeaderMap::new();
+    h.insert("x-customer-email", "jane@example.com".parse().unwrap());
+    h.insert("authorization", "Bearer secret-token".parse().unwrap());
+    h.insert("cookie", "session=abc".parse().unwrap());
+    h.insert("user-agent", "curl/8".parse().unwrap());
+    h.insert("referer", "https://a.example/p?token=x".parse().unwrap());
+    let kept = headers(&h, &mut Notes::default());
+    assert_eq!(kept.keys().collect::<Vec<_>>(), ["referer", "user-agent"]);
+    assert_eq!(kept["referer"], "https://a.example/p");
+    assert_eq!(auth_scheme(&h), "bearer");
+}
+
+#[test]
+fn json_numbers_that_are_card_numbers_are_redacted() {
+    let mut notes = Notes::default();
+    assert_eq!(
+        json(
+            json!({"n": 4111111111111111u64, "id": 1760203033267281057u64}),
+            &mut notes
+        ),
+        json!({"n": "[REDACTED:pan]", "id": 1760203033267281057u64})
+    );
+}
