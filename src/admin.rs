@@ -18,7 +18,9 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::body::{self, Body};
+use crate::audit::middleware::Plan;
+use crate::audit::policy;
+use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::metrics::Exposition;
 use crate::process_metrics;
@@ -152,9 +154,34 @@ impl Service for AdminService {
         (Arc::from(endpoint.label()), endpoint)
     }
 
+    fn audit_plan(
+        &self,
+        route: &Arc<str>,
+        _endpoint: &Endpoint,
+        request: &Request<Incoming>,
+        _ctx: &RequestContext,
+    ) -> Option<Plan<'_>> {
+        let decision = policy::admin(route, request.method())?;
+        let headers = request.headers();
+        let admin_actor = self
+            .state
+            .admin_token
+            .authorizes(headers)
+            .then(|| actor(headers).unwrap_or_else(|_| "admin".to_string()));
+        let read_only = matches!(*request.method(), Method::GET | Method::HEAD);
+        Some(Plan {
+            decision,
+            route: route.clone(),
+            important: true,
+            durable: !read_only,
+            admin_actor,
+            api_key_header: None,
+        })
+    }
+
     async fn call(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         _ctx: &RequestContext,
         endpoint: Endpoint,
     ) -> Result<Response<Body>, Error> {

@@ -15,10 +15,9 @@
 use std::time::Instant;
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::breaker::{Breaker, State};
 use crate::breakers::ManualError;
 use crate::error::Error;
@@ -29,7 +28,10 @@ pub fn owns(path: &str) -> bool {
     path == "/admin/breakers" || path.starts_with("/admin/breakers/") || path == "/admin/pools"
 }
 
-pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Response<Body>, Error> {
+pub async fn handle(
+    state: &AppState,
+    request: Request<RequestBody>,
+) -> Result<Response<Body>, Error> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let parts: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();

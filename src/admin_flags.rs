@@ -17,10 +17,9 @@
 //! change is flushed to disk before the answer.
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::flags::model::{Flag, State};
 use crate::flags::store::{Record, WriteError};
@@ -60,7 +59,10 @@ pub fn owns(path: &str) -> bool {
     path == "/admin/flags" || path.starts_with("/admin/flags/") || path == "/admin/segments"
 }
 
-pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Response<Body>, Error> {
+pub async fn handle(
+    state: &AppState,
+    request: Request<RequestBody>,
+) -> Result<Response<Body>, Error> {
     let Some(route) = route(request.uri().path()) else {
         return Err(Error::NotFound);
     };
@@ -184,7 +186,7 @@ fn allowed(route: &Route) -> Vec<Method> {
 /// `curl -d` labels JSON as a form, and the parse says precisely what is wrong anyway.
 async fn read<T: serde::de::DeserializeOwned>(
     state: &AppState,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
 ) -> Result<T, Error> {
     let bytes = body::read_limited(
         request.into_body(),

@@ -7,10 +7,9 @@
 //! | `DELETE /admin/ratelimits/{policy}` | drop the runtime change: the configured settings apply again |
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::ratelimit::Override;
 use crate::state::AppState;
@@ -20,7 +19,10 @@ pub fn owns(path: &str) -> bool {
     path == "/admin/ratelimits" || path.starts_with("/admin/ratelimits/")
 }
 
-pub async fn handle(state: &AppState, request: Request<Incoming>) -> Result<Response<Body>, Error> {
+pub async fn handle(
+    state: &AppState,
+    request: Request<RequestBody>,
+) -> Result<Response<Body>, Error> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let name = path.strip_prefix("/admin/ratelimits/").map(|n| {

@@ -21,6 +21,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body seawall sends.
 pub type Body = BoxBody<Bytes, BoxError>;
 
+/// Every request body a service receives: the client's body, possibly inside the audit
+/// capture. The error stays hyper's own so limits and classification see it unchanged.
+pub type RequestBody = BoxBody<Bytes, hyper::Error>;
+
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
@@ -99,10 +103,7 @@ where
 }
 
 /// Reads a whole request body of at most `limit` bytes.
-pub async fn read_limited(
-    body: hyper::body::Incoming,
-    limit: u64,
-) -> Result<Bytes, crate::error::Error> {
+pub async fn read_limited(body: RequestBody, limit: u64) -> Result<Bytes, crate::error::Error> {
     use crate::error::Error;
     match http_body_util::Limited::new(body, limit as usize)
         .collect()

@@ -18,12 +18,11 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::flags::model::Payload;
 use crate::flags::store::Snapshot;
@@ -63,7 +62,7 @@ impl Endpoint {
 pub async fn serve(
     state: &AppState,
     endpoint: Endpoint,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     ctx: &RequestContext,
 ) -> Result<Response<Body>, Error> {
     if request.method() != http::Method::POST {

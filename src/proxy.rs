@@ -8,9 +8,8 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::error::Error;
 use crate::request_context::RequestContext;
 use crate::route::{self, Route};
@@ -34,7 +33,7 @@ const HOP_BY_HOP: [&str; 9] = [
 pub async fn forward(
     upstream: &Upstream,
     route: &Route,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     ctx: &RequestContext,
     options: CallOptions,
 ) -> Result<Response<Body>, Error> {
@@ -52,9 +51,7 @@ pub async fn forward(
         .uri_for(&path_and_query)
         .map_err(|e| Error::BadRequest(format!("the request path cannot be forwarded: {e}")))?;
     rewrite_request_headers(&mut parts.headers, ctx);
-    let body = Limited::new(body, limit as usize)
-        .map_err(Into::into)
-        .boxed();
+    let body = Limited::new(body, limit as usize).boxed();
     let mut response = upstream
         .call(Request::from_parts(parts, body), options)
         .await

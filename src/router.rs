@@ -11,7 +11,9 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::body::{Body, Guarded};
+use crate::audit::middleware::Plan;
+use crate::audit::{Level, policy};
+use crate::body::{Body, Guarded, RequestBody};
 use crate::config::RouteTarget;
 use crate::error::Error;
 use crate::features::Feature;
@@ -115,9 +117,35 @@ impl Service for ProxyService {
         }
     }
 
+    fn audit_plan(
+        &self,
+        route: &Arc<str>,
+        target: &Target,
+        request: &Request<Incoming>,
+        ctx: &RequestContext,
+    ) -> Option<Plan<'_>> {
+        if !self.state.feature_on(Feature::AuditTrail, ctx) {
+            return None;
+        }
+        let route_rule = match target {
+            Target::Route(matched, _) => matched.config.audit.as_ref(),
+            _ => None,
+        };
+        let rules = &self.state.config.audit.rules;
+        let decision = policy::decide(rules, route_rule, route, request.method());
+        (decision.level != Level::None).then(|| Plan {
+            decision,
+            route: route.clone(),
+            important: false,
+            durable: false,
+            admin_actor: None,
+            api_key_header: self.state.config.ratelimit.api_key_header.as_deref(),
+        })
+    }
+
     async fn call(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         ctx: &RequestContext,
         target: Target,
     ) -> Result<Response<Body>, Error> {
@@ -163,7 +191,7 @@ impl Service for ProxyService {
 impl ProxyService {
     async fn dispatch(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         ctx: &RequestContext,
         target: Target,
     ) -> Result<Response<Body>, Error> {

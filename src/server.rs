@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -27,7 +28,8 @@ use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use crate::admin::AdminService;
-use crate::body::Body;
+use crate::audit::middleware::{Plan, RequestAudit};
+use crate::body::{Body, RequestBody};
 use crate::config::ServerConfig;
 use crate::error::Error;
 use crate::request_context::RequestContext;
@@ -46,9 +48,18 @@ pub trait Service: Send + Sync + 'static {
     /// The route label for metrics and logs, and what to do with the request.
     fn classify(&self, request: &Request<Incoming>) -> (Arc<str>, Self::Target);
 
+    /// Whether and how the request is audited; `None` for no event.
+    fn audit_plan(
+        &self,
+        route: &Arc<str>,
+        target: &Self::Target,
+        request: &Request<Incoming>,
+        ctx: &RequestContext,
+    ) -> Option<Plan<'_>>;
+
     fn call(
         &self,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         ctx: &RequestContext,
         target: Self::Target,
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send;
@@ -222,6 +233,13 @@ async fn exchange<S: Service>(
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let mut tracker = InFlight::start(state, S::LISTENER, route.clone(), method.clone());
+    let (audit, request) = match service.audit_plan(&route, &target, &request, &ctx) {
+        Some(plan) => {
+            let (audit, request) = RequestAudit::begin(state.audit.clone(), plan, request, &ctx);
+            (Some(audit), request)
+        }
+        None => (None, request.map(BodyExt::boxed)),
+    };
     let span = tracing::info_span!("request", id = %ctx.request_id);
     let timeout = state.config.server.request_timeout;
     let outcome = tokio::time::timeout(timeout, service.call(request, &ctx, target))
@@ -238,6 +256,9 @@ async fn exchange<S: Service>(
     }
     if state.health.is_draining() {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(audit) = audit {
+        response = audit.answer(response).await;
     }
     let status = response.status().as_u16();
     let elapsed = tracker.finish(status);

@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use serde_json::Value;
 
-use crate::body::{self, Body};
+use crate::body::{self, Body, RequestBody};
 use crate::config::SqlRoute;
 use crate::error::Error;
 use crate::path_pattern::Params;
@@ -30,7 +29,7 @@ pub async fn serve(
     sql: &SqlRoute,
     wrapped: Arc<str>,
     path: Params,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     ctx: &RequestContext,
 ) -> Result<Response<Body>, Error> {
     let database = state

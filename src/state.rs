@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::admin_token::AdminToken;
+use crate::audit::AuditTrail;
 use crate::breaker::Transition;
 use crate::breakers::Breakers;
 use crate::config::Config;
@@ -56,6 +57,7 @@ pub struct AppState {
     pub database: Option<Arc<Database>>,
     pub admin_token: AdminToken,
     pub store_size: Arc<Gauge>,
+    pub audit: Arc<AuditTrail>,
     /// Breaker transitions for the recorder, taken when background tasks start.
     transitions: Mutex<Option<mpsc::Receiver<Transition>>>,
 }
@@ -91,6 +93,11 @@ impl AppState {
         });
         let admin_token = AdminToken::load(&config.admin, &config.store.data_dir)
             .map_err(StartError::AdminToken)?;
+        let audit = Arc::new(AuditTrail::open(
+            &store,
+            &config.store.data_dir,
+            config.audit.clone(),
+        )?);
 
         let store_probe = StoreProbe::new(store.clone());
         let store_size = store_probe.size_on_disk.clone();
@@ -122,6 +129,7 @@ impl AppState {
             database,
             admin_token,
             store_size,
+            audit,
             flags,
             breakers,
             store,
@@ -130,10 +138,16 @@ impl AppState {
         })
     }
 
-    /// Starts the tasks that run for the life of the process: health probes and the breaker
-    /// recorder. Abort the handles to stop them.
+    /// Starts the tasks that run for the life of the process: health probes, the breaker
+    /// recorder, audit retention. Abort the handles to stop them. The audit writer starts
+    /// here too but is not among them: it stops after [`AppState::close`] has drained it.
     pub fn start_background(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
-        let mut tasks = vec![self.health.spawn(), self.ratelimiter.spawn_sweeper()];
+        self.audit.start();
+        let mut tasks = vec![
+            self.health.spawn(),
+            self.ratelimiter.spawn_sweeper(),
+            self.audit.spawn_retention(),
+        ];
         if let Some(transitions) = self.transitions.lock().expect("state lock").take() {
             tasks.push(self.breakers.spawn_recorder(transitions));
         }
@@ -145,8 +159,10 @@ impl AppState {
         self.breakers.save_all()
     }
 
-    /// Closes the database pool (on the blocking pool, where its connections may be dropped).
+    /// Writes and flushes the queued audit events, then closes the database pool (on the
+    /// blocking pool, where its connections may be dropped).
     pub async fn close(&self) {
+        self.audit.flush().await;
         if let Some(database) = &self.database {
             database.close().await;
         }

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::StoreConfig;
@@ -34,6 +35,16 @@ pub mod trees {
     pub const BREAKER_LOG: &str = "breaker_log";
     /// Runtime changes of rate-limit policies, by policy name (JSON).
     pub const RATELIMIT_OVERRIDES: &str = "ratelimit_overrides";
+    /// Audit events live in per-stream, per-day trees named `audit/<stream>/<day>`.
+    pub const AUDIT_BUCKET_PREFIX: &str = "audit/";
+    /// Wrapped audit data keys by key id.
+    pub const AUDIT_KEYS: &str = "audit_keys";
+    /// pseudonym, stream, class, period → key id.
+    pub const AUDIT_SUBJECT_KEYS: &str = "audit_subject_keys";
+    /// pseudonym, stream, day → (): the buckets that hold a subject's events.
+    pub const AUDIT_SUBJECTS: &str = "audit_subjects";
+    /// Per stream: what retention removed, with the chain value to verify onward from.
+    pub const AUDIT_ANCHORS: &str = "audit_anchors";
 }
 
 /// Why the store could not be opened or used.
@@ -62,6 +73,9 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     dir: PathBuf,
+    /// Writers hold it shared while they write; a backup holds it exclusively while it copies,
+    /// because a copy taken during writes can open as an empty store.
+    gate: Arc<RwLock<()>>,
 }
 
 impl Store {
@@ -83,7 +97,11 @@ impl Store {
                 path: dir.clone(),
                 source,
             })?;
-        let store = Store { db, dir };
+        let store = Store {
+            db,
+            dir,
+            gate: Arc::new(RwLock::new(())),
+        };
         store.check_schema()?;
         Ok(store)
     }
@@ -137,6 +155,34 @@ impl Store {
                 Ok(())
             }
         }
+    }
+
+    /// Held while writing; blocks while a backup copies the store. Blocking.
+    pub fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops every writer that uses [`Store::writing`] until the guard is dropped. Blocking.
+    pub fn pause_writes(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gate
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Names of all trees, for the trees that are created per time bucket.
+    pub fn tree_names(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
+    /// Drops a whole tree: how expired time buckets go.
+    pub fn drop_tree(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.db.drop_tree(name)?)
     }
 
     /// The tree for one concern.

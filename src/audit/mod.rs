@@ -1,4 +1,438 @@
-//! The audit trail.
+//! The audit trail: events about requests, admin actions, applications and seawall itself,
+//! with personal data sealed, tamper-evident chains, retention and query (SPEC §8).
+//!
+//! - `event`: the model (header, personal parts, records) and the hashing.
+//! - `redact`, `detect`: what may be captured at all.
+//! - `keys`: the keys outside sled (KEK, pseudonyms) and sealing.
+//! - `log`: the layout in sled and reading it back; `writer`: the single writer.
+//! - `policy`: which requests are audited at which level, as which event type.
+//! - `retention`: expiring personal parts (by destroying keys) and headers (by whole buckets).
+//! - `query`: the admin query of headers.
+//!
+//! [`AuditTrail`] is the handle the rest of seawall uses: producers submit [`Draft`]s into a
+//! bounded queue; one writer task group-commits them and flushes at least every
+//! `flush_interval`. Ordinary request events are dropped (and counted) when the queue is full;
+//! important events (admin, security, application, system) wait for room instead.
 
 pub mod detect;
+pub mod event;
+pub mod keys;
+pub mod log;
+pub mod middleware;
+pub mod policy;
+
 pub mod redact;
+pub mod retention;
+
+pub mod verify;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+pub use event::{Draft, IdKind, Level, Role, Stream, Subject};
+
+use crate::audit::keys::Keyring;
+use crate::audit::log::AuditLog;
+use crate::audit::writer::Writer;
+use crate::metrics::{Counter, Exposition};
+use crate::store::{Store, StoreError};
+
+/// Events taken from the queue per write.
+const MAX_BATCH: usize = 1024;
+
+/// Retention of one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StreamRetention {
+    pub header_days: u32,
+    /// Personal parts; `0` for streams that hold none.
+    pub payload_days: u32,
+}
+
+/// `[audit]`, validated by `config`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditConfig {
+    /// Names the appliance in every header and chain.
+    pub origin: String,
+    #[serde(serialize_with = "crate::config::millis")]
+    pub flush_interval: Duration,
+    pub queue_capacity: usize,
+    pub retention: BTreeMap<Stream, StreamRetention>,
+    /// Captured request and response bodies.
+    pub body_days: u32,
+    #[serde(serialize_with = "crate::config::millis")]
+    pub retention_interval: Duration,
+    pub rules: Vec<policy::Rule>,
+}
+
+impl AuditConfig {
+    /// research/audit.md §2.2.
+    pub fn default_retention() -> BTreeMap<Stream, StreamRetention> {
+        BTreeMap::from([
+            (
+                Stream::Security,
+                StreamRetention {
+                    header_days: 365,
+                    payload_days: 180,
+                },
+            ),
+            (
+                Stream::Access,
+                StreamRetention {
+                    header_days: 180,
+                    payload_days: 30,
+                },
+            ),
+            (
+                Stream::DataChange,
+                StreamRetention {
+                    header_days: 365,
+                    payload_days: 365,
+                },
+            ),
+            (
+                Stream::Gdpr,
+                StreamRetention {
+                    header_days: 1095,
+                    payload_days: 1095,
+                },
+            ),
+            (
+                Stream::System,
+                StreamRetention {
+                    header_days: 1095,
+                    payload_days: 0,
+                },
+            ),
+        ])
+    }
+}
+
+enum Command {
+    Event(Box<Draft>),
+    /// Write and flush everything queued before this, then answer.
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct AuditMetrics {
+    appended: Counter,
+    dropped: Counter,
+    write_errors: Counter,
+    flushes: Counter,
+}
+
+pub struct AuditTrail {
+    pub log: Arc<AuditLog>,
+    pub config: AuditConfig,
+    tx: mpsc::Sender<Command>,
+    /// Taken by [`AuditTrail::start`].
+    rx: std::sync::Mutex<Option<(mpsc::Receiver<Command>, Writer)>>,
+    /// Dropped since the last notice event.
+    unreported_drops: AtomicU64,
+    metrics: Arc<AuditMetrics>,
+}
+
+impl AuditTrail {
+    /// Opens the keys and the log and prepares the writer. Blocking (startup).
+    pub fn open(
+        store: &Store,
+        data_dir: &Path,
+        config: AuditConfig,
+    ) -> Result<AuditTrail, StoreError> {
+        let keyring = Arc::new(
+            Keyring::open(data_dir).map_err(|e| StoreError::Corrupt(format!("audit keys: {e}")))?,
+        );
+        let log = Arc::new(AuditLog::open(store, keyring, &config.origin)?);
+        let writer = Writer::new(log.clone())?;
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        Ok(AuditTrail {
+            log,
+            config,
+            tx,
+            rx: std::sync::Mutex::new(Some((rx, writer))),
+            unreported_drops: AtomicU64::new(0),
+            metrics: Arc::new(AuditMetrics::default()),
+        })
+    }
+
+    /// Starts the writer task; it ends when every sender is gone or after [`AuditTrail::close`].
+    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let (rx, writer) = self
+            .rx
+            .lock()
+            .expect("audit lock")
+            .take()
+            .expect("the writer starts once");
+        let metrics = self.metrics.clone();
+        let interval = self.config.flush_interval;
+        tokio::spawn(write_loop(rx, writer, metrics, interval))
+    }
+
+    /// Submits an event. Ordinary events are dropped and counted when the queue is full;
+    /// important ones wait for room.
+    pub async fn record(&self, draft: Draft) {
+        if draft.important {
+            if self.tx.send(Command::Event(Box::new(draft))).await.is_err() {
+                tracing::error!("audit writer stopped; an important event was lost");
+            }
+            return;
+        }
+        self.record_now(draft);
+    }
+
+    /// Submits an event from where waiting is impossible (a `Drop`): important events that
+    /// find no room are sent from a task of their own.
+    pub fn record_detached(self: &Arc<Self>, draft: Draft) {
+        if !draft.important {
+            return self.record_now(draft);
+        }
+        if let Err(mpsc::error::TrySendError::Full(command)) =
+            self.tx.try_send(Command::Event(Box::new(draft)))
+        {
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(command).await;
+            });
+        }
+    }
+
+    /// Submits an ordinary event without waiting (what the request path uses).
+    pub fn record_now(&self, draft: Draft) {
+        match self.tx.try_send(Command::Event(Box::new(draft))) {
+            Ok(()) => self.report_drops(),
+            Err(_) => {
+                self.metrics.dropped.inc();
+                self.unreported_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// After a drop, the first event that finds room again is followed by a notice.
+    fn report_drops(&self) {
+        let dropped = self.unreported_drops.swap(0, Ordering::Relaxed);
+        if dropped == 0 {
+            return;
+        }
+        let notice = Draft::new(
+            Stream::System,
+            "sys.audit.events_dropped",
+            "failure",
+            &crate::request_context::new_request_id(),
+            SystemTime::now(),
+        )
+        .field("reason", json!("queue_full"))
+        .field("dropped", json!(dropped));
+        if self.tx.try_send(Command::Event(Box::new(notice))).is_err() {
+            self.unreported_drops.fetch_add(dropped, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs retention every `retention_interval`, starting now.
+    pub fn spawn_retention(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let trail = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(trail.config.retention_interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let _ = trail.run_retention(SystemTime::now()).await;
+            }
+        })
+    }
+
+    /// One whole retention run as of `now`, recorded as a `sys.retention.run` event.
+    pub async fn run_retention(&self, now: SystemTime) -> Result<retention::RunReport, StoreError> {
+        let log = self.log.clone();
+        let config = self.config.clone();
+        let result =
+            tokio::task::spawn_blocking(move || retention::run(&log, &config, now, usize::MAX))
+                .await
+                .expect("retention does not panic");
+        let id = crate::request_context::new_request_id();
+        let draft = match &result {
+            Ok(report) => Draft::new(
+                Stream::System,
+                "sys.retention.run",
+                "success",
+                &id,
+                SystemTime::now(),
+            )
+            .field("retention", json!(report)),
+            Err(e) => {
+                tracing::error!(error = %e, "audit retention run failed");
+                Draft::new(
+                    Stream::System,
+                    "sys.retention.run",
+                    "failure",
+                    &id,
+                    SystemTime::now(),
+                )
+                .field("reason", json!("store_error"))
+            }
+        };
+        self.record(draft.important()).await;
+        result
+    }
+
+    /// Writes and flushes everything submitted so far.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    pub fn render_metrics(&self, out: &mut Exposition) {
+        out.single(
+            "seawall_audit_events_written_total",
+            "counter",
+            "Audit events written to the store.",
+            self.metrics.appended.get() as f64,
+        );
+        out.single(
+            "seawall_audit_events_dropped_total",
+            "counter",
+            "Ordinary audit events dropped because the queue was full.",
+            self.metrics.dropped.get() as f64,
+        );
+        out.single(
+            "seawall_audit_write_errors_total",
+            "counter",
+            "Audit batches the store refused.",
+            self.metrics.write_errors.get() as f64,
+        );
+        out.single(
+            "seawall_audit_flushes_total",
+            "counter",
+            "Flushes of audit batches to disk.",
+            self.metrics.flushes.get() as f64,
+        );
+        let depth = self.config.queue_capacity - self.tx.capacity();
+        out.single(
+            "seawall_audit_queue_depth",
+            "gauge",
+            "Audit events waiting for the writer.",
+            depth as f64,
+        );
+    }
+}
+
+/// The writer task: takes batches from the queue, commits them on the blocking pool, and
+/// flushes at least every `interval` while there is unflushed data.
+async fn write_loop(
+    mut rx: mpsc::Receiver<Command>,
+    writer: Writer,
+    metrics: Arc<AuditMetrics>,
+    interval: Duration,
+) {
+    let mut writer = Some(writer);
+    let mut dirty_since: Option<Instant> = None;
+    loop {
+        let deadline = dirty_since.map(|t| t + interval);
+        let first = tokio::select! {
+            command = rx.recv() => command,
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                let w = writer.take().expect("writer present");
+                let (w, flushed) = tokio::task::spawn_blocking(move || { let r = flush(&w); (w, r) }).await.expect("flush does not panic");
+                writer = Some(w);
+                note_flush(&metrics, flushed);
+                dirty_since = None;
+                continue;
+            }
+        };
+        let Some(first) = first else { break };
+        let mut drafts = Vec::new();
+        let mut waiting = Vec::new();
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Event(draft) => drafts.push(*draft),
+                Command::Flush(done) => waiting.push(done),
+            }
+            if drafts.len() < MAX_BATCH && waiting.is_empty() {
+                next = rx.try_recv().ok();
+            }
+        }
+        let flush_now = !waiting.is_empty() || dirty_since.is_some_and(|t| t.elapsed() >= interval);
+        let w = writer.take().expect("writer present");
+        let (w, committed, flushed) = tokio::task::spawn_blocking(move || {
+            let mut w = w;
+            let committed = w
+                .commit(&drafts, SystemTime::now())
+                .map(|n| (n, drafts.len()));
+            let flushed = if flush_now { Some(flush(&w)) } else { None };
+            (w, committed.map_err(|e| (e, drafts.len())), flushed)
+        })
+        .await
+        .expect("audit writer does not panic");
+        writer = Some(w);
+        match committed {
+            Ok((n, _)) => {
+                metrics.appended.add(n as u64);
+                dirty_since.get_or_insert_with(Instant::now);
+            }
+            Err((e, lost)) => {
+                metrics.write_errors.inc();
+                metrics.dropped.add(lost as u64);
+                tracing::error!(error = %e, lost, "audit batch could not be written");
+            }
+        }
+        if let Some(flushed) = flushed {
+            note_flush(&metrics, flushed);
+            dirty_since = None;
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+    if let Some(w) = writer {
+        let flushed = tokio::task::spawn_blocking(move || flush(&w))
+            .await
+            .expect("flush does not panic");
+        note_flush(&metrics, flushed);
+    }
+}
+
+fn flush(writer: &Writer) -> Result<(), StoreError> {
+    writer.flush()
+}
+
+fn note_flush(metrics: &AuditMetrics, result: Result<(), StoreError>) {
+    match result {
+        Ok(()) => metrics.flushes.inc(),
+        Err(e) => {
+            metrics.write_errors.inc();
+            tracing::error!(error = %e, "audit flush failed");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Decrypted content of a record's parts, by role, for the parts whose keys still exist.
+pub fn open_parts(
+    log: &AuditLog,
+    record: &event::Record,
+) -> BTreeMap<&'static str, serde_json::Value> {
+    record
+        .parts
+        .iter()
+        .filter_map(|part| Some((part.role.as_str(), log.open_part(record, part)?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -7,6 +7,7 @@
 //! it into exit status 64. Turning the config into running state (sockets, the store, pools) is
 //! left to `state` and `server`.
 
+mod audit;
 mod database;
 mod env;
 mod flags;
@@ -26,6 +27,8 @@ use serde::{Serialize, Serializer};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use flags::{BUILTIN_FEATURES, FlagSpec, FlagsConfig};
 
+use crate::audit::AuditConfig;
+use crate::audit::policy::Rule as AuditRule;
 use crate::breaker::BreakerConfig;
 use crate::path_pattern::PathPattern;
 use crate::ratelimit::{Level, RateLimitConfig};
@@ -43,6 +46,7 @@ pub struct Config {
     pub postgres: Option<PostgresConfig>,
     pub ratelimit: RateLimitConfig,
     pub routes: Vec<RouteConfig>,
+    pub audit: AuditConfig,
     /// Settings that take effect only with a feature that is configured off; shown by
     /// `check-config` and logged at start.
     #[serde(skip)]
@@ -164,6 +168,8 @@ pub struct RouteConfig {
     pub priority: Level,
     /// Custom policies that apply in addition to the level's.
     pub rate_limits: Vec<String>,
+    /// The route's own audit settings, used when no `[[audit.rules]]` entry matches.
+    pub audit: Option<AuditRule>,
 }
 
 /// What a route does with a request.
@@ -321,8 +327,12 @@ fn display_all<T: fmt::Display, S: Serializer>(values: &[T], s: S) -> Result<S::
     s.collect_seq(values.iter().map(ToString::to_string))
 }
 
-fn millis<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn millis<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u128(value.as_millis())
+}
+
+pub(crate) fn method_list<S: Serializer>(value: &[Method], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(value.iter().map(Method::as_str))
 }
 
 fn methods<S: Serializer>(value: &Option<Vec<Method>>, s: S) -> Result<S::Ok, S::Error> {

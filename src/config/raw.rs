@@ -33,6 +33,8 @@ pub struct RawConfig {
     pub ratelimit: RawRateLimit,
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub audit: RawAudit,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +126,47 @@ pub struct RawRoute {
     pub params: Option<Vec<String>>,
     pub priority: Option<String>,
     pub rate_limit: Option<OneOrMany>,
+    pub audit: Option<RawRouteAudit>,
+}
+
+/// A route's own `audit = { event = "...", level = "...", stream = "..." }`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteAudit {
+    pub event: Option<String>,
+    pub level: Option<String>,
+    pub stream: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub origin: Option<String>,
+    pub flush_interval_ms: Option<u64>,
+    pub queue_capacity: Option<u64>,
+    pub body_days: Option<u64>,
+    pub retention_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub retention: BTreeMap<String, RawRetention>,
+    #[serde(default)]
+    pub rules: Vec<RawAuditRule>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub header_days: Option<u64>,
+    pub payload_days: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditRule {
+    pub routes: Option<Vec<String>>,
+    pub methods: Option<Vec<String>>,
+    pub event: Option<String>,
+    pub level: Option<String>,
+    pub stream: Option<String>,
 }
 
 /// A string or a list of strings (`rate_limit = "ai.chat"` or `["ai.chat", "burst"]`).

@@ -59,8 +59,13 @@ pub fn validate(
                 format!("{:?} is used by an earlier route", route.name),
             ));
         }
+        if let Some(audit) = &raw_route.audit {
+            route.audit = Some(v.route_audit(&format!("routes[{index}].audit"), audit)?);
+        }
         routes.push(route);
     }
+    let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+    let audit = v.audit(&raw.audit, &route_names)?;
     Ok(Config {
         server,
         store: StoreConfig {
@@ -101,6 +106,7 @@ pub fn validate(
         postgres,
         ratelimit,
         routes,
+        audit,
         warnings,
     })
 }
@@ -356,6 +362,7 @@ impl Validator<'_> {
             flag: raw.flag.clone(),
             priority: crate::ratelimit::Level::Medium,
             rate_limits: Vec::new(),
+            audit: None,
             max_body_bytes: self.range(
                 &key("max_body_bytes"),
                 raw.max_body_bytes,
@@ -539,7 +546,7 @@ impl Validator<'_> {
         }
     }
 
-    fn method(&self, key: &str, text: &str) -> Result<Method, ConfigError> {
+    pub(super) fn method(&self, key: &str, text: &str) -> Result<Method, ConfigError> {
         const KNOWN: [&str; 9] = [
             "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
         ];
@@ -645,6 +652,12 @@ fn idle_sections(raw: &RawConfig, flags: &FlagsConfig) -> Vec<String> {
     }
     if raw.postgres.as_ref().is_some_and(|p| p.breaker.is_some()) {
         warn("seawall.circuit-breaker", "[postgres.breaker]".to_string());
+    }
+    if !raw.audit.rules.is_empty() || raw.routes.iter().any(|r| r.audit.is_some()) {
+        warn(
+            "seawall.audit-trail",
+            "request auditing ([[audit.rules]] or a route's audit)".to_string(),
+        );
     }
     warnings
 }

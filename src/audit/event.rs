@@ -1,0 +1,452 @@
+//! The audit event: a header with no personal data, committed to a hash chain, and personal
+//! parts sealed under per-subject data keys (research/audit.md §1).
+//!
+//! Producers (the request middleware, the admin API, application events, seawall itself) build
+//! a [`Draft`]: the header fields they know plus the personal [`Part`]s, each tied to the
+//! subject it is about. The writer assigns the stream's sequence number, completes and
+//! canonicalises the header (RFC 8785 JCS), seals the parts and chains the record.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// Schema major version of the header.
+pub const VERSION: u64 = 1;
+
+/// Retention classes; each is its own sequence, chain and set of buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Security,
+    Access,
+    DataChange,
+    Gdpr,
+    System,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 5] = [
+        Stream::Security,
+        Stream::Access,
+        Stream::DataChange,
+        Stream::Gdpr,
+        Stream::System,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Security => "security",
+            Stream::Access => "access",
+            Stream::DataChange => "data_change",
+            Stream::Gdpr => "gdpr",
+            Stream::System => "system",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Stream> {
+        Stream::ALL.get(code as usize).copied()
+    }
+
+    /// The stream an event type belongs to, by its OWASP category prefix.
+    pub fn for_type(event_type: &str) -> Stream {
+        match event_type.split('.').next().unwrap_or_default() {
+            "authn" | "authz" | "session" | "admin" | "audit" | "excess" | "malicious"
+            | "input" | "key" => Stream::Security,
+            "data" => Stream::DataChange,
+            "gdpr" => Stream::Gdpr,
+            "sys" | "system" | "integrity" => Stream::System,
+            _ => Stream::Access,
+        }
+    }
+}
+
+/// How much of a request is captured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    None,
+    Metadata,
+    Request,
+    RequestResponse,
+}
+
+impl Level {
+    pub fn parse(name: &str) -> Option<Level> {
+        match name {
+            "none" => Some(Level::None),
+            "metadata" => Some(Level::Metadata),
+            "request" => Some(Level::Request),
+            "request_response" => Some(Level::RequestResponse),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::None => "none",
+            Level::Metadata => "metadata",
+            Level::Request => "request",
+            Level::RequestResponse => "request_response",
+        }
+    }
+}
+
+/// Who or what a personal part is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdKind {
+    UserId,
+    Email,
+    ApiKeyId,
+    Ip,
+}
+
+impl IdKind {
+    pub const ALL: [IdKind; 4] = [IdKind::UserId, IdKind::Email, IdKind::ApiKeyId, IdKind::Ip];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdKind::UserId => "user_id",
+            IdKind::Email => "email",
+            IdKind::ApiKeyId => "api_key_id",
+            IdKind::Ip => "ip",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<IdKind> {
+        IdKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// The form pseudonyms are computed from, so `Jane@Example.com` and `jane@example.com`
+    /// are one subject.
+    pub fn normalise(self, value: &str) -> String {
+        let value = value.trim();
+        match self {
+            IdKind::Email => value.to_lowercase(),
+            IdKind::Ip => value
+                .parse::<std::net::IpAddr>()
+                .map(|ip| ip.to_canonical().to_string())
+                .unwrap_or_else(|_| value.to_string()),
+            IdKind::UserId | IdKind::ApiKeyId => value.to_string(),
+        }
+    }
+}
+
+/// A data subject: an identifier of a known kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Subject {
+    pub kind: IdKind,
+    pub value: String,
+}
+
+/// The role of a personal part within its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Actor,
+    Target,
+    Client,
+    Body,
+    Details,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Actor => "actor",
+            Role::Target => "target",
+            Role::Client => "client",
+            Role::Body => "body",
+            Role::Details => "details",
+        }
+    }
+
+    /// Captured bodies expire on their own short clock; everything else is identity data.
+    pub fn class(self) -> KeyClass {
+        match self {
+            Role::Body => KeyClass::Body,
+            _ => KeyClass::Identity,
+        }
+    }
+}
+
+/// Which retention clock a data key follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyClass {
+    /// Monthly keys per subject; expire with the stream's personal-data retention.
+    Identity,
+    /// Daily keys per subject; expire with the body retention.
+    Body,
+}
+
+impl KeyClass {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+/// Personal data of one event about one subject. `subject: None` means nobody identifiable
+/// (it is keyed to the stream's anonymous key).
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub role: Role,
+    pub subject: Option<Subject>,
+    /// More identifiers of the same subject, indexed so a request by any of them finds it.
+    pub aliases: Vec<Subject>,
+    pub content: Value,
+}
+
+/// An event as its producer knows it.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub stream: Stream,
+    /// Header fields other than `v`, `origin`, `stream`, `seq` and `parts`, which the writer adds.
+    pub fields: Map<String, Value>,
+    pub parts: Vec<Part>,
+    /// Admin, security and application events wait for room in the queue instead of being
+    /// dropped when it is full.
+    pub important: bool,
+}
+
+impl Draft {
+    /// A draft with the common header fields set.
+    pub fn new(
+        stream: Stream,
+        event_type: &str,
+        outcome: &str,
+        id: &str,
+        time: SystemTime,
+    ) -> Draft {
+        let mut fields = Map::new();
+        fields.insert("type".into(), json!(event_type));
+        fields.insert(
+            "category".into(),
+            json!(event_type.split('.').next().unwrap_or("sys")),
+        );
+        fields.insert("outcome".into(), json!(outcome));
+        fields.insert("id".into(), json!(id));
+        fields.insert("time".into(), json!(rfc3339_nanos(time)));
+        fields.insert("severity".into(), json!(severity(event_type, outcome)));
+        Draft {
+            stream,
+            fields,
+            parts: Vec::new(),
+            important: false,
+        }
+    }
+
+    pub fn field(mut self, name: &str, value: Value) -> Draft {
+        self.fields.insert(name.to_string(), value);
+        self
+    }
+
+    pub fn part(mut self, role: Role, subject: Option<Subject>, content: Value) -> Draft {
+        self.parts.push(Part {
+            role,
+            subject,
+            aliases: Vec::new(),
+            content,
+        });
+        self
+    }
+
+    pub fn important(mut self) -> Draft {
+        self.important = true;
+        self
+    }
+}
+
+/// OpenTelemetry severity numbers: INFO 9, WARN 13, ERROR 17.
+fn severity(event_type: &str, outcome: &str) -> u8 {
+    if event_type.starts_with("sys.error") || event_type.starts_with("integrity.failure") {
+        17
+    } else if outcome == "failure" || event_type.ends_with(".fail") {
+        13
+    } else {
+        9
+    }
+}
+
+/// RFC 3339 with nanoseconds and `Z`, a string so JSON parsers never round it.
+pub fn rfc3339_nanos(time: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// RFC 8785 (JCS) canonical JSON for the values a header holds (no floats): object keys sorted,
+/// no whitespace, serde_json's string escaping (which JCS shares for these characters).
+pub fn canonical(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::to_string(key).expect("strings serialize"));
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&serde_json::to_string(scalar).expect("scalars serialize")),
+    }
+}
+
+pub type Hash = [u8; 32];
+
+fn sha256(parts: &[&[u8]]) -> Hash {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+/// The digest of a sealed part, kept when the part itself is erased.
+pub fn part_digest(sealed: &[u8]) -> Hash {
+    sha256(&[sealed])
+}
+
+/// `SHA-256(0x00 || SHA-256(header) || payload)`, where payload commits to the part digests.
+pub fn leaf(header: &str, digests: &[Hash]) -> Hash {
+    let payload = if digests.is_empty() {
+        [0u8; 32]
+    } else {
+        let mut hasher = Sha256::new();
+        hasher.update([0x03]);
+        for d in digests {
+            hasher.update(d);
+        }
+        hasher.finalize().into()
+    };
+    sha256(&[&[0x00], &sha256(&[header.as_bytes()]), &payload])
+}
+
+/// `SHA-256(0x02 || previous || leaf)`.
+pub fn chain(previous: &Hash, leaf: &Hash) -> Hash {
+    sha256(&[&[0x02], previous, leaf])
+}
+
+/// The chain value before a stream's first event.
+pub fn genesis(origin: &str, stream: Stream) -> Hash {
+    sha256(&[
+        b"audit-chain-v1",
+        origin.as_bytes(),
+        &[0],
+        stream.as_str().as_bytes(),
+    ])
+}
+
+/// `SHA-256(header)`: binds sealed parts to their event (part of their AEAD associated data).
+pub fn header_hash(header: &str) -> Hash {
+    sha256(&[header.as_bytes()])
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The canonical header text that was hashed.
+    pub header: String,
+    pub parts: Vec<StoredPart>,
+    pub leaf: Hash,
+    pub chain: Hash,
+}
+
+/// A sealed part. `kid` and `sealed` are routing data, not committed; `digest` is committed
+/// and stays after the part is erased.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPart {
+    pub role: Role,
+    pub kid: Option<[u8; 16]>,
+    pub sealed: Option<Vec<u8>>,
+    pub digest: Hash,
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("records encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Record> {
+        postcard::from_bytes(bytes).ok()
+    }
+
+    pub fn header_value(&self) -> Value {
+        serde_json::from_str(&self.header).unwrap_or(Value::Null)
+    }
+}
+
+/// The AEAD associated data of a part: the header it belongs to and its role.
+pub fn part_aad(header_hash: &Hash, role: Role) -> Vec<u8> {
+    let mut aad = header_hash.to_vec();
+    aad.extend_from_slice(role.as_str().as_bytes());
+    aad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_sorts_keys_and_has_no_whitespace() {
+        let value = json!({"b": 1, "a": {"d": [true, null, "x\n"], "c": "é"}});
+        assert_eq!(
+            canonical(&value),
+            r#"{"a":{"c":"é","d":[true,null,"x\n"]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn the_chain_commits_to_order_and_content() {
+        let g = genesis("seawall", Stream::Access);
+        let l1 = leaf("{\"seq\":0}", &[]);
+        let l2 = leaf("{\"seq\":1}", &[part_digest(b"x")]);
+        let forward = chain(&chain(&g, &l1), &l2);
+        let swapped = chain(&chain(&g, &l2), &l1);
+        assert_ne!(forward, swapped);
+        assert_ne!(
+            leaf("{\"seq\":1}", &[part_digest(b"y")]),
+            l2,
+            "the leaf commits to part digests"
+        );
+        assert_ne!(genesis("seawall", Stream::Security), g);
+    }
+
+    #[test]
+    fn streams_follow_event_type_categories() {
+        assert_eq!(Stream::for_type("authn.login.failure"), Stream::Security);
+        assert_eq!(Stream::for_type("data.export"), Stream::DataChange);
+        assert_eq!(Stream::for_type("gdpr.erasure.executed"), Stream::Gdpr);
+        assert_eq!(Stream::for_type("sys.retention.run"), Stream::System);
+        assert_eq!(Stream::for_type("http.read"), Stream::Access);
+    }
+}

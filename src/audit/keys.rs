@@ -1,0 +1,215 @@
+//! Keys of the audit trail, kept outside sled in `<data_dir>/keys/` (mode 0700, files 0600).
+//!
+//! - `kek.<epoch>`: the key-encryption key that wraps every data key stored in sled. sled does
+//!   not physically erase removed values, so data keys are never stored in clear; destroying an
+//!   epoch's KEK makes every stale copy of a data key wrapped under it useless.
+//! - `pseudonym.key`: the HMAC key that turns identifiers into pseudonyms for the subject index,
+//!   so no plain identifier is ever a sled key.
+//!
+//! Sealing is XChaCha20-Poly1305 with a random 24-byte nonce; the nonce leads the ciphertext.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use chacha20poly1305::aead::{Aead, Payload};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+pub type DataKey = [u8; 32];
+pub type Pseudonym = [u8; 16];
+
+const NONCE: usize = 24;
+
+pub struct Keyring {
+    dir: PathBuf,
+    /// The current epoch and its KEK; older epochs are loaded on demand while they exist.
+    kek: RwLock<(u32, DataKey)>,
+    pseudonym_key: DataKey,
+}
+
+impl Keyring {
+    /// Opens (creating when missing) the keys directory under `data_dir`. Blocking.
+    pub fn open(data_dir: &Path) -> io::Result<Keyring> {
+        let dir = data_dir.join("keys");
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        let epoch = current_epoch(&dir)?.unwrap_or(1);
+        let kek = load_or_create(&dir.join(format!("kek.{epoch}")))?;
+        let pseudonym_key = load_or_create(&dir.join("pseudonym.key"))?;
+        Ok(Keyring {
+            dir,
+            kek: RwLock::new((epoch, kek)),
+            pseudonym_key,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The keyed-hash pseudonym of an identifier: stable for the same (kind, value), useless
+    /// without the key.
+    pub fn pseudonym(&self, kind: &str, value: &str) -> Pseudonym {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.pseudonym_key)
+            .expect("any key length works");
+        mac.update(kind.as_bytes());
+        mac.update(&[0]);
+        mac.update(value.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        digest[..16].try_into().expect("16 of 32 bytes")
+    }
+
+    /// Wraps a data key under the current KEK: (epoch, nonce || ciphertext).
+    pub fn wrap(&self, kid: &[u8], key: &DataKey) -> (u32, Vec<u8>) {
+        let (epoch, kek) = *self.kek.read().expect("keyring lock");
+        (epoch, seal(&kek, kid, key))
+    }
+
+    /// Unwraps a data key; `None` once its epoch's KEK is gone (or the wrapping was altered).
+    pub fn unwrap(&self, kid: &[u8], epoch: u32, wrapped: &[u8]) -> Option<DataKey> {
+        let (current, kek) = *self.kek.read().expect("keyring lock");
+        let kek = if epoch == current {
+            kek
+        } else {
+            read_key(&self.dir.join(format!("kek.{epoch}"))).ok()?
+        };
+        open(&kek, kid, wrapped)?.try_into().ok()
+    }
+
+    /// The current KEK epoch.
+    pub fn epoch(&self) -> u32 {
+        self.kek.read().expect("keyring lock").0
+    }
+}
+
+/// A fresh random data key.
+pub fn new_data_key() -> DataKey {
+    rand::random()
+}
+
+/// `nonce || ciphertext` of `plaintext` under `key`, bound to `aad`.
+pub fn seal(key: &DataKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
+    let nonce: [u8; NONCE] = rand::random();
+    let ct = cipher
+        .encrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("in-memory encryption cannot fail");
+    let mut out = Vec::with_capacity(NONCE + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// The plaintext of `sealed`, or `None` when the key, the AAD or the bytes are wrong.
+pub fn open(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE {
+        return None;
+    }
+    let cipher = XChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
+    let nonce: [u8; NONCE] = sealed[..NONCE].try_into().ok()?;
+    cipher
+        .decrypt(
+            &XNonce::from(nonce),
+            Payload {
+                msg: &sealed[NONCE..],
+                aad,
+            },
+        )
+        .ok()
+}
+
+fn current_epoch(dir: &Path) -> io::Result<Option<u32>> {
+    let mut newest = None;
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        if let Some(epoch) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("kek."))
+            .and_then(|e| e.parse::<u32>().ok())
+        {
+            newest = newest.max(Some(epoch));
+        }
+    }
+    Ok(newest)
+}
+
+fn read_key(path: &Path) -> io::Result<DataKey> {
+    let bytes = fs::read(path)?;
+    bytes
+        .try_into()
+        .map_err(|_| io::Error::other(format!("{} is not a 32-byte key", path.display())))
+}
+
+fn load_or_create(path: &Path) -> io::Result<DataKey> {
+    match read_key(path) {
+        Ok(key) => Ok(key),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let key = new_data_key();
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            file.write_all(&key)?;
+            file.sync_all()?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_data_opens_only_with_its_key_and_aad() {
+        let key = new_data_key();
+        let sealed = seal(&key, b"aad", b"personal data");
+        assert_eq!(
+            open(&key, b"aad", &sealed).as_deref(),
+            Some(&b"personal data"[..])
+        );
+        assert!(open(&key, b"other", &sealed).is_none());
+        assert!(open(&new_data_key(), b"aad", &sealed).is_none());
+        assert_ne!(
+            seal(&key, b"aad", b"personal data"),
+            sealed,
+            "random nonces"
+        );
+    }
+
+    #[test]
+    fn keys_persist_privately_and_wrap_data_keys() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let ring = Keyring::open(dir.path()).unwrap();
+        let mode = fs::metadata(dir.path().join("keys/kek.1"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        let data_key = new_data_key();
+        let (epoch, wrapped) = ring.wrap(b"kid", &data_key);
+        let again = Keyring::open(dir.path()).unwrap();
+        assert_eq!(again.unwrap(b"kid", epoch, &wrapped), Some(data_key));
+        assert_eq!(
+            again.pseudonym("email", "a@b.c"),
+            ring.pseudonym("email", "a@b.c")
+        );
+        assert_ne!(
+            ring.pseudonym("email", "a@b.c"),
+            ring.pseudonym("user_id", "a@b.c")
+        );
+    }
+}

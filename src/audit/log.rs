@@ -1,0 +1,269 @@
+//! The audit trail's layout in sled (research/audit.md §1.7), and reading it back.
+//!
+//! | tree | key → value |
+//! |---|---|
+//! | `audit/<stream>/<day>` | seq (big-endian) → [`Record`] (one tree per stream and UTC day, so retention drops whole trees) |
+//! | `audit_keys` | key id → [`KeyRecord`]: a data key wrapped under the current KEK |
+//! | `audit_subject_keys` | pseudonym, stream, class, period → key id |
+//! | `audit_subjects` | pseudonym, stream, day → (): which buckets hold a subject's events |
+//! | `audit_anchors` | stream → [`Anchor`]: where retention cut the chain |
+//!
+//! Writing is `writer`'s job; this module owns names, encodings and lookups.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{Datelike, NaiveDate};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::audit::event::{self, Hash, KeyClass, Record, StoredPart, Stream};
+use crate::audit::keys::{DataKey, Keyring, Pseudonym};
+use crate::store::{Store, StoreError, trees};
+
+/// Days since the Unix epoch (UTC).
+pub fn day_of(time: SystemTime) -> u32 {
+    (time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        / 86_400) as u32
+}
+
+/// The key period a day falls in, and the first day after that period.
+pub fn period(class: KeyClass, day: u32) -> (u32, u32) {
+    match class {
+        KeyClass::Body => (day, day + 1),
+        KeyClass::Identity => {
+            let date = NaiveDate::from_num_days_from_ce_opt(day as i32 + 719_163)
+                .expect("days since 1970 are dates");
+            let month = date.year() as u32 * 12 + date.month0();
+            let next = if date.month() == 12 {
+                NaiveDate::from_ymd_opt(date.year() + 1, 1, 1)
+            } else {
+                NaiveDate::from_ymd_opt(date.year(), date.month() + 1, 1)
+            }
+            .expect("the first of a month is a date");
+            (month, (next.num_days_from_ce() - 719_163) as u32)
+        }
+    }
+}
+
+pub fn bucket_name(stream: Stream, day: u32) -> String {
+    format!("{}{}/{day:06}", trees::AUDIT_BUCKET_PREFIX, stream.as_str())
+}
+
+/// A data key as stored: wrapped, with what it is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub epoch: u32,
+    pub wrapped: Vec<u8>,
+    pub stream: u8,
+    pub class: KeyClass,
+    pub period: u32,
+    /// The first day after the key's period: its data expires a retention time after this.
+    pub period_end_day: u32,
+    pub pseudonym: Pseudonym,
+}
+
+/// Where retention cut a stream: events up to `pruned_through` are gone; the chain continues
+/// from `chain`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub pruned_through: u64,
+    pub chain: Hash,
+    pub through_day: u32,
+    pub time: String,
+}
+
+pub fn subject_key_id(
+    pseudonym: &Pseudonym,
+    stream: Stream,
+    class: KeyClass,
+    period: u32,
+) -> Vec<u8> {
+    let mut key = pseudonym.to_vec();
+    key.push(stream.code());
+    key.push(class.code());
+    key.extend_from_slice(&period.to_be_bytes());
+    key
+}
+
+pub fn subject_index_key(pseudonym: &Pseudonym, stream: Stream, day: u32) -> Vec<u8> {
+    let mut key = pseudonym.to_vec();
+    key.push(stream.code());
+    key.extend_from_slice(&day.to_be_bytes());
+    key
+}
+
+pub struct AuditLog {
+    pub store: Store,
+    /// Bumped whenever keys or index entries are destroyed, so the writer drops its caches.
+    generation: AtomicU64,
+    pub keyring: Arc<Keyring>,
+    pub origin: String,
+    pub keys: sled::Tree,
+    pub subject_keys: sled::Tree,
+    pub subjects: sled::Tree,
+    pub anchors: sled::Tree,
+}
+
+impl AuditLog {
+    pub fn open(
+        store: &Store,
+        keyring: Arc<Keyring>,
+        origin: &str,
+    ) -> Result<AuditLog, StoreError> {
+        Ok(AuditLog {
+            keys: store.tree(trees::AUDIT_KEYS)?,
+            subject_keys: store.tree(trees::AUDIT_SUBJECT_KEYS)?,
+            subjects: store.tree(trees::AUDIT_SUBJECTS)?,
+            anchors: store.tree(trees::AUDIT_ANCHORS)?,
+            store: store.clone(),
+            generation: AtomicU64::new(0),
+            keyring,
+            origin: origin.to_string(),
+        })
+    }
+
+    /// Says that keys or index entries were destroyed: cached copies are stale.
+    pub fn keys_destroyed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The newest day any stream has a bucket for.
+    pub fn newest_day(&self) -> Option<u32> {
+        Stream::ALL
+            .into_iter()
+            .filter_map(|stream| self.buckets(stream).last().copied())
+            .max()
+    }
+
+    /// The days that have a bucket for `stream`, oldest first.
+    pub fn buckets(&self, stream: Stream) -> Vec<u32> {
+        let prefix = format!("{}{}/", trees::AUDIT_BUCKET_PREFIX, stream.as_str());
+        let mut days: Vec<u32> = self
+            .store
+            .tree_names()
+            .iter()
+            .filter_map(|name| name.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        days.sort_unstable();
+        days
+    }
+
+    pub fn bucket(&self, stream: Stream, day: u32) -> Result<sled::Tree, StoreError> {
+        self.store.tree(&bucket_name(stream, day))
+    }
+
+    pub fn anchor(&self, stream: Stream) -> Result<Option<Anchor>, StoreError> {
+        match self.anchors.get([stream.code()])? {
+            Some(bytes) => Ok(postcard::from_bytes(&bytes).ok()),
+            None => Ok(None),
+        }
+    }
+
+    /// The next sequence number and the chain value of a stream, from its newest record (the
+    /// records are the truth, so a crash between a write and any bookkeeping cannot matter).
+    pub fn head(&self, stream: Stream) -> Result<(u64, Hash), StoreError> {
+        for day in self.buckets(stream).into_iter().rev() {
+            if let Some((key, value)) = self.bucket(stream, day)?.last()? {
+                let seq = u64::from_be_bytes(
+                    key.as_ref()
+                        .try_into()
+                        .map_err(|_| corrupt(stream, "key"))?,
+                );
+                let record = Record::decode(&value).ok_or_else(|| corrupt(stream, "record"))?;
+                return Ok((seq + 1, record.chain));
+            }
+        }
+        Ok(match self.anchor(stream)? {
+            Some(anchor) => (anchor.pruned_through + 1, anchor.chain),
+            None => (0, event::genesis(&self.origin, stream)),
+        })
+    }
+
+    /// Every stored event of a stream in sequence order, bucket by bucket.
+    pub fn events(
+        &self,
+        stream: Stream,
+    ) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
+        self.buckets(stream).into_iter().flat_map(move |day| {
+            let tree = self.bucket(stream, day);
+            let items: Box<dyn Iterator<Item = Result<(u64, Record), StoreError>>> = match tree {
+                Ok(tree) => Box::new(tree.iter().map(move |item| {
+                    let (key, value) = item?;
+                    let seq = u64::from_be_bytes(
+                        key.as_ref()
+                            .try_into()
+                            .map_err(|_| corrupt(stream, "key"))?,
+                    );
+                    let record = Record::decode(&value).ok_or_else(|| corrupt(stream, "record"))?;
+                    Ok((seq, record))
+                })),
+                Err(e) => Box::new(std::iter::once(Err(e))),
+            };
+            items
+        })
+    }
+
+    /// The clear data key of `kid`, while it exists and its KEK does.
+    pub fn data_key(&self, kid: &[u8; 16]) -> Option<DataKey> {
+        let bytes = self.keys.get(kid).ok()??;
+        let record: KeyRecord = postcard::from_bytes(&bytes).ok()?;
+        self.keyring.unwrap(kid, record.epoch, &record.wrapped)
+    }
+
+    /// The content of one sealed part, or `None` once its key is gone.
+    pub fn open_part(&self, record: &Record, part: &StoredPart) -> Option<Value> {
+        let (kid, sealed) = (part.kid.as_ref()?, part.sealed.as_ref()?);
+        let key = self.data_key(kid)?;
+        let aad = event::part_aad(&event::header_hash(&record.header), part.role);
+        let plain = crate::audit::keys::open(&key, &aad, sealed)?;
+        serde_json::from_slice(&plain).ok()
+    }
+
+    /// Number of stored events per stream (all buckets).
+    pub fn count(&self, stream: Stream) -> Result<usize, StoreError> {
+        let mut total = 0;
+        for day in self.buckets(stream) {
+            total += self.bucket(stream, day)?.len();
+        }
+        Ok(total)
+    }
+}
+
+fn corrupt(stream: Stream, what: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "audit stream {} has an undecodable {what}",
+        stream.as_str()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_months_for_identities_and_days_for_bodies() {
+        let day = day_of(UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)); // 2023-11-14
+        assert_eq!(period(KeyClass::Body, day), (day, day + 1));
+        let (month, end) = period(KeyClass::Identity, day);
+        assert_eq!(month, 2023 * 12 + 10);
+        assert_eq!(
+            end,
+            day_of(UNIX_EPOCH + std::time::Duration::from_secs(1_701_388_800)),
+            "2023-12-01"
+        );
+        let december = day_of(UNIX_EPOCH + std::time::Duration::from_secs(1_702_684_800)); // 2023-12-16
+        assert_eq!(
+            period(KeyClass::Identity, december).1,
+            day_of(UNIX_EPOCH + std::time::Duration::from_secs(1_704_067_200))
+        );
+    }
+}

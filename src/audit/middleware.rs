@@ -1,0 +1,600 @@
+//! The audit middleware: one event per request, written when the answer has been sent, also
+//! when the client goes away first.
+//!
+//! `server::exchange` calls [`RequestAudit::begin`] with the policy's decision before the
+//! service runs. What can be captured is fixed there: the header facts (method, route, sizes,
+//! claimed authentication, the client's network) and, sealed, the client's address, user agent,
+//! path, redacted query and allowlisted headers. At `request` level the request body is teed
+//! as it streams to the service; at `request_response` the response body too, each up to
+//! [`redact::MAX_BODY`] and redacted when the event is built, never stored raw.
+//!
+//! The event is built when the response body ends or is dropped ([`AuditedBody`]), or, if
+//! the exchange itself is dropped before answering, with status 499 (`client_closed`).
+//! Admin changes are answered only after their event is written and flushed.
+
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use serde_json::{Map, Value, json};
+
+use crate::audit::AuditTrail;
+use crate::audit::event::{self, Draft, IdKind, Level, Role, Subject};
+use crate::audit::policy::{self, Decision};
+use crate::audit::redact::{self, Notes};
+use crate::body::{Body, RequestBody};
+use crate::request_context::RequestContext;
+
+/// User agents are cut to this many characters (research/audit.md §1.4).
+const MAX_USER_AGENT: usize = 512;
+
+/// What the listener's policy decided for a request that is audited.
+pub struct Plan<'a> {
+    pub decision: Decision,
+    pub route: Arc<str>,
+    /// Admin and security events wait for queue room instead of being dropped.
+    pub important: bool,
+    /// Written and flushed before the answer is sent (admin changes).
+    pub durable: bool,
+    /// The authenticated operator of an admin request.
+    pub admin_actor: Option<String>,
+    /// The header that carries API keys, for the claimed actor kind.
+    pub api_key_header: Option<&'a str>,
+}
+
+/// One request's audit event in the making. Dropped unanswered, it records status 499.
+pub struct RequestAudit {
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    trail: Arc<AuditTrail>,
+    decision: Decision,
+    important: bool,
+    durable: bool,
+    received: SystemTime,
+    started: Instant,
+    method: Method,
+    route: Arc<str>,
+    version: Version,
+    client_ip: IpAddr,
+    actor_kind: &'static str,
+    auth_method: &'static str,
+    admin_actor: Option<String>,
+    /// Sealed client facts, already redacted.
+    client: Value,
+    notes: Notes,
+    request: Arc<Mutex<Capture>>,
+    request_type: BodyType,
+}
+
+/// The bytes of one body as it streamed past, the first `keep` of them kept.
+#[derive(Default)]
+struct Capture {
+    bytes: Vec<u8>,
+    size: u64,
+    keep: usize,
+    overflowed: bool,
+}
+
+impl Capture {
+    fn new(keep: usize) -> Capture {
+        Capture {
+            keep,
+            ..Capture::default()
+        }
+    }
+
+    fn take(&mut self, data: &[u8]) {
+        self.size += data.len() as u64;
+        if self.overflowed || self.keep == 0 {
+            return;
+        }
+        if self.bytes.len() + data.len() > self.keep {
+            self.overflowed = true;
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.extend_from_slice(data);
+        }
+    }
+
+    /// The redacted body, or why there is none.
+    fn redacted(&self, kind: &BodyType, notes: &mut Notes) -> redact::Body {
+        if self.overflowed {
+            return redact::Body::Dropped("dropped_too_large");
+        }
+        redact::body(
+            &self.bytes,
+            kind.content_type.as_deref(),
+            kind.content_encoding.as_deref(),
+            notes,
+        )
+    }
+}
+
+#[derive(Default, Clone)]
+struct BodyType {
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+}
+
+impl BodyType {
+    fn of(headers: &HeaderMap) -> BodyType {
+        let get = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        BodyType {
+            content_type: get(header::CONTENT_TYPE),
+            content_encoding: get(header::CONTENT_ENCODING),
+        }
+    }
+}
+
+impl RequestAudit {
+    /// Starts auditing a request the policy decided to audit (`decision.level` is not `None`),
+    /// and returns the request with its body teed as the level requires.
+    pub fn begin(
+        trail: Arc<AuditTrail>,
+        plan: Plan<'_>,
+        request: Request<hyper::body::Incoming>,
+        ctx: &RequestContext,
+    ) -> (RequestAudit, Request<RequestBody>) {
+        let Plan {
+            decision,
+            route,
+            important,
+            durable,
+            admin_actor,
+            api_key_header,
+        } = plan;
+        let (parts, body) = request.into_parts();
+        let mut notes = Notes::default();
+        let headers = &parts.headers;
+        let (actor_kind, auth_method) = claimed_actor(headers, api_key_header);
+        let user_agent: String = headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_USER_AGENT)
+            .collect();
+        let client = json!({
+            "address": ctx.client_ip.to_string(),
+            "request_id": ctx.request_id,
+            "user_agent": redact::text(&user_agent, &mut notes),
+            "path": redact::text(parts.uri.path(), &mut notes),
+            "query": parts.uri.query().map(|q| redact::query(q, &mut notes)),
+            "headers": redact::headers(headers, &mut notes),
+        });
+        let keep = if decision.level >= Level::Request {
+            redact::MAX_BODY
+        } else {
+            0
+        };
+        let capture = Arc::new(Mutex::new(Capture::new(keep)));
+        let pending = Pending {
+            trail,
+            important,
+            durable,
+            received: SystemTime::now(),
+            started: ctx.started,
+            method: parts.method.clone(),
+            route,
+            version: parts.version,
+            client_ip: ctx.client_ip,
+            actor_kind,
+            auth_method,
+            admin_actor,
+            client,
+            notes,
+            request: capture.clone(),
+            request_type: BodyType::of(headers),
+            decision,
+        };
+        let body = Tee {
+            inner: body,
+            capture,
+        }
+        .boxed();
+        (
+            RequestAudit {
+                pending: Some(pending),
+            },
+            Request::from_parts(parts, body),
+        )
+    }
+
+    /// Completes the answer: durable events are written and flushed before it is sent;
+    /// the others are handed to the response body, which records them when it ends.
+    pub async fn answer(mut self, response: Response<Body>) -> Response<Body> {
+        if self.pending.as_ref().is_some_and(|p| p.durable) {
+            self.finish_before_answer(&response).await;
+            return response;
+        }
+        let pending = self.pending.take().expect("answered once");
+        let keep = if pending.decision.level >= Level::RequestResponse {
+            redact::MAX_BODY
+        } else {
+            0
+        };
+        let kind = BodyType::of(response.headers());
+        let status = response.status().as_u16();
+        response.map(|inner| {
+            AuditedBody {
+                inner,
+                capture: Capture::new(keep),
+                kind,
+                status,
+                pending: Some(pending),
+                ended: false,
+            }
+            .boxed()
+        })
+    }
+
+    /// Records the event of a complete answer and waits until it is on disk: admin changes
+    /// are durable before the client hears of them.
+    async fn finish_before_answer(&mut self, response: &Response<Body>) {
+        let pending = self.pending.take().expect("answered once");
+        let size = response.body().size_hint().exact().unwrap_or(0);
+        let trail = pending.trail.clone();
+        let draft = pending.draft(response.status().as_u16(), size, None, None);
+        trail.record(draft).await;
+        trail.flush().await;
+    }
+}
+
+impl Drop for RequestAudit {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.record(499, 0, None, Some("client_closed"));
+        }
+    }
+}
+
+impl Pending {
+    fn record(
+        self,
+        status: u16,
+        response_size: u64,
+        response: Option<redact::Body>,
+        reason: Option<&'static str>,
+    ) {
+        let trail = self.trail.clone();
+        let draft = self.draft(status, response_size, response, reason);
+        trail.record_detached(draft);
+    }
+
+    fn draft(
+        mut self,
+        status: u16,
+        response_size: u64,
+        response: Option<redact::Body>,
+        reason: Option<&'static str>,
+    ) -> Draft {
+        let (event_type, stream, mut outcome) = policy::outcome(&self.decision, status);
+        if reason.is_some() {
+            outcome = "failure";
+        }
+        let reason = reason
+            .map(str::to_string)
+            .or_else(|| (status >= 400).then(|| format!("http_{status}")));
+        let request = self.request.lock().unwrap_or_else(|p| p.into_inner());
+        let request_size = request.size;
+        let request_body = (self.decision.level >= Level::Request)
+            .then(|| request.redacted(&self.request_type, &mut self.notes));
+        drop(request);
+        let method = match self.method {
+            Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::CONNECT
+            | Method::TRACE => self.method.as_str(),
+            _ => "_OTHER",
+        };
+        let mut draft = Draft::new(
+            stream,
+            &event_type,
+            outcome,
+            &crate::request_context::new_request_id(),
+            SystemTime::now(),
+        )
+        .field("received", json!(event::rfc3339_nanos(self.received)))
+        .field("stage", json!("ResponseComplete"))
+        .field("level", json!(self.decision.level.as_str()))
+        .field("action", json!(policy::action(&self.method)))
+        .field(
+            "read_only",
+            json!(matches!(self.method, Method::GET | Method::HEAD)),
+        )
+        .field(
+            "http",
+            json!({
+                "method": method,
+                "route": &*self.route,
+                "status_code": status,
+                "request_body_size": request_size,
+                "response_body_size": response_size,
+                "protocol_version": version(self.version),
+            }),
+        )
+        .field(
+            "duration_us",
+            json!(self.started.elapsed().as_micros() as u64),
+        )
+        .field(
+            "actor",
+            json!({"kind": self.actor_kind, "auth_method": self.auth_method}),
+        )
+        .field("client", json!({"net": network(self.client_ip)}))
+        .field("annotations", json!({"rule": self.decision.rule}));
+        if let Some(reason) = reason {
+            draft = draft.field("reason", json!(reason));
+        }
+        let ip = Subject {
+            kind: IdKind::Ip,
+            value: self.client_ip.to_string(),
+        };
+        let mut bodies = Map::new();
+        if let Some(body) = &request_body {
+            bodies.insert("request".into(), json!(body.marker()));
+        }
+        if let Some(body) = &response {
+            bodies.insert("response".into(), json!(body.marker()));
+        }
+        if !bodies.is_empty() {
+            draft = draft.field("body", Value::Object(bodies));
+        }
+        if !self.notes.is_empty() {
+            draft = draft.field("redactions", json!(self.notes));
+        }
+        match self.admin_actor {
+            Some(actor) => {
+                // Admin events: the operator is the subject of every part; what they sent is
+                // kept as long as the security stream keeps personal data, not as a body.
+                let subject = Subject {
+                    kind: IdKind::UserId,
+                    value: actor.clone(),
+                };
+                let details = json!({"request": captured(request_body)});
+                draft = draft
+                    .part(
+                        Role::Actor,
+                        Some(subject.clone()),
+                        json!({"user_id": actor}),
+                    )
+                    .part(Role::Client, Some(subject.clone()), self.client)
+                    .part(Role::Details, Some(subject), details);
+            }
+            None => {
+                draft = draft.part(Role::Client, Some(ip.clone()), self.client);
+                if request_body.is_some() || response.is_some() {
+                    let bodies =
+                        json!({"request": captured(request_body), "response": captured(response)});
+                    draft = draft.part(Role::Body, Some(ip), bodies);
+                }
+            }
+        }
+        if self.important {
+            draft = draft.important();
+        }
+        draft
+    }
+}
+
+fn captured(body: Option<redact::Body>) -> Value {
+    match body {
+        Some(redact::Body::Captured(value)) => value,
+        _ => Value::Null,
+    }
+}
+
+/// Who the request claims to be, from how it authenticates: never who exactly.
+fn claimed_actor(
+    headers: &HeaderMap,
+    api_key_header: Option<&str>,
+) -> (&'static str, &'static str) {
+    if api_key_header.is_some_and(|name| headers.contains_key(name)) {
+        return ("service", "api_key");
+    }
+    match redact::auth_scheme(headers) {
+        "none" if headers.contains_key(header::COOKIE) => ("user", "session"),
+        "none" => ("anonymous", "none"),
+        "basic" | "digest" => ("user", "password"),
+        "bearer" => ("user", "bearer"),
+        _ => ("user", "other"),
+    }
+}
+
+/// The client's network: IPv4 /16, IPv6 /32, which is not personal data on its own
+/// (research/audit.md §1.3).
+pub fn network(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, _, _] = v4.octets();
+            format!("{a}.{b}.0.0/16")
+        }
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            format!("{:x}:{:x}::/32", segments[0], segments[1])
+        }
+    }
+}
+
+fn version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "0.9",
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// The request body on its way to the service, counted and (at `request` level) copied.
+struct Tee<B> {
+    inner: B,
+    capture: Arc<Mutex<Capture>>,
+}
+
+impl<B> HttpBody for Tee<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.capture
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(data);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The response body on its way to the client; records the event when it ends or is dropped.
+pub struct AuditedBody {
+    inner: Body,
+    capture: Capture,
+    kind: BodyType,
+    status: u16,
+    pending: Option<Pending>,
+    ended: bool,
+}
+
+impl AuditedBody {
+    fn finish(&mut self, complete: bool) {
+        let Some(mut pending) = self.pending.take() else {
+            return;
+        };
+        let response = (pending.decision.level >= Level::RequestResponse).then(|| {
+            if complete {
+                self.capture.redacted(&self.kind, &mut pending.notes)
+            } else {
+                redact::Body::Dropped("dropped_incomplete")
+            }
+        });
+        let reason = (!complete).then_some("client_closed");
+        pending.record(self.status, self.capture.size, response, reason);
+    }
+}
+
+impl HttpBody for AuditedBody {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.capture.take(data);
+                }
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                self.finish(true);
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for AuditedBody {
+    fn drop(&mut self) {
+        // hyper may drop an empty body (HEAD, 204, 304) without polling it to its end.
+        let complete = self.ended || self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_are_truncated() {
+        assert_eq!(network("203.0.113.77".parse().unwrap()), "203.0.0.0/16");
+        assert_eq!(
+            network("2001:db8:1234::1".parse().unwrap()),
+            "2001:db8::/32"
+        );
+    }
+
+    #[test]
+    fn captures_keep_a_prefix_or_nothing() {
+        let mut capture = Capture::new(4);
+        capture.take(b"ab");
+        capture.take(b"cd");
+        assert_eq!(
+            (capture.bytes.as_slice(), capture.size, capture.overflowed),
+            (&b"abcd"[..], 4, false)
+        );
+        capture.take(b"e");
+        assert_eq!(
+            (capture.bytes.len(), capture.size, capture.overflowed),
+            (0, 5, true)
+        );
+        let mut notes = Notes::default();
+        assert_eq!(
+            capture.redacted(&BodyType::default(), &mut notes),
+            redact::Body::Dropped("dropped_too_large")
+        );
+    }
+
+    #[test]
+    fn actors_are_claimed_from_credentials_without_identity() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(claimed_actor(&headers, None), ("anonymous", "none"));
+        headers.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(claimed_actor(&headers, None), ("user", "bearer"));
+        headers.insert("x-api-key", "k".parse().unwrap());
+        assert_eq!(
+            claimed_actor(&headers, Some("x-api-key")),
+            ("service", "api_key")
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! Which requests are audited, at which level, under which event type and stream
+//! (research/audit.md §1.5, Kubernetes-style).
+//!
+//! A request is decided by, in order: the ordered `[[audit.rules]]` (first match wins), then
+//! the matched route's own `audit = {...}`, then the built-in defaults (health probes and CORS
+//! preflights are not audited; everything else at `metadata` as `http.<action>` in `access`).
+//! After the request is answered, [`outcome`] applies the status overrides: 401, 403 and 429
+//! become security events, 5xx become `sys.error` in the request's stream.
+//!
+//! The policy is pure and validated by `config`; the middleware (`audit::middleware`) applies
+//! it.
+
+use http::Method;
+use serde::Serialize;
+
+use crate::audit::event::{Level, Stream};
+
+/// One `[[audit.rules]]` entry, or a route's own `audit = {...}` (which has no selectors).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rule {
+    /// Route names (`[[routes]] name`, or `health`, `ofrep`, `unmatched`); empty matches all.
+    pub routes: Vec<String>,
+    /// Empty matches every method.
+    #[serde(serialize_with = "crate::config::method_list")]
+    pub methods: Vec<Method>,
+    pub level: Option<Level>,
+    /// The event type; `{action}` is replaced by the method's action (`read`, `create`, ...).
+    pub event: Option<String>,
+    pub stream: Option<Stream>,
+}
+
+impl Rule {
+    fn matches(&self, route: &str, method: &Method) -> bool {
+        (self.routes.is_empty() || self.routes.iter().any(|r| r == route))
+            && (self.methods.is_empty() || self.methods.contains(method))
+    }
+}
+
+/// What the policy decided for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub level: Level,
+    /// The event type for a successful (non-overridden) answer.
+    pub event: String,
+    pub stream: Stream,
+    /// Which rule decided: its index in `[[audit.rules]]`, `route`, or `default`.
+    pub rule: String,
+}
+
+/// The label of requests to the health endpoints, which are not audited by default.
+pub const HEALTH_ROUTE: &str = "health";
+
+/// Decides the level, type and stream of a request to `route` (its label) with `method`.
+pub fn decide(rules: &[Rule], route_rule: Option<&Rule>, route: &str, method: &Method) -> Decision {
+    let (rule, source) = match rules.iter().position(|r| r.matches(route, method)) {
+        Some(i) => (Some(&rules[i]), i.to_string()),
+        None => match route_rule {
+            Some(rule) => (Some(rule), "route".to_string()),
+            None => (None, "default".to_string()),
+        },
+    };
+    let default_level = if route == HEALTH_ROUTE || method == Method::OPTIONS {
+        Level::None
+    } else {
+        Level::Metadata
+    };
+    let template = rule
+        .and_then(|r| r.event.as_deref())
+        .unwrap_or("http.{action}");
+    let event = template.replace("{action}", action(method));
+    let stream = rule
+        .and_then(|r| r.stream)
+        .unwrap_or_else(|| match Stream::for_type(&event) {
+            // Request events default to `access`; a type only moves them when it names a
+            // retention class of its own.
+            Stream::System => Stream::Access,
+            other => other,
+        });
+    Decision {
+        level: rule.and_then(|r| r.level).unwrap_or(default_level),
+        event,
+        stream,
+        rule: source,
+    }
+}
+
+/// Admin API requests: always audited, in `security`, with what was sent (redacted). Reads
+/// of the audit trail itself are `audit.read`; other requests `admin.<area>.<action>`.
+pub fn admin(route: &str, method: &Method) -> Option<Decision> {
+    let area = route.strip_prefix("admin.")?;
+    let event = match area {
+        "audit" if matches!(*method, Method::GET | Method::HEAD) => "audit.read".to_string(),
+        _ => format!("admin.{area}.{}", action(method)),
+    };
+    Some(Decision {
+        level: Level::Request,
+        event,
+        stream: Stream::Security,
+        rule: "admin".to_string(),
+    })
+}
+
+/// The OWASP action of an HTTP method.
+pub fn action(method: &Method) -> &'static str {
+    match *method {
+        Method::GET | Method::HEAD => "read",
+        Method::POST => "create",
+        Method::PUT | Method::PATCH => "update",
+        Method::DELETE => "delete",
+        _ => "execute",
+    }
+}
+
+/// The event type, stream and outcome of an answered request, after the status overrides.
+pub fn outcome(decision: &Decision, status: u16) -> (String, Stream, &'static str) {
+    let result = if status < 400 { "success" } else { "failure" };
+    match status {
+        401 => ("authn.fail".to_string(), Stream::Security, result),
+        403 => ("authz.fail".to_string(), Stream::Security, result),
+        429 => (
+            "excess.rate_limit_exceeded".to_string(),
+            Stream::Security,
+            result,
+        ),
+        500..=599 => ("sys.error".to_string(), decision.stream, result),
+        _ => (decision.event.clone(), decision.stream, result),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(
+        routes: &[&str],
+        methods: &[Method],
+        level: Option<Level>,
+        event: Option<&str>,
+    ) -> Rule {
+        Rule {
+            routes: routes.iter().map(|r| r.to_string()).collect(),
+            methods: methods.to_vec(),
+            level,
+            event: event.map(str::to_string),
+            stream: None,
+        }
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins() {
+        let rules = [
+            rule(
+                &["login"],
+                &[Method::POST],
+                Some(Level::Metadata),
+                Some("authn.login"),
+            ),
+            rule(&["login"], &[], Some(Level::None), None),
+            rule(&[], &[], Some(Level::Request), None),
+        ];
+        let login = decide(&rules, None, "login", &Method::POST);
+        assert_eq!(
+            (login.level, login.event.as_str(), login.stream),
+            (Level::Metadata, "authn.login", Stream::Security)
+        );
+        assert_eq!(login.rule, "0");
+        assert_eq!(
+            decide(&rules, None, "login", &Method::GET).level,
+            Level::None
+        );
+        let other = decide(&rules, None, "api", &Method::DELETE);
+        assert_eq!(
+            (other.level, other.event.as_str(), other.rule.as_str()),
+            (Level::Request, "http.delete", "2")
+        );
+    }
+
+    #[test]
+    fn the_route_rule_applies_when_no_rule_matches() {
+        let route = rule(&[], &[], Some(Level::Request), Some("api.request"));
+        let rules = [rule(&["other"], &[], Some(Level::None), None)];
+        let decided = decide(&rules, Some(&route), "api", &Method::GET);
+        assert_eq!(
+            (decided.level, decided.event.as_str(), decided.stream),
+            (Level::Request, "api.request", Stream::Access)
+        );
+        assert_eq!(decided.rule, "route");
+    }
+
+    #[test]
+    fn probes_and_preflights_are_not_audited_by_default() {
+        assert_eq!(
+            decide(&[], None, HEALTH_ROUTE, &Method::GET).level,
+            Level::None
+        );
+        assert_eq!(
+            decide(&[], None, "api", &Method::OPTIONS).level,
+            Level::None
+        );
+        let plain = decide(&[], None, "api", &Method::PUT);
+        assert_eq!(
+            (plain.level, plain.event.as_str(), plain.stream),
+            (Level::Metadata, "http.update", Stream::Access)
+        );
+    }
+
+    #[test]
+    fn admin_requests_are_security_events() {
+        let change = admin("admin.flags", &Method::PUT).unwrap();
+        assert_eq!(
+            (change.event.as_str(), change.stream, change.level),
+            ("admin.flags.update", Stream::Security, Level::Request)
+        );
+        assert_eq!(
+            admin("admin.audit", &Method::GET).unwrap().event,
+            "audit.read"
+        );
+        assert_eq!(admin("metrics", &Method::GET), None);
+    }
+
+    #[test]
+    fn statuses_override_the_event_type() {
+        let decided = decide(&[], None, "api", &Method::GET);
+        assert_eq!(
+            outcome(&decided, 200),
+            ("http.read".to_string(), Stream::Access, "success")
+        );
+        assert_eq!(
+            outcome(&decided, 404),
+            ("http.read".to_string(), Stream::Access, "failure")
+        );
+        assert_eq!(
+            outcome(&decided, 401),
+            ("authn.fail".to_string(), Stream::Security, "failure")
+        );
+        assert_eq!(
+            outcome(&decided, 403),
+            ("authz.fail".to_string(), Stream::Security, "failure")
+        );
+        assert_eq!(outcome(&decided, 429).0, "excess.rate_limit_exceeded");
+        assert_eq!(
+            outcome(&decided, 503),
+            ("sys.error".to_string(), Stream::Access, "failure")
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! Retention: personal parts expire by destroying their data keys, headers by dropping whole
+//! day buckets (research/audit.md §2.3). Time is an argument, so tests use any clock.
+//!
+//! A run is idempotent and works in bounded batches, each applied under the store's write
+//! gate, so a backup never copies half a batch and an interrupted run leaves a consistent
+//! store: a key is either there or not; a bucket is dropped only after the anchor that
+//! continues its stream's chain has been written, and [`verify`](crate::audit::verify)
+//! accepts a bucket that is anchored but not yet dropped. The request path never waits for a
+//! run: the writer is only held off for one batch at a time.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::audit::AuditConfig;
+use crate::audit::event::{self, KeyClass, Record, Stream};
+use crate::audit::log::{self, Anchor, AuditLog, KeyRecord};
+use crate::store::StoreError;
+
+/// Keys destroyed per batch.
+const KEY_BATCH: usize = 1_000;
+
+/// What one run removed, per stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunReport {
+    pub streams: BTreeMap<&'static str, StreamRun>,
+    /// False when the run stopped at its batch limit; the next run continues.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StreamRun {
+    pub keys_destroyed: u64,
+    pub buckets_dropped: u64,
+    pub events_pruned: u64,
+    /// The newest sequence number retention has removed from this stream, if any.
+    pub pruned_through: Option<u64>,
+}
+
+/// Applies retention as of `now`, stopping after `max_batches` batches (`usize::MAX` for a
+/// whole run). Blocking.
+pub fn run(
+    log: &AuditLog,
+    config: &AuditConfig,
+    now: SystemTime,
+    max_batches: usize,
+) -> Result<RunReport, StoreError> {
+    let today = log::day_of(now);
+    let mut report = RunReport::default();
+    let mut batches = 0;
+    let destroyed = expire_keys(log, config, today, &mut report, &mut batches, max_batches);
+    if !matches!(destroyed, Ok(true)) {
+        if destroyed.is_ok() {
+            log.keys_destroyed();
+        }
+        return destroyed.map(|_| report);
+    }
+    let mut dropped: Vec<(Stream, u32)> = Vec::new();
+    for stream in Stream::ALL {
+        let header_days = config.retention[&stream].header_days;
+        for day in log.buckets(stream) {
+            if day + header_days > today {
+                break;
+            }
+            if batches >= max_batches {
+                prune_index(log, &dropped)?;
+                return Ok(report);
+            }
+            let run = report.streams.entry(stream.as_str()).or_default();
+            drop_bucket(log, stream, day, now, run)?;
+            dropped.push((stream, day));
+            batches += 1;
+        }
+    }
+    prune_index(log, &dropped)?;
+    report.complete = true;
+    Ok(report)
+}
+
+/// Phase A. `Ok(true)` when every expired key is gone, `Ok(false)` at the batch limit.
+fn expire_keys(
+    log: &AuditLog,
+    config: &AuditConfig,
+    today: u32,
+    report: &mut RunReport,
+    batches: &mut usize,
+    max_batches: usize,
+) -> Result<bool, StoreError> {
+    let mut expired: Vec<(sled::IVec, KeyRecord)> = Vec::new();
+    let flush = |expired: &mut Vec<(sled::IVec, KeyRecord)>,
+                 report: &mut RunReport|
+     -> Result<(), StoreError> {
+        let mut keys = sled::Batch::default();
+        let mut subject_keys = sled::Batch::default();
+        for (kid, record) in expired.drain(..) {
+            let stream = Stream::from_code(record.stream).unwrap_or(Stream::Access);
+            keys.remove(kid);
+            subject_keys.remove(log::subject_key_id(
+                &record.pseudonym,
+                stream,
+                record.class,
+                record.period,
+            ));
+            report
+                .streams
+                .entry(stream.as_str())
+                .or_default()
+                .keys_destroyed += 1;
+        }
+        let _writing = log.store.writing();
+        log.keys.apply_batch(keys)?;
+        log.subject_keys.apply_batch(subject_keys)?;
+        log.keys_destroyed();
+        Ok(())
+    };
+    for item in log.keys.iter() {
+        let (kid, bytes) = item?;
+        let Ok(record) = postcard::from_bytes::<KeyRecord>(&bytes) else {
+            continue;
+        };
+        let stream = Stream::from_code(record.stream).unwrap_or(Stream::Access);
+        let ttl = match record.class {
+            KeyClass::Body => config.body_days.min(config.retention[&stream].payload_days),
+            KeyClass::Identity => config.retention[&stream].payload_days,
+        };
+        if record.period_end_day + ttl > today {
+            continue;
+        }
+        expired.push((kid, record));
+        if expired.len() == KEY_BATCH {
+            if *batches >= max_batches {
+                return Ok(false);
+            }
+            flush(&mut expired, report)?;
+            *batches += 1;
+        }
+    }
+    if !expired.is_empty() {
+        if *batches >= max_batches {
+            return Ok(false);
+        }
+        flush(&mut expired, report)?;
+        *batches += 1;
+    }
+    Ok(true)
+}
+
+/// Phase B for one bucket: anchor the chain at its last record, then drop it whole.
+fn drop_bucket(
+    log: &AuditLog,
+    stream: Stream,
+    day: u32,
+    now: SystemTime,
+    run: &mut StreamRun,
+) -> Result<(), StoreError> {
+    let tree = log.bucket(stream, day)?;
+    let _writing = log.store.writing();
+    if let Some((key, value)) = tree.last()? {
+        let seq = u64::from_be_bytes(
+            key.as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("audit bucket key".into()))?,
+        );
+        let record =
+            Record::decode(&value).ok_or_else(|| StoreError::Corrupt("audit record".into()))?;
+        let newer = log
+            .anchor(stream)?
+            .is_none_or(|anchor| anchor.pruned_through < seq);
+        if newer {
+            let anchor = Anchor {
+                pruned_through: seq,
+                chain: record.chain,
+                through_day: day,
+                time: event::rfc3339_nanos(now),
+            };
+            log.anchors.insert(
+                [stream.code()],
+                postcard::to_allocvec(&anchor).expect("anchors encode"),
+            )?;
+            // The anchor must be durable before the events it replaces are gone.
+            log.store.flush()?;
+        }
+        run.events_pruned += tree.len() as u64;
+        run.pruned_through = Some(run.pruned_through.unwrap_or(0).max(seq));
+    }
+    drop(tree);
+    log.store.drop_tree(&log::bucket_name(stream, day))?;
+    run.buckets_dropped += 1;
+    Ok(())
+}
+
+/// Removes the subject index entries that point at dropped buckets.
+fn prune_index(log: &AuditLog, dropped: &[(Stream, u32)]) -> Result<(), StoreError> {
+    if dropped.is_empty() {
+        return Ok(());
+    }
+    let mut batch = sled::Batch::default();
+    let mut count = 0;
+    for item in log.subjects.iter() {
+        let (key, _) = item?;
+        // pseudonym (16) || stream (1) || day (4)
+        if key.len() != 21 {
+            continue;
+        }
+        let stream = Stream::from_code(key[16]);
+        let day = u32::from_be_bytes(key[17..21].try_into().expect("four bytes"));
+        if stream.is_some_and(|s| dropped.contains(&(s, day))) {
+            batch.remove(key);
+            count += 1;
+        }
+        if count == KEY_BATCH {
+            let _writing = log.store.writing();
+            log.subjects.apply_batch(std::mem::take(&mut batch))?;
+            count = 0;
+        }
+    }
+    let _writing = log.store.writing();
+    log.subjects.apply_batch(batch)?;
+    log.keys_destroyed();
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! The write path, verification and retention on an injected clock, against a real sled
+//! store in a temporary directory.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+
+use super::event::{Draft, IdKind, Role, Stream, Subject};
+use super::keys::Keyring;
+use super::log::{AuditLog, day_of};
+use super::writer::Writer;
+use super::{AuditConfig, open_parts, retention, verify};
+use crate::config::StoreConfig;
+use crate::store::Store;
+
+const DAY: u64 = 86_400;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    log: Arc<AuditLog>,
+    writer: Writer,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = StoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        cache_capacity_bytes: 16 << 20,
+    };
+    let store = Store::open(&config).unwrap();
+    let keyring = Arc::new(Keyring::open(dir.path()).unwrap());
+    let log = Arc::new(AuditLog::open(&store, keyring, "test").unwrap());
+    let writer = Writer::new(log.clone()).unwrap();
+    Fixture {
+        _dir: dir,
+        log,
+        writer,
+    }
+}
+
+fn config() -> AuditConfig {
+    AuditConfig {
+        origin: "test".into(),
+        flush_interval: Duration::from_millis(100),
+        queue_capacity: 1024,
+        retention: AuditConfig::default_retention(),
+        body_days: 7,
+        retention_interval: Duration::from_secs(3600),
+        rules: Vec::new(),
+    }
+}
+
+/// 2026-03-10, a day well inside a month.
+fn day0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(20_522 * DAY)
+}
+
+fn at(days: u64) -> SystemTime {
+    day0() + Duration::from_secs(days * DAY)
+}
+
+fn request_event(stream: Stream, ip: &str, with_body: bool) -> Draft {
+    let ip = Subject {
+        kind: IdKind::Ip,
+        value: ip.to_string(),
+    };
+    let mut draft = Draft::new(stream, "http.read", "success", "id", day0()).part(
+        Role::Client,
+        Some(ip.clone()),
+        json!({"address": ip.value, "user_agent": "probe"}),
+    );
+    if with_body {
+        draft = draft.part(Role::Body, Some(ip), json!({"request": {"q": "body text"}}));
+    }
+    draft
+}
+
+fn opened(log: &AuditLog, stream: Stream) -> Vec<usize> {
+    log.events(stream)
+        .map(|item| open_parts(log, &item.unwrap().1).len())
+        .collect()
+}
+
+#[test]
+fn sequence_numbers_are_gapless_per_stream_and_chains_verify() {
+    let mut f = fixture();
+    let drafts: Vec<Draft> = (0..250)
+        .map(|i| {
+            request_event(
+                if i % 5 == 0 {
+                    Stream::Security
+                } else {
+                    Stream::Access
+                },
+                &format!("10.0.0.{}", i % 7),
+                i % 2 == 0,
+            )
+        })
+        .collect();
+    for chunk in drafts.chunks(64) {
+        f.writer.commit(chunk, day0()).unwrap();
+    }
+    let access = verify::stream(&f.log, Stream::Access).unwrap();
+    let security = verify::stream(&f.log, Stream::Security).unwrap();
+    assert_eq!(
+        (
+            access.events,
+            access.first_seq,
+            access.last_seq,
+            access.broken.clone()
+        ),
+        (200, Some(0), Some(199), None)
+    );
+    assert_eq!(
+        (security.events, security.last_seq, security.broken),
+        (50, Some(49), None)
+    );
+    assert_eq!(f.writer.next_seq(Stream::Access), 200);
+
+    // A new writer continues where the stored records end.
+    let again = Writer::new(f.log.clone()).unwrap();
+    assert_eq!(again.next_seq(Stream::Access), 200);
+    let record = f.log.events(Stream::Access).next().unwrap().unwrap().1;
+    let parts = open_parts(&f.log, &record);
+    assert_eq!(parts["client"]["address"], "10.0.0.1");
+}
+
+#[test]
+fn tampering_is_reported_at_its_sequence_number() {
+    let mut f = fixture();
+    let drafts: Vec<Draft> = (0..10)
+        .map(|_| request_event(Stream::Access, "10.1.1.1", false))
+        .collect();
+    f.writer.commit(&drafts, day0()).unwrap();
+    let bucket = f.log.bucket(Stream::Access, day_of(day0())).unwrap();
+    let key = 4u64.to_be_bytes();
+    let mut record = super::event::Record::decode(&bucket.get(key).unwrap().unwrap()).unwrap();
+    record.header = record.header.replace("http.read", "http.exec");
+    bucket.insert(key, record.encode()).unwrap();
+    let report = verify::stream(&f.log, Stream::Access).unwrap();
+    assert_eq!(
+        report.broken,
+        Some(verify::Break {
+            seq: 4,
+            kind: "leaf"
+        })
+    );
+    bucket.remove(5u64.to_be_bytes()).unwrap();
+    record.header = record.header.replace("http.exec", "http.read");
+    bucket.insert(key, record.encode()).unwrap();
+    let report = verify::stream(&f.log, Stream::Access).unwrap();
+    assert_eq!(
+        report.broken,
+        Some(verify::Break {
+            seq: 6,
+            kind: "gap"
+        })
+    );
+}
+
+#[test]
+fn headers_hold_no_personal_data() {
+    let mut f = fixture();
+    let planted = [
+        "jane.doe@example.org",
+        "user-8472-canary",
+        "198.51.100.73",
+        "ak_live_canary",
+    ];
+    let draft = Draft::new(Stream::DataChange, "data.export", "success", "id", day0())
+        .part(
+            Role::Actor,
+            Some(Subject {
+                kind: IdKind::UserId,
+                value: planted[1].into(),
+            }),
+            json!({"user_id": planted[1]}),
+        )
+        .part(
+            Role::Target,
+            Some(Subject {
+                kind: IdKind::Email,
+                value: planted[0].into(),
+            }),
+            json!({"email": planted[0]}),
+        )
+        .part(
+            Role::Client,
+            Some(Subject {
+                kind: IdKind::Ip,
+                value: planted[2].into(),
+            }),
+            json!({"address": planted[2], "key": planted[3]}),
+        );
+    f.writer.commit(&[draft], day0()).unwrap();
+    let (_, record) = f.log.events(Stream::DataChange).next().unwrap().unwrap();
+    for identifier in planted {
+        assert!(
+            !record.header.contains(identifier),
+            "{identifier} in {}",
+            record.header
+        );
+        for part in &record.parts {
+            let sealed = part.sealed.as_ref().unwrap();
+            assert!(
+                !sealed
+                    .windows(identifier.len())
+                    .any(|w| w == identifier.as_bytes())
+            );
+        }
+    }
+    assert_eq!(open_parts(&f.log, &record)["target"]["email"], planted[0]);
+}
+
+#[test]
+fn retention_expires_each_class_at_its_own_age_and_is_idempotent() {
+    let mut f = fixture();
+    let config = config();
+    let access: Vec<Draft> = (0..20)
+        .map(|i| request_event(Stream::Access, &format!("10.2.0.{i}"), true))
+        .collect();
+    let security: Vec<Draft> = (0..5)
+        .map(|i| request_event(Stream::Security, &format!("10.3.0.{i}"), false))
+        .collect();
+    f.writer.commit(&access, day0()).unwrap();
+    f.writer.commit(&security, day0()).unwrap();
+    assert!(opened(&f.log, Stream::Access).iter().all(|&n| n == 2));
+
+    // Bodies: daily keys, 7 days after their day.
+    let early = retention::run(&f.log, &config, at(7), usize::MAX).unwrap();
+    assert_eq!(
+        early.streams.get("access").map_or(0, |s| s.keys_destroyed),
+        0
+    );
+    let bodies = retention::run(&f.log, &config, at(8), usize::MAX).unwrap();
+    assert_eq!(bodies.streams["access"].keys_destroyed, 20);
+    assert!(
+        opened(&f.log, Stream::Access).iter().all(|&n| n == 1),
+        "client parts stay"
+    );
+    let again = retention::run(&f.log, &config, at(8), usize::MAX).unwrap();
+    assert!(
+        again.complete
+            && again
+                .streams
+                .values()
+                .all(|s| s.keys_destroyed == 0 && s.buckets_dropped == 0)
+    );
+
+    // Access identities: monthly keys, 30 days after the month ends (April 1 is day 22).
+    retention::run(&f.log, &config, at(22 + 29), usize::MAX).unwrap();
+    assert!(opened(&f.log, Stream::Access).iter().all(|&n| n == 1));
+    retention::run(&f.log, &config, at(22 + 30), usize::MAX).unwrap();
+    assert!(opened(&f.log, Stream::Access).iter().all(|&n| n == 0));
+    assert_eq!(
+        f.log.count(Stream::Access).unwrap(),
+        20,
+        "headers outlive personal parts"
+    );
+    assert!(
+        opened(&f.log, Stream::Security).iter().all(|&n| n == 1),
+        "security keeps identities for 180 days"
+    );
+    assert_eq!(
+        verify::stream(&f.log, Stream::Access).unwrap().broken,
+        None,
+        "destroyed keys do not break the chain"
+    );
+
+    // Access headers: 180 days; security headers: 365.
+    let pruned = retention::run(&f.log, &config, at(180), usize::MAX).unwrap();
+    assert_eq!(
+        (
+            pruned.streams["access"].events_pruned,
+            pruned.streams["access"].pruned_through
+        ),
+        (20, Some(19))
+    );
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 0);
+    assert_eq!(f.log.count(Stream::Security).unwrap(), 5);
+    assert!(opened(&f.log, Stream::Security).iter().all(|&n| n == 1));
+    retention::run(&f.log, &config, at(22 + 180), usize::MAX).unwrap();
+    assert!(
+        opened(&f.log, Stream::Security).iter().all(|&n| n == 0),
+        "security identities go 180 days after the month"
+    );
+
+    // The chain continues from the anchor, in the store and after a restart of the writer.
+    let mut writer = Writer::new(f.log.clone()).unwrap();
+    assert_eq!(writer.next_seq(Stream::Access), 20);
+    writer
+        .commit(&[request_event(Stream::Access, "10.9.9.9", false)], at(181))
+        .unwrap();
+    let report = verify::stream(&f.log, Stream::Access).unwrap();
+    assert_eq!(
+        (report.events, report.first_seq, report.broken),
+        (1, Some(20), None)
+    );
+    let idle = retention::run(&f.log, &config, at(181), usize::MAX).unwrap();
+    assert!(idle.streams.values().all(|s| s.buckets_dropped == 0));
+}
+
+#[test]
+fn an_interrupted_run_leaves_a_consistent_store() {
+    let mut f = fixture();
+    let config = config();
+    for day in 0..4 {
+        let drafts: Vec<Draft> = (0..3)
+            .map(|i| request_event(Stream::Access, &format!("10.4.{day}.{i}"), false))
+            .collect();
+        f.writer.commit(&drafts, at(day)).unwrap();
+    }
+    // Every key has expired by day 400, so phase A is one batch; each bucket is one more.
+    let first = retention::run(&f.log, &config, at(400), 2).unwrap();
+    assert!(!first.complete);
+    assert_eq!(first.streams["access"].buckets_dropped, 1);
+    let report = verify::stream(&f.log, Stream::Access).unwrap();
+    assert_eq!(
+        (report.events, report.first_seq, report.broken),
+        (9, Some(3), None)
+    );
+    assert_eq!(
+        Writer::new(f.log.clone()).unwrap().next_seq(Stream::Access),
+        12
+    );
+
+    // An anchor written before its bucket was dropped (a crash in between) still verifies.
+    let last_kept = f.log.buckets(Stream::Access)[0];
+    let tree = f.log.bucket(Stream::Access, last_kept).unwrap();
+    let (_, value) = tree.last().unwrap().unwrap();
+    let record = super::event::Record::decode(&value).unwrap();
+    let anchor = super::log::Anchor {
+        pruned_through: 5,
+        chain: record.chain,
+        through_day: last_kept,
+        time: "t".into(),
+    };
+    f.log
+        .anchors
+        .insert(
+            [Stream::Access.code()],
+            postcard::to_allocvec(&anchor).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(verify::stream(&f.log, Stream::Access).unwrap().broken, None);
+
+    let rest = retention::run(&f.log, &config, at(400), usize::MAX).unwrap();
+    assert!(rest.complete);
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 0);
+    assert_eq!(
+        f.log
+            .anchor(Stream::Access)
+            .unwrap()
+            .unwrap()
+            .pruned_through,
+        11
+    );
+}

@@ -1,0 +1,244 @@
+//! The single writer: assigns sequence numbers, seals personal parts, chains records and
+//! group-commits batches to sled.
+//!
+//! One writer means one order: sequence numbers are gapless per stream and the chain needs no
+//! locking. A batch is applied tree by tree, keys first and records last, so a crash between
+//! the trees leaves at worst a data key without events (harmless), never an event whose key
+//! is missing. If sled refuses a batch, the in-memory heads are not advanced, so the numbers
+//! are reused and stay gapless.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use crate::audit::event::{self, Draft, Hash, KeyClass, Record, StoredPart, Stream};
+use crate::audit::keys::{self, DataKey, Pseudonym};
+use crate::audit::log::{self, AuditLog, KeyRecord};
+use crate::store::StoreError;
+
+/// Bounds on the writer's caches: past these they are cleared and refilled from sled.
+const KEY_CACHE: usize = 50_000;
+const INDEX_CACHE: usize = 200_000;
+
+type KeySlot = (Pseudonym, Stream, KeyClass, u32);
+
+pub struct Writer {
+    log: Arc<AuditLog>,
+    heads: HashMap<Stream, (u64, Hash)>,
+    keys: HashMap<KeySlot, ([u8; 16], DataKey)>,
+    indexed: HashSet<(Pseudonym, Stream, u32)>,
+    /// The log's generation the caches were filled at.
+    generation: u64,
+    /// The bucket day never goes backwards, even if the clock does, so each stream's buckets
+    /// stay in sequence order.
+    day: u32,
+}
+
+/// Writes prepared for one batch.
+#[derive(Default)]
+struct Pending {
+    keys: sled::Batch,
+    subject_keys: sled::Batch,
+    subjects: sled::Batch,
+    buckets: BTreeMap<(Stream, u32), sled::Batch>,
+    heads: HashMap<Stream, (u64, Hash)>,
+    new_keys: HashMap<KeySlot, ([u8; 16], DataKey)>,
+    new_index: HashSet<(Pseudonym, Stream, u32)>,
+}
+
+impl Writer {
+    /// A writer continuing from what is stored. Blocking.
+    pub fn new(log: Arc<AuditLog>) -> Result<Writer, StoreError> {
+        let mut heads = HashMap::new();
+        for stream in Stream::ALL {
+            heads.insert(stream, log.head(stream)?);
+        }
+        let day = log.newest_day().unwrap_or(0);
+        let generation = log.generation();
+        Ok(Writer {
+            log,
+            heads,
+            keys: HashMap::new(),
+            indexed: HashSet::new(),
+            generation,
+            day,
+        })
+    }
+
+    /// Makes everything committed so far durable. Blocking.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.log.store.flush().map(drop)
+    }
+
+    /// The next sequence number of each stream.
+    pub fn next_seq(&self, stream: Stream) -> u64 {
+        self.heads[&stream].0
+    }
+
+    /// Seals, chains and writes `drafts` (in order) as of `now`. Blocking.
+    pub fn commit(&mut self, drafts: &[Draft], now: SystemTime) -> Result<usize, StoreError> {
+        let generation = self.log.generation();
+        if generation != self.generation {
+            self.keys.clear();
+            self.indexed.clear();
+            self.generation = generation;
+        }
+        self.day = self.day.max(log::day_of(now));
+        let day = self.day;
+        let mut pending = Pending::default();
+        for draft in drafts {
+            self.prepare(draft, day, &mut pending)?;
+        }
+        let _writing = self.log.store.writing();
+        self.log
+            .keys
+            .apply_batch(std::mem::take(&mut pending.keys))?;
+        self.log
+            .subject_keys
+            .apply_batch(std::mem::take(&mut pending.subject_keys))?;
+        self.log
+            .subjects
+            .apply_batch(std::mem::take(&mut pending.subjects))?;
+        for ((stream, day), batch) in std::mem::take(&mut pending.buckets) {
+            self.log.bucket(stream, day)?.apply_batch(batch)?;
+        }
+        self.heads.extend(pending.heads);
+        if self.keys.len() + pending.new_keys.len() > KEY_CACHE {
+            self.keys.clear();
+        }
+        self.keys.extend(pending.new_keys);
+        if self.indexed.len() + pending.new_index.len() > INDEX_CACHE {
+            self.indexed.clear();
+        }
+        self.indexed.extend(pending.new_index);
+        Ok(drafts.len())
+    }
+
+    fn prepare(
+        &mut self,
+        draft: &Draft,
+        day: u32,
+        pending: &mut Pending,
+    ) -> Result<(), StoreError> {
+        let stream = draft.stream;
+        let (seq, previous) = pending
+            .heads
+            .get(&stream)
+            .copied()
+            .unwrap_or(self.heads[&stream]);
+        let mut fields = draft.fields.clone();
+        fields.insert("v".into(), json!(event::VERSION));
+        fields.insert("origin".into(), json!(self.log.origin));
+        fields.insert("stream".into(), json!(stream.as_str()));
+        fields.insert("seq".into(), json!(seq));
+        let declared: Vec<Value> =
+            draft.parts.iter().map(|p| json!({"role": p.role.as_str(), "class": match p.role.class() { KeyClass::Body => "body", KeyClass::Identity => "identity" }})).collect();
+        fields.insert("parts".into(), Value::Array(declared));
+        let header = event::canonical(&Value::Object(fields));
+        let header_hash = event::header_hash(&header);
+        let mut parts = Vec::with_capacity(draft.parts.len());
+        for part in &draft.parts {
+            let pseudonym = match &part.subject {
+                Some(subject) => self.log.keyring.pseudonym(
+                    subject.kind.as_str(),
+                    &subject.kind.normalise(&subject.value),
+                ),
+                None => self.log.keyring.pseudonym("anonymous", stream.as_str()),
+            };
+            let (kid, key) = self.data_key(pseudonym, stream, part.role.class(), day, pending)?;
+            let plain = serde_json::to_vec(&part.content).expect("JSON values serialize");
+            let sealed = keys::seal(&key, &event::part_aad(&header_hash, part.role), &plain);
+            parts.push(StoredPart {
+                role: part.role,
+                kid: Some(kid),
+                digest: event::part_digest(&sealed),
+                sealed: Some(sealed),
+            });
+            let aliases = part.aliases.iter().map(|s| {
+                self.log
+                    .keyring
+                    .pseudonym(s.kind.as_str(), &s.kind.normalise(&s.value))
+            });
+            for indexed in std::iter::once(pseudonym).chain(aliases) {
+                self.index(indexed, stream, day, pending);
+            }
+        }
+        let digests: Vec<Hash> = parts.iter().map(|p| p.digest).collect();
+        let leaf = event::leaf(&header, &digests);
+        let chain = event::chain(&previous, &leaf);
+        let record = Record {
+            header,
+            parts,
+            leaf,
+            chain,
+        };
+        pending
+            .buckets
+            .entry((stream, day))
+            .or_default()
+            .insert(&seq.to_be_bytes(), record.encode());
+        pending.heads.insert(stream, (seq + 1, chain));
+        Ok(())
+    }
+
+    fn index(&self, pseudonym: Pseudonym, stream: Stream, day: u32, pending: &mut Pending) {
+        let entry = (pseudonym, stream, day);
+        if self.indexed.contains(&entry) || !pending.new_index.insert(entry) {
+            return;
+        }
+        pending
+            .subjects
+            .insert(log::subject_index_key(&pseudonym, stream, day), &[]);
+    }
+
+    /// The data key for a subject's data in this stream and period, created when needed.
+    fn data_key(
+        &mut self,
+        pseudonym: Pseudonym,
+        stream: Stream,
+        class: KeyClass,
+        day: u32,
+        pending: &mut Pending,
+    ) -> Result<([u8; 16], DataKey), StoreError> {
+        let (period, period_end_day) = log::period(class, day);
+        let slot = (pseudonym, stream, class, period);
+        if let Some(found) = self.keys.get(&slot) {
+            return Ok(*found);
+        }
+        if let Some(found) = pending.new_keys.get(&slot) {
+            return Ok(*found);
+        }
+        let index_key = log::subject_key_id(&pseudonym, stream, class, period);
+        if let Some(kid) = self.log.subject_keys.get(&index_key)? {
+            let kid: [u8; 16] = kid
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("audit key id".into()))?;
+            if let Some(key) = self.log.data_key(&kid) {
+                pending.new_keys.insert(slot, (kid, key));
+                return Ok((kid, key));
+            }
+        }
+        let kid: [u8; 16] = rand::random();
+        let key = keys::new_data_key();
+        let (epoch, wrapped) = self.log.keyring.wrap(&kid, &key);
+        let record = KeyRecord {
+            epoch,
+            wrapped,
+            stream: stream.code(),
+            class,
+            period,
+            period_end_day,
+            pseudonym,
+        };
+        pending.keys.insert(
+            &kid,
+            postcard::to_allocvec(&record).expect("key records encode"),
+        );
+        pending.subject_keys.insert(index_key, &kid);
+        pending.new_keys.insert(slot, (kid, key));
+        Ok((kid, key))
+    }
+}

@@ -1,0 +1,179 @@
+//! The `[audit]` section and the routes' `audit = {...}`: origin, write path, retention per
+//! stream, and the ordered request rules.
+
+use crate::audit::policy::Rule;
+use crate::audit::{AuditConfig, Level, Stream, StreamRetention};
+use crate::config::ConfigError;
+use crate::config::raw::{RawAudit, RawAuditRule, RawRouteAudit};
+use crate::config::validate::Validator;
+
+/// Route labels the proxy listener uses besides configured route names.
+const BUILTIN_ROUTES: [&str; 3] = ["health", "ofrep", "unmatched"];
+
+/// Days are bounded at 100 years: long enough for any legal hold, short enough not to overflow.
+const MAX_DAYS: u64 = 36_500;
+
+impl Validator<'_> {
+    pub(super) fn audit(
+        &self,
+        raw: &RawAudit,
+        route_names: &[String],
+    ) -> Result<AuditConfig, ConfigError> {
+        let origin = raw.origin.clone().unwrap_or_else(|| "seawall".to_string());
+        let printable = origin.bytes().all(|b| b.is_ascii_graphic());
+        if origin.is_empty() || origin.len() > 128 || !printable {
+            return Err(self.error(
+                "audit.origin",
+                format!("{origin:?} must be 1-128 printable ASCII characters without spaces"),
+            ));
+        }
+        let mut retention = AuditConfig::default_retention();
+        for (name, section) in &raw.retention {
+            let at = format!("audit.retention.{name}");
+            let stream = Stream::parse(name).ok_or_else(|| {
+                self.error(&at, format!("{name:?} is not a stream (expected security, access, data_change, gdpr or system)"))
+            })?;
+            let defaults = retention[&stream];
+            let header_days = self.range(
+                &format!("{at}.header_days"),
+                section.header_days,
+                defaults.header_days as u64,
+                1,
+                MAX_DAYS,
+            )?;
+            let payload_days = self.range(
+                &format!("{at}.payload_days"),
+                section.payload_days,
+                defaults.payload_days as u64,
+                0,
+                MAX_DAYS,
+            )?;
+            if payload_days > header_days {
+                let message = format!(
+                    "{payload_days} exceeds header_days ({header_days}); personal parts cannot outlive their events"
+                );
+                return Err(self.error(&format!("{at}.payload_days"), message));
+            }
+            retention.insert(
+                stream,
+                StreamRetention {
+                    header_days: header_days as u32,
+                    payload_days: payload_days as u32,
+                },
+            );
+        }
+        let rules = raw
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| self.audit_rule(&format!("audit.rules[{i}]"), rule, route_names))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(AuditConfig {
+            origin,
+            flush_interval: self.millis(
+                "audit.flush_interval_ms",
+                raw.flush_interval_ms,
+                100,
+                1,
+                10_000,
+            )?,
+            queue_capacity: self.range(
+                "audit.queue_capacity",
+                raw.queue_capacity,
+                65_536,
+                16,
+                4_194_304,
+            )? as usize,
+            retention,
+            body_days: self.range("audit.body_days", raw.body_days, 7, 1, MAX_DAYS)? as u32,
+            retention_interval: self.millis(
+                "audit.retention_interval_ms",
+                raw.retention_interval_ms,
+                3_600_000,
+                1_000,
+                86_400_000,
+            )?,
+            rules,
+        })
+    }
+
+    fn audit_rule(
+        &self,
+        at: &str,
+        raw: &RawAuditRule,
+        route_names: &[String],
+    ) -> Result<Rule, ConfigError> {
+        let key = |field: &str| format!("{at}.{field}");
+        let mut routes = Vec::new();
+        for name in raw.routes.iter().flatten() {
+            if !route_names.contains(name) && !BUILTIN_ROUTES.contains(&name.as_str()) {
+                let message = format!(
+                    "{name:?} is not a route name (routes: {route_names:?}, built in: {BUILTIN_ROUTES:?})"
+                );
+                return Err(self.error(&key("routes"), message));
+            }
+            routes.push(name.clone());
+        }
+        let methods = raw
+            .methods
+            .iter()
+            .flatten()
+            .map(|m| self.method(&key("methods"), m))
+            .collect::<Result<Vec<_>, _>>()?;
+        let selectors = RawRouteAudit {
+            event: raw.event.clone(),
+            level: raw.level.clone(),
+            stream: raw.stream.clone(),
+        };
+        let mut rule = self.route_audit(at, &selectors)?;
+        rule.routes = routes;
+        rule.methods = methods;
+        Ok(rule)
+    }
+
+    /// A route's own `audit = {...}`, also the decision part of a rule.
+    pub(super) fn route_audit(&self, at: &str, raw: &RawRouteAudit) -> Result<Rule, ConfigError> {
+        let key = |field: &str| format!("{at}.{field}");
+        let level = match raw.level.as_deref() {
+            None => None,
+            Some(name) => Some(Level::parse(name).ok_or_else(|| {
+                self.error(&key("level"), format!("{name:?} is not a level (expected none, metadata, request or request_response)"))
+            })?),
+        };
+        let stream = match raw.stream.as_deref() {
+            None => None,
+            Some(name) => Some(Stream::parse(name).ok_or_else(|| {
+                self.error(&key("stream"), format!("{name:?} is not a stream (expected security, access, data_change, gdpr or system)"))
+            })?),
+        };
+        if let Some(event) = &raw.event {
+            let plain = event.replace("{action}", "action");
+            let valid = !plain.is_empty()
+                && plain.len() <= 64
+                && plain
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && !plain.starts_with('.');
+            if !valid {
+                let message = format!(
+                    "{event:?} is not an event type (1-64 of a-z, 0-9, '.', '_', '-', optionally {{action}}, e.g. \"api.request\")"
+                );
+                return Err(self.error(&key("event"), message));
+            }
+            // Credentials travel in the bodies of authentication requests (research/audit.md §6 B5).
+            if (event.starts_with("authn.") || event.starts_with("session."))
+                && level.is_some_and(|l| l > Level::Metadata)
+            {
+                let message = "authentication events never capture bodies; use level \"metadata\" or \"none\"".to_string();
+                return Err(self.error(&key("level"), message));
+            }
+        }
+        Ok(Rule {
+            routes: Vec::new(),
+            methods: Vec::new(),
+            level,
+            event: raw.event.clone(),
+            stream,
+        })
+    }
+}
