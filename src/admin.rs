@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 
 use crate::audit::middleware::Plan;
 use crate::audit::policy;
+use crate::backup;
 use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::metrics::Exposition;
@@ -29,7 +30,7 @@ use crate::request_stats::Listener;
 use crate::router::HealthEndpoint;
 use crate::server::Service;
 use crate::state::AppState;
-use crate::{admin_dependencies, admin_flags, admin_ratelimits};
+use crate::{admin_audit, admin_dependencies, admin_flags, admin_ratelimits};
 
 /// The admin endpoints; each also names the route label used in metrics.
 #[derive(Clone, Copy)]
@@ -41,6 +42,8 @@ pub enum Endpoint {
     Flags,
     Dependencies,
     RateLimits,
+    Audit,
+    Backup,
     Unknown,
 }
 
@@ -58,10 +61,14 @@ impl Endpoint {
         if admin_ratelimits::owns(path) {
             return Endpoint::RateLimits;
         }
+        if admin_audit::owns(path) {
+            return Endpoint::Audit;
+        }
         match path {
             "/metrics" => Endpoint::Metrics,
             "/admin/stats" => Endpoint::Stats,
             "/admin/config" => Endpoint::Config,
+            "/admin/backup" => Endpoint::Backup,
             _ => Endpoint::Unknown,
         }
     }
@@ -75,6 +82,8 @@ impl Endpoint {
             Endpoint::Flags => "admin.flags",
             Endpoint::Dependencies => "admin.dependencies",
             Endpoint::RateLimits => "admin.ratelimits",
+            Endpoint::Audit => "admin.audit",
+            Endpoint::Backup => "admin.backup",
             Endpoint::Unknown => "admin.unmatched",
         }
     }
@@ -82,7 +91,8 @@ impl Endpoint {
     fn methods(self) -> &'static [Method] {
         match self {
             Endpoint::Unknown => &[],
-            Endpoint::Flags | Endpoint::Dependencies | Endpoint::RateLimits => &[
+            Endpoint::Backup => &[Method::POST],
+            Endpoint::Flags | Endpoint::Dependencies | Endpoint::RateLimits | Endpoint::Audit => &[
                 Method::GET,
                 Method::POST,
                 Method::PUT,
@@ -121,6 +131,7 @@ impl AdminService {
         state.flags.render_metrics(&mut out);
         state.ratelimiter.render_metrics(&mut out);
         state.breakers.render_metrics(&mut out);
+        state.audit.render_metrics(&mut out);
         state.upstreams.render_metrics(&mut out);
         if let Some(database) = &state.database {
             database.render_metrics(&mut out);
@@ -205,6 +216,8 @@ impl Service for AdminService {
             Endpoint::Dependencies => {
                 return admin_dependencies::handle(&self.state, request).await;
             }
+            Endpoint::Audit => return admin_audit::handle(&self.state, request).await,
+            Endpoint::Backup => return backup(&self.state, request).await,
             Endpoint::Metrics => self.metrics(),
             Endpoint::Health(health) => health.respond(&self.state),
             Endpoint::Stats => body::json(StatusCode::OK, &self.state.stats.percentiles()),
@@ -217,6 +230,54 @@ impl Service for AdminService {
             Endpoint::Unknown => return Err(Error::NotFound),
         })
     }
+}
+
+/// `POST /admin/backup` with an optional `{"to": "dir"}` inside the data directory: pauses
+/// writers, copies, opens and verifies the copy, then answers with what it holds.
+async fn backup(
+    state: &Arc<AppState>,
+    request: Request<RequestBody>,
+) -> Result<Response<Body>, Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Options {
+        to: Option<String>,
+    }
+    let bytes = body::read_limited(
+        request.into_body(),
+        state.config.server.admin_max_body_bytes,
+    )
+    .await?;
+    let options = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Options { to: None }
+    } else {
+        body::parse_json::<Options>(&bytes)?
+    };
+    let Ok(_one_at_a_time) = state.backups.try_lock() else {
+        return Err(Error::Conflict {
+            code: "BACKUP_RUNNING",
+            message: "Another backup is running; try again when it has finished.".to_string(),
+        });
+    };
+    let data_dir = state.config.store.data_dir.clone();
+    let to = backup::destination(
+        &data_dir,
+        options.to.as_deref(),
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| Error::Validation {
+        field: "to".to_string(),
+        message: e.to_string(),
+    })?;
+    let state = state.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        backup::online(&state.store, &state.audit.log, &data_dir, &to)
+    })
+    .await
+    .map_err(|_| Error::Internal("the backup task panicked".to_string()))?
+    .map_err(|e| Error::Internal(format!("backup: {e}")))?;
+    tracing::info!(path = %report.path.display(), bytes = report.bytes, paused_ms = report.paused_ms, "backup verified");
+    Ok(body::json(StatusCode::CREATED, &report))
 }
 
 /// Who made an admin change: the `X-Seawall-Actor` header, else `admin`.

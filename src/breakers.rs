@@ -220,6 +220,7 @@ impl Breakers {
             persisted: breaker.persisted(Instant::now()),
             saved_at_ms: unix_ms(),
         };
+        let _writing = self.store.writing();
         self.states.insert(
             breaker.name().as_bytes(),
             serde_json::to_vec(&saved).expect("breaker state serializes"),
@@ -243,10 +244,12 @@ impl Breakers {
         let mut key = transition.breaker.as_bytes().to_vec();
         key.push(0);
         key.extend_from_slice(&self.store.generate_id()?.to_be_bytes());
+        let writing = self.store.writing();
         self.log.insert(
             key,
             serde_json::to_vec(&entry).expect("log entries serialize"),
         )?;
+        drop(writing);
         if let Some(breaker) = self.by_name.get(&transition.breaker) {
             self.save(breaker)?;
         }

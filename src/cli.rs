@@ -9,15 +9,26 @@ use std::path::PathBuf;
 pub const USAGE: &str = "\
 usage: seawall [run] [--config PATH]
        seawall check-config [--config PATH]
+       seawall backup --to DIR [--config PATH]
        seawall --help | --version
 
 Runs the seawall resilience gateway. Configuration comes from the optional TOML file
-(--config or SEAWALL_CONFIG) and environment variables; see README.md.";
+(--config or SEAWALL_CONFIG) and environment variables; see README.md.
+`backup` copies and verifies the data directory of a stopped server into DIR
+(a running server backs up with POST /admin/backup).";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Run { config: Option<PathBuf> },
-    CheckConfig { config: Option<PathBuf> },
+    Run {
+        config: Option<PathBuf>,
+    },
+    CheckConfig {
+        config: Option<PathBuf>,
+    },
+    Backup {
+        config: Option<PathBuf>,
+        to: PathBuf,
+    },
     Help,
     Version,
 }
@@ -25,8 +36,9 @@ pub enum Command {
 /// Parses the arguments after the program name.
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String> {
     let mut args = args.into_iter();
-    let mut command: Option<&str> = None;
+    let mut command: Option<String> = None;
     let mut config: Option<PathBuf> = None;
+    let mut to: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -41,14 +53,26 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             _ if text.starts_with("--config=") => {
                 config = Some(PathBuf::from(&text["--config=".len()..]))
             }
-            "run" | "check-config" if command.is_none() => {
-                command = Some(if text == "run" { "run" } else { "check-config" })
+            "--to" => {
+                let path = args.next().ok_or("--to needs a directory")?;
+                to = Some(PathBuf::from(path));
+            }
+            _ if text.starts_with("--to=") => to = Some(PathBuf::from(&text["--to=".len()..])),
+            "run" | "check-config" | "backup" if command.is_none() => {
+                command = Some(text.to_string())
             }
             other => return Err(format!("unexpected argument {other:?}")),
         }
     }
-    Ok(match command {
+    if to.is_some() && command.as_deref() != Some("backup") {
+        return Err("--to only applies to backup".to_string());
+    }
+    Ok(match command.as_deref() {
         Some("check-config") => Command::CheckConfig { config },
+        Some("backup") => Command::Backup {
+            config,
+            to: to.ok_or("backup needs --to DIR")?,
+        },
         _ => Command::Run { config },
     })
 }
@@ -79,5 +103,14 @@ mod tests {
         assert!(parse_str(&["serve"]).is_err());
         assert!(parse_str(&["--config"]).is_err());
         assert!(parse_str(&["run", "run"]).is_err());
+        assert_eq!(
+            parse_str(&["backup", "--to", "/b"]),
+            Ok(Command::Backup {
+                config: None,
+                to: "/b".into()
+            })
+        );
+        assert!(parse_str(&["backup"]).is_err());
+        assert!(parse_str(&["run", "--to", "/b"]).is_err());
     }
 }

@@ -16,11 +16,13 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admin_audit;
 pub mod admin_dependencies;
 pub mod admin_flags;
 pub mod admin_ratelimits;
 pub mod admin_token;
 pub mod audit;
+pub mod backup;
 pub mod body;
 pub mod breaker;
 pub mod breakers;

@@ -44,17 +44,36 @@ fn main() -> ExitCode {
                 ExitCode::from(EX_USAGE)
             }
         },
-        Command::Run { config } => {
-            let config = match Config::load(config.as_deref(), &ProcessEnv) {
+        Command::Backup { config, to } => {
+            let config = match load(config) {
                 Ok(config) => config,
-                Err(e) => {
-                    eprintln!("seawall: {e}");
-                    return ExitCode::from(EX_USAGE);
-                }
+                Err(status) => return status,
             };
-            run(config)
+            match seawall::backup::offline(&config.store, &config.audit.origin, &to) {
+                Ok(report) => {
+                    let json = serde_json::to_string_pretty(&report).expect("reports serialize");
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("seawall: backup failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
+        Command::Run { config } => match load(config) {
+            Ok(config) => run(config),
+            Err(status) => status,
+        },
     }
+}
+
+/// The configuration, or the exit status for a bad one (reported on stderr).
+fn load(path: Option<std::path::PathBuf>) -> Result<Config, ExitCode> {
+    Config::load(path.as_deref(), &ProcessEnv).map_err(|e| {
+        eprintln!("seawall: {e}");
+        ExitCode::from(EX_USAGE)
+    })
 }
 
 fn run(config: Config) -> ExitCode {

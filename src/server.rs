@@ -102,6 +102,7 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
     let server = state.config.server.clone();
     state.health.run_once().await;
     let background = state.start_background();
+    state.audit.system_event("sys.startup").await;
     tracing::info!(proxy = %listeners.proxy_addr(), admin = %listeners.admin_addr(), "listening");
 
     let graceful = GracefulShutdown::new();
@@ -152,6 +153,7 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
     for task in background {
         task.abort();
     }
+    state.audit.system_event("sys.shutdown").await;
     state.close().await;
     let saving = state.clone();
     match tokio::task::spawn_blocking(move || saving.save()).await {

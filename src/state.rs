@@ -58,6 +58,8 @@ pub struct AppState {
     pub admin_token: AdminToken,
     pub store_size: Arc<Gauge>,
     pub audit: Arc<AuditTrail>,
+    /// Held by the backup that is running, so backups do not overlap.
+    pub backups: tokio::sync::Mutex<()>,
     /// Breaker transitions for the recorder, taken when background tasks start.
     transitions: Mutex<Option<mpsc::Receiver<Transition>>>,
 }
@@ -130,6 +132,7 @@ impl AppState {
             admin_token,
             store_size,
             audit,
+            backups: tokio::sync::Mutex::new(()),
             flags,
             breakers,
             store,

@@ -232,7 +232,9 @@ impl Store {
             .unwrap_or_default()
             .as_nanos()
             .to_be_bytes();
+        let writing = self.writing();
         meta.insert(PROBE_KEY, &stamp)?;
+        drop(writing);
         self.db.flush()?;
         match meta.get(PROBE_KEY)? {
             Some(read) if read.as_ref() == stamp => Ok(started.elapsed()),

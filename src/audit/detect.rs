@@ -21,6 +21,7 @@ struct Detectors {
     cloud_key: Regex,
     iban: Regex,
     digits: Regex,
+    key_value: Regex,
 }
 
 static DETECTORS: LazyLock<Detectors> = LazyLock::new(|| Detectors {
@@ -37,6 +38,8 @@ static DETECTORS: LazyLock<Detectors> = LazyLock::new(|| Detectors {
     iban: Regex::new(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
         .expect("valid"),
     digits: Regex::new(r"\d(?:[ -]?\d){12,18}").expect("valid"),
+    key_value: Regex::new(r#"([A-Za-z][A-Za-z0-9_.\-]{1,63})("?\s*[=:]\s*"?)([^\s&;,"']+)"#)
+        .expect("valid"),
 });
 
 /// Replaces every detected secret or identifier in `text`; `noted` receives the rule names.
@@ -91,6 +94,19 @@ pub fn scrub<'a>(text: &'a str, noted: &mut Vec<&'static str>) -> Cow<'a, str> {
     apply("iban", &d.iban, text.len() >= 15, &|c| {
         is_iban(&c[0]).then(|| "[REDACTED:iban]".into())
     });
+    // `password=x`, `token: x`, `"api_key":"x"` inside free text (a query string or a JSON
+    // document quoted in a string): the value under a sensitive key goes.
+    apply(
+        "key",
+        &d.key_value,
+        text.contains('=') || text.contains(':'),
+        &|c| {
+            let done =
+                c[3].starts_with(crate::audit::redact::REDACTED) || c[3].starts_with("[REDACTED");
+            (crate::audit::redact::is_sensitive_key(&c[1]) && !done)
+                .then(|| format!("{}{}{}", &c[1], &c[2], crate::audit::redact::REDACTED))
+        },
+    );
     let digit_count = text.bytes().filter(u8::is_ascii_digit).count();
     apply("pan", &d.digits, digit_count >= 13, &|c| {
         is_card_number(&c[0]).then(|| "[REDACTED:pan]".into())
@@ -257,5 +273,24 @@ mod tests {
         scrub("a@b.io and 4111111111111111", &mut noted);
         noted.sort();
         assert_eq!(noted, ["email", "pan"]);
+    }
+
+    #[test]
+    fn values_under_sensitive_keys_in_free_text_are_removed() {
+        let clean = |text: &str| scrub(text, &mut Vec::new()).into_owned();
+        assert_eq!(
+            clean("access_token=abc123&page=2"),
+            "access_token=REDACTED&page=2"
+        );
+        assert_eq!(clean("password: hunter2"), "password: REDACTED");
+        assert_eq!(
+            clean(r#"{"api_key":"k-77","n":1}"#),
+            r#"{"api_key":"REDACTED","n":1}"#
+        );
+        assert_eq!(
+            clean("at 12:30 page=2 user=bob"),
+            "at 12:30 page=2 user=bob"
+        );
+        assert_eq!(clean("token=REDACTED"), "token=REDACTED", "idempotent");
     }
 }

@@ -14,12 +14,14 @@
 //! `flush_interval`. Ordinary request events are dropped (and counted) when the queue is full;
 //! important events (admin, security, application, system) wait for room instead.
 
+pub mod application;
 pub mod detect;
 pub mod event;
 pub mod keys;
 pub mod log;
 pub mod middleware;
 pub mod policy;
+pub mod query;
 
 pub mod redact;
 pub mod retention;
@@ -233,6 +235,23 @@ impl AuditTrail {
         if self.tx.try_send(Command::Event(Box::new(notice))).is_err() {
             self.unreported_drops.fetch_add(dropped, Ordering::Relaxed);
         }
+    }
+
+    /// Records a lifecycle event of seawall itself (`sys.startup`, `sys.shutdown`).
+    pub async fn system_event(&self, event_type: &str) {
+        let id = crate::request_context::new_request_id();
+        let draft = Draft::new(
+            Stream::System,
+            event_type,
+            "success",
+            &id,
+            SystemTime::now(),
+        )
+        .field(
+            "service",
+            json!({"name": "seawall", "version": env!("CARGO_PKG_VERSION")}),
+        );
+        self.record(draft.important()).await;
     }
 
     /// Runs retention every `retention_interval`, starting now.

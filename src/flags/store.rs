@@ -747,6 +747,7 @@ fn commit(
             )
         })
         .collect();
+    let _writing = store.writing();
     (flags, history, segments)
         .transaction(|(flags, history, segments)| {
             for write in &encoded {

@@ -381,6 +381,7 @@ impl RateLimiter {
         let store = self.store.clone();
         let key = name.to_string();
         tokio::task::spawn_blocking(move || {
+            let _writing = store.writing();
             match change {
                 Some(change) => tree.insert(
                     key.as_bytes(),

@@ -3,7 +3,7 @@
 //! | path | answer |
 //! |---|---|
 //! | `/headers...` | JSON with the method, path, query and headers it received |
-//! | `/echo` | the request body, streamed back |
+//! | `/echo` | the request body, streamed back with its content type |
 //! | `/bytes/{n}` | `n` bytes, streamed in 64 KiB chunks |
 //! | `/slow/{ms}` | 200 after `ms` milliseconds; announces the start on `slow_started` |
 //! | `/hang` | never answers |
@@ -152,7 +152,14 @@ async fn handle(
                 .body(full(body.to_string()))
                 .unwrap()
         }
-        ["echo"] => Response::new(request.into_body().map_err(Into::into).boxed()),
+        ["echo"] => {
+            let content_type = request.headers().get("content-type").cloned();
+            let mut response = Response::new(request.into_body().map_err(Into::into).boxed());
+            if let Some(content_type) = content_type {
+                response.headers_mut().insert("content-type", content_type);
+            }
+            response
+        }
         ["bytes", n] => Response::new(Generated::new(n.parse().unwrap()).boxed()),
         ["slow", ms] => {
             let _ = slow_started.send(());

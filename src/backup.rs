@@ -1,0 +1,330 @@
+//! Backups of the data directory (SPEC §11): copied while writers are paused, then opened
+//! and verified before anyone is told it worked.
+//!
+//! A sled directory copied while it is being written can open empty, so an online backup
+//! holds the store's write gate ([`Store::pause_writes`]) while it flushes, counts every
+//! tree and copies the files; requests keep being served meanwhile (audit events queue up
+//! in the writer's bounded queue). The copy is then opened as a store of its own and
+//! checked: the same entry count in every tree, and every audit stream verifying to the same
+//! chain head. `seawall backup --to DIR` does the same for a stopped server.
+//!
+//! What is copied: the store, `keys/` and the top-level files of the data directory (the
+//! admin token), not earlier backups.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::audit::event::Stream;
+use crate::audit::keys::Keyring;
+use crate::audit::log::AuditLog;
+use crate::audit::verify;
+use crate::config::StoreConfig;
+use crate::store::{Store, StoreError};
+
+/// The folder inside the data directory that default backups go to.
+pub const BACKUPS: &str = "backups";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The requested destination is not acceptable; nothing was written.
+    #[error("{0}")]
+    Destination(String),
+    #[error("copying {path}: {source}")]
+    Copy { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The copy was made but does not match the original; it is left for inspection.
+    #[error("the backup in {path} did not verify: {reason}")]
+    Verify { path: PathBuf, reason: String },
+}
+
+/// What a verified backup holds.
+#[derive(Debug, Serialize)]
+pub struct BackupReport {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// Entries per tree, equal in the original and the copy.
+    pub trees: BTreeMap<String, usize>,
+    /// Per audit stream: the number of events and the chain head the copy verified to.
+    pub audit: BTreeMap<&'static str, StreamHead>,
+    pub paused_ms: u64,
+    pub total_ms: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct StreamHead {
+    pub events: u64,
+    pub head: String,
+}
+
+/// Resolves a destination given relative to the data directory; `None` picks
+/// `backups/<UTC time>`. The destination must not exist yet.
+pub fn destination(
+    data_dir: &Path,
+    requested: Option<&str>,
+    now: SystemTime,
+) -> Result<PathBuf, BackupError> {
+    let bad = |message: &str| Err(BackupError::Destination(message.to_string()));
+    let relative = match requested {
+        Some(text) => {
+            let path = Path::new(text);
+            if text.is_empty() || !path.components().all(|c| matches!(c, Component::Normal(_))) {
+                return bad("must be a relative path inside the data directory, without '..'");
+            }
+            let first = path
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .unwrap_or_default();
+            if ["store", "keys"].contains(&first) {
+                return bad("must not be inside the store or the keys folder");
+            }
+            path.to_path_buf()
+        }
+        None => {
+            let stamp = chrono::DateTime::<chrono::Utc>::from(now)
+                .format("%Y%m%dT%H%M%S%.3fZ")
+                .to_string();
+            let mut path = Path::new(BACKUPS).join(&stamp);
+            let mut n = 1;
+            while data_dir.join(&path).exists() {
+                n += 1;
+                path = Path::new(BACKUPS).join(format!("{stamp}-{n}"));
+            }
+            path
+        }
+    };
+    let path = data_dir.join(relative);
+    if path.exists() {
+        return bad("already exists; backups never overwrite");
+    }
+    Ok(path)
+}
+
+/// Takes a backup of a running store into `to`. Blocking: run on `spawn_blocking`.
+pub fn online(
+    store: &Store,
+    log: &AuditLog,
+    data_dir: &Path,
+    to: &Path,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let paused = store.pause_writes();
+    let pause_started = Instant::now();
+    store.flush()?;
+    let trees = counts(store);
+    let heads = audit_heads(log)?;
+    let bytes = copy_data_dir(data_dir, to)?;
+    drop(paused);
+    let paused_ms = pause_started.elapsed().as_millis() as u64;
+    let audit = check_copy(to, &trees, &heads, &log.origin)?;
+    Ok(BackupReport {
+        path: to.to_path_buf(),
+        bytes,
+        trees,
+        audit,
+        paused_ms,
+        total_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Backs up the data directory of a stopped server into `to` (any path). Blocking.
+pub fn offline(
+    store_config: &StoreConfig,
+    origin: &str,
+    to: &Path,
+) -> Result<BackupReport, BackupError> {
+    if to.exists() {
+        return Err(BackupError::Destination(format!(
+            "{} already exists; backups never overwrite",
+            to.display()
+        )));
+    }
+    let store = Store::open(store_config)?;
+    let keyring =
+        Arc::new(
+            Keyring::open(&store_config.data_dir).map_err(|source| BackupError::Copy {
+                path: store_config.data_dir.join("keys"),
+                source,
+            })?,
+        );
+    let log = AuditLog::open(&store, keyring, origin)?;
+    let report = online(&store, &log, &store_config.data_dir, to);
+    drop(log);
+    drop(store);
+    report
+}
+
+fn counts(store: &Store) -> BTreeMap<String, usize> {
+    store
+        .tree_names()
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), store.tree(&name).ok()?.len())))
+        .collect()
+}
+
+fn audit_heads(log: &AuditLog) -> Result<BTreeMap<&'static str, StreamHead>, StoreError> {
+    let mut heads = BTreeMap::new();
+    for stream in Stream::ALL {
+        let (_, head) = log.head(stream)?;
+        heads.insert(
+            stream.as_str(),
+            StreamHead {
+                events: log.count(stream)? as u64,
+                head: verify::hex(&head),
+            },
+        );
+    }
+    Ok(heads)
+}
+
+/// Opens the copy and checks it against what was counted before copying.
+fn check_copy(
+    to: &Path,
+    trees: &BTreeMap<String, usize>,
+    heads: &BTreeMap<&'static str, StreamHead>,
+    origin: &str,
+) -> Result<BTreeMap<&'static str, StreamHead>, BackupError> {
+    let failed = |reason: String| BackupError::Verify {
+        path: to.to_path_buf(),
+        reason,
+    };
+    let config = StoreConfig {
+        data_dir: to.to_path_buf(),
+        cache_capacity_bytes: 16 << 20,
+    };
+    let copy = Store::open(&config).map_err(|e| failed(format!("it does not open: {e}")))?;
+    let copied = counts(&copy);
+    for (name, count) in trees {
+        let found = copied.get(name).copied().unwrap_or(0);
+        if found != *count {
+            return Err(failed(format!(
+                "tree {name} has {found} entries instead of {count}"
+            )));
+        }
+    }
+    let keyring =
+        Arc::new(Keyring::open(to).map_err(|e| failed(format!("its keys do not open: {e}")))?);
+    let log = AuditLog::open(&copy, keyring, origin)?;
+    let mut verified = BTreeMap::new();
+    for stream in Stream::ALL {
+        let report = verify::stream(&log, stream)?;
+        if let Some(broken) = report.broken {
+            return Err(failed(format!(
+                "audit stream {} breaks at {} ({})",
+                stream.as_str(),
+                broken.seq,
+                broken.kind
+            )));
+        }
+        let head = StreamHead {
+            events: report.events,
+            head: report.head,
+        };
+        if heads.get(stream.as_str()) != Some(&head) {
+            return Err(failed(format!(
+                "audit stream {} does not end where the original does",
+                stream.as_str()
+            )));
+        }
+        verified.insert(stream.as_str(), head);
+    }
+    Ok(verified)
+}
+
+/// Copies the store, the keys and the top-level files (the admin token) of `data_dir` into
+/// a new directory `to`; earlier backups and anything else are left out. Returns the bytes
+/// copied.
+fn copy_data_dir(data_dir: &Path, to: &Path) -> Result<u64, BackupError> {
+    let mut bytes = copy_dir(data_dir, to, &|entry| {
+        entry.file_type().is_ok_and(|t| t.is_file())
+    })?;
+    for folder in ["store", "keys"] {
+        if data_dir.join(folder).is_dir() {
+            bytes += copy_dir(&data_dir.join(folder), &to.join(folder), &|_| true)?;
+        }
+    }
+    Ok(bytes)
+}
+
+/// Copies the entries of `from` that `include` accepts (recursively for folders) into `to`,
+/// creating it. Files keep owner-only permissions, like the keys they may be.
+fn copy_dir(
+    from: &Path,
+    to: &Path,
+    include: &dyn Fn(&fs::DirEntry) -> bool,
+) -> Result<u64, BackupError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BackupError::Copy { path, source }
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(to)
+        .map_err(err(to))?;
+    let mut bytes = 0;
+    for entry in fs::read_dir(from).map_err(err(from))? {
+        let entry = entry.map_err(err(from))?;
+        if !include(&entry) {
+            continue;
+        }
+        let source = entry.path();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().map_err(err(&source))?;
+        if kind.is_dir() {
+            bytes += copy_dir(&source, &target, include)?;
+        } else if kind.is_file() {
+            bytes += fs::copy(&source, &target).map_err(err(&source))?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o600))
+                .map_err(err(&target))?;
+        }
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_stay_inside_the_data_directory() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let now = SystemTime::UNIX_EPOCH;
+        let default = destination(dir.path(), None, now).unwrap();
+        assert_eq!(default, dir.path().join("backups/19700101T000000.000Z"));
+        fs::create_dir_all(&default).unwrap();
+        assert_eq!(
+            destination(dir.path(), None, now).unwrap(),
+            dir.path().join("backups/19700101T000000.000Z-2")
+        );
+        assert_eq!(
+            destination(dir.path(), Some("nightly/1"), now).unwrap(),
+            dir.path().join("nightly/1")
+        );
+        for bad in [
+            "",
+            "/tmp/x",
+            "../x",
+            "a/../../x",
+            "store/x",
+            "keys",
+            "backups/19700101T000000.000Z",
+        ] {
+            assert!(
+                matches!(
+                    destination(dir.path(), Some(bad), now),
+                    Err(BackupError::Destination(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+}
