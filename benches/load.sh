@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Load comparison, side by side in one run: the same small upstream (nginx answering a fixed
-# 200) reached directly, and through seawall as a plain proxy. Loopback only, bounded in time.
+# 200) reached directly, through seawall as a plain proxy (a route with auditing off), and
+# through seawall with every request audited at metadata level. Loopback only, bounded in time.
 #
 #   benches/load.sh [seconds per run, default 10] [connections, default 32]
 #
-# Prints requests/s and latency percentiles (wrk --latency) for each, the ratio, and seawall's
-# peak resident memory. wrk, nginx and seawall share the machine's cores, so absolute numbers
+# Prints requests/s and latency percentiles (wrk --latency) for each, the ratios, the audit
+# events written and dropped, and seawall's peak resident memory. wrk, nginx and seawall share the machine's cores, so absolute numbers
 # say more about the machine than about seawall; the ratio is the figure to compare.
 set -euo pipefail
 
@@ -67,14 +68,26 @@ admin_listen = "127.0.0.1:$admin_port"
 [store]
 data_dir = "$work/data"
 
+[features]
+audit_trail = true
+
 [upstreams.app]
 url = "http://127.0.0.1:$upstream_port"
 max_connections = 256
 
 [[routes]]
-name = "all"
-match = "/*"
+name = "plain"
+match = "/plain/*"
 upstream = "app"
+strip_prefix = "/plain"
+audit = { level = "none" }
+
+[[routes]]
+name = "audited"
+match = "/audited/*"
+upstream = "app"
+strip_prefix = "/audited"
+audit = { level = "metadata" }
 TOML
 RUST_LOG=warn target/release/seawall --config "$work/seawall.toml" >"$work/seawall.log" 2>&1 &
 seawall_pid=$!
@@ -96,20 +109,27 @@ measure() {
 
 # Warm both paths (connection pools, page cache) before measuring.
 wrk -t1 -c4 -d1s "http://127.0.0.1:$upstream_port/" >/dev/null
-wrk -t1 -c4 -d1s "http://127.0.0.1:$proxy_port/" >/dev/null
+wrk -t1 -c4 -d1s "http://127.0.0.1:$proxy_port/plain/" >/dev/null
+wrk -t1 -c4 -d1s "http://127.0.0.1:$proxy_port/audited/" >/dev/null
 
 direct=$(measure direct "http://127.0.0.1:$upstream_port/")
-through=$(measure seawall "http://127.0.0.1:$proxy_port/")
+through=$(measure seawall "http://127.0.0.1:$proxy_port/plain/")
+audited=$(measure audited "http://127.0.0.1:$proxy_port/audited/")
 peak_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$seawall_pid/status")
 
 echo "load: ${duration}s per run, $connections connections, wrk -t2, $(nproc) cores shared by wrk, nginx and seawall"
 printf '%-10s %12s %10s %10s %10s %10s\n' target "requests/s" "p50 ms" "p90 ms" "p99 ms" non-2xx
-for row in "$direct" "$through"; do
+for row in "$direct" "$through" "$audited"; do
   set -- $row
   printf '%-10s %12s %10s %10s %10s %10s\n' "$1" "$2" "$3" "$4" "$5" "$6"
 done
 set -- $direct; d_rps=$2; d_p99=$5
 set -- $through; s_rps=$2; s_p99=$5
+set -- $audited; a_rps=$2; a_p99=$5
 awk -v a="$s_rps" -v b="$d_rps" -v c="$s_p99" -v d="$d_p99" \
   'BEGIN { printf "seawall/direct: throughput %.2fx, p99 %.2fx\n", a / b, c / d }'
+awk -v a="$a_rps" -v b="$s_rps" -v c="$a_p99" -v d="$s_p99" \
+  'BEGIN { printf "audited/unaudited: throughput %.2fx, p99 %.2fx\n", a / b, c / d }'
+metrics=$(curl -sf "http://127.0.0.1:$admin_port/metrics")
+echo "audit events written: $(awk '/^seawall_audit_events_written_total/ { print $2 }' <<<"$metrics"), dropped: $(awk '/^seawall_audit_events_dropped_total/ { print $2 }' <<<"$metrics")"
 echo "seawall peak resident memory: $((peak_kib / 1024)) MiB"

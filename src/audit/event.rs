@@ -286,38 +286,38 @@ pub fn rfc3339_nanos(time: SystemTime) -> String {
 /// RFC 8785 (JCS) canonical JSON for the values a header holds (no floats): object keys sorted,
 /// no whitespace, serde_json's string escaping (which JCS shares for these characters).
 pub fn canonical(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(512);
     write_canonical(value, &mut out);
-    out
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut keys: Vec<&String> = map.keys().collect();
             keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push('{');
+            out.push(b'{');
             for (i, key) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&serde_json::to_string(key).expect("strings serialize"));
-                out.push(':');
+                serde_json::to_writer(&mut *out, key).expect("strings serialize");
+                out.push(b':');
                 write_canonical(&map[key], out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&serde_json::to_string(scalar).expect("scalars serialize")),
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("scalars serialize"),
     }
 }
 
@@ -336,8 +336,9 @@ pub fn part_digest(sealed: &[u8]) -> Hash {
     sha256(&[sealed])
 }
 
-/// `SHA-256(0x00 || SHA-256(header) || payload)`, where payload commits to the part digests.
-pub fn leaf(header: &str, digests: &[Hash]) -> Hash {
+/// `SHA-256(0x00 || SHA-256(header) || payload)`, where payload commits to the part digests;
+/// takes the header's hash, which the writer has already computed for the parts' AAD.
+pub fn leaf(header_hash: &Hash, digests: &[Hash]) -> Hash {
     let payload = if digests.is_empty() {
         [0u8; 32]
     } else {
@@ -348,7 +349,7 @@ pub fn leaf(header: &str, digests: &[Hash]) -> Hash {
         }
         hasher.finalize().into()
     };
-    sha256(&[&[0x00], &sha256(&[header.as_bytes()]), &payload])
+    sha256(&[&[0x00], header_hash, &payload])
 }
 
 /// `SHA-256(0x02 || previous || leaf)`.
@@ -428,13 +429,13 @@ mod tests {
     #[test]
     fn the_chain_commits_to_order_and_content() {
         let g = genesis("seawall", Stream::Access);
-        let l1 = leaf("{\"seq\":0}", &[]);
-        let l2 = leaf("{\"seq\":1}", &[part_digest(b"x")]);
+        let l1 = leaf(&header_hash("{\"seq\":0}"), &[]);
+        let l2 = leaf(&header_hash("{\"seq\":1}"), &[part_digest(b"x")]);
         let forward = chain(&chain(&g, &l1), &l2);
         let swapped = chain(&chain(&g, &l2), &l1);
         assert_ne!(forward, swapped);
         assert_ne!(
-            leaf("{\"seq\":1}", &[part_digest(b"y")]),
+            leaf(&header_hash("{\"seq\":1}"), &[part_digest(b"y")]),
             l2,
             "the leaf commits to part digests"
         );

@@ -28,7 +28,8 @@ pub struct Keyring {
     dir: PathBuf,
     /// The current epoch and its KEK; older epochs are loaded on demand while they exist.
     kek: RwLock<(u32, DataKey)>,
-    pseudonym_key: DataKey,
+    /// HMAC keyed with the pseudonym key, cloned per use so the key schedule runs once.
+    pseudonym_mac: Hmac<Sha256>,
 }
 
 impl Keyring {
@@ -40,10 +41,12 @@ impl Keyring {
         let epoch = current_epoch(&dir)?.unwrap_or(1);
         let kek = load_or_create(&dir.join(format!("kek.{epoch}")))?;
         let pseudonym_key = load_or_create(&dir.join("pseudonym.key"))?;
+        let pseudonym_mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&pseudonym_key)
+            .expect("any key length works");
         Ok(Keyring {
             dir,
             kek: RwLock::new((epoch, kek)),
-            pseudonym_key,
+            pseudonym_mac,
         })
     }
 
@@ -54,8 +57,7 @@ impl Keyring {
     /// The keyed-hash pseudonym of an identifier: stable for the same (kind, value), useless
     /// without the key.
     pub fn pseudonym(&self, kind: &str, value: &str) -> Pseudonym {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.pseudonym_key)
-            .expect("any key length works");
+        let mut mac = self.pseudonym_mac.clone();
         mac.update(kind.as_bytes());
         mac.update(&[0]);
         mac.update(value.as_bytes());

@@ -384,11 +384,10 @@ async fn write_loop(
         let w = writer.take().expect("writer present");
         let (w, committed, flushed) = tokio::task::spawn_blocking(move || {
             let mut w = w;
-            let committed = w
-                .commit(&drafts, SystemTime::now())
-                .map(|n| (n, drafts.len()));
+            let count = drafts.len();
+            let committed = w.commit(drafts, SystemTime::now()).map(|n| (n, count));
             let flushed = if flush_now { Some(flush(&w)) } else { None };
-            (w, committed.map_err(|e| (e, drafts.len())), flushed)
+            (w, committed.map_err(|e| (e, count)), flushed)
         })
         .await
         .expect("audit writer does not panic");

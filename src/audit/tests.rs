@@ -99,7 +99,7 @@ fn sequence_numbers_are_gapless_per_stream_and_chains_verify() {
         })
         .collect();
     for chunk in drafts.chunks(64) {
-        f.writer.commit(chunk, day0()).unwrap();
+        f.writer.commit(chunk.to_vec(), day0()).unwrap();
     }
     let access = verify::stream(&f.log, Stream::Access).unwrap();
     let security = verify::stream(&f.log, Stream::Security).unwrap();
@@ -132,7 +132,7 @@ fn tampering_is_reported_at_its_sequence_number() {
     let drafts: Vec<Draft> = (0..10)
         .map(|_| request_event(Stream::Access, "10.1.1.1", false))
         .collect();
-    f.writer.commit(&drafts, day0()).unwrap();
+    f.writer.commit(drafts, day0()).unwrap();
     let bucket = f.log.bucket(Stream::Access, day_of(day0())).unwrap();
     let key = 4u64.to_be_bytes();
     let mut record = super::event::Record::decode(&bucket.get(key).unwrap().unwrap()).unwrap();
@@ -193,7 +193,7 @@ fn headers_hold_no_personal_data() {
             }),
             json!({"address": planted[2], "key": planted[3]}),
         );
-    f.writer.commit(&[draft], day0()).unwrap();
+    f.writer.commit(vec![draft], day0()).unwrap();
     let (_, record) = f.log.events(Stream::DataChange).next().unwrap().unwrap();
     for identifier in planted {
         assert!(
@@ -223,8 +223,8 @@ fn retention_expires_each_class_at_its_own_age_and_is_idempotent() {
     let security: Vec<Draft> = (0..5)
         .map(|i| request_event(Stream::Security, &format!("10.3.0.{i}"), false))
         .collect();
-    f.writer.commit(&access, day0()).unwrap();
-    f.writer.commit(&security, day0()).unwrap();
+    f.writer.commit(access, day0()).unwrap();
+    f.writer.commit(security, day0()).unwrap();
     assert!(opened(&f.log, Stream::Access).iter().all(|&n| n == 2));
 
     // Bodies: daily keys, 7 days after their day.
@@ -290,7 +290,10 @@ fn retention_expires_each_class_at_its_own_age_and_is_idempotent() {
     let mut writer = Writer::new(f.log.clone()).unwrap();
     assert_eq!(writer.next_seq(Stream::Access), 20);
     writer
-        .commit(&[request_event(Stream::Access, "10.9.9.9", false)], at(181))
+        .commit(
+            vec![request_event(Stream::Access, "10.9.9.9", false)],
+            at(181),
+        )
         .unwrap();
     let report = verify::stream(&f.log, Stream::Access).unwrap();
     assert_eq!(
@@ -309,7 +312,7 @@ fn an_interrupted_run_leaves_a_consistent_store() {
         let drafts: Vec<Draft> = (0..3)
             .map(|i| request_event(Stream::Access, &format!("10.4.{day}.{i}"), false))
             .collect();
-        f.writer.commit(&drafts, at(day)).unwrap();
+        f.writer.commit(drafts, at(day)).unwrap();
     }
     // Every key has expired by day 400, so phase A is one batch; each bucket is one more.
     let first = retention::run(&f.log, &config, at(400), 2).unwrap();

@@ -64,7 +64,7 @@ pub fn stream(log: &AuditLog, stream: Stream) -> Result<StreamReport, StoreError
             Some("part")
         } else {
             let digests: Vec<Hash> = record.parts.iter().map(|p| p.digest).collect();
-            if event::leaf(&record.header, &digests) != record.leaf {
+            if event::leaf(&event::header_hash(&record.header), &digests) != record.leaf {
                 Some("leaf")
             } else if event::chain(&previous, &record.leaf) != record.chain {
                 Some("chain")

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
-use crate::audit::event::{self, Draft, Hash, KeyClass, Record, StoredPart, Stream};
+use crate::audit::event::{self, Draft, Hash, KeyClass, Record, StoredPart, Stream, Subject};
 use crate::audit::keys::{self, DataKey, Pseudonym};
 use crate::audit::log::{self, AuditLog, KeyRecord};
 use crate::store::StoreError;
@@ -21,6 +21,7 @@ use crate::store::StoreError;
 /// Bounds on the writer's caches: past these they are cleared and refilled from sled.
 const KEY_CACHE: usize = 50_000;
 const INDEX_CACHE: usize = 200_000;
+const PSEUDONYM_CACHE: usize = 100_000;
 
 type KeySlot = (Pseudonym, Stream, KeyClass, u32);
 
@@ -29,6 +30,7 @@ pub struct Writer {
     heads: HashMap<Stream, (u64, Hash)>,
     keys: HashMap<KeySlot, ([u8; 16], DataKey)>,
     indexed: HashSet<(Pseudonym, Stream, u32)>,
+    pseudonyms: HashMap<Subject, Pseudonym>,
     /// The log's generation the caches were filled at.
     generation: u64,
     /// The bucket day never goes backwards, even if the clock does, so each stream's buckets
@@ -62,6 +64,7 @@ impl Writer {
             heads,
             keys: HashMap::new(),
             indexed: HashSet::new(),
+            pseudonyms: HashMap::new(),
             generation,
             day,
         })
@@ -78,7 +81,7 @@ impl Writer {
     }
 
     /// Seals, chains and writes `drafts` (in order) as of `now`. Blocking.
-    pub fn commit(&mut self, drafts: &[Draft], now: SystemTime) -> Result<usize, StoreError> {
+    pub fn commit(&mut self, drafts: Vec<Draft>, now: SystemTime) -> Result<usize, StoreError> {
         let generation = self.log.generation();
         if generation != self.generation {
             self.keys.clear();
@@ -88,6 +91,7 @@ impl Writer {
         self.day = self.day.max(log::day_of(now));
         let day = self.day;
         let mut pending = Pending::default();
+        let count = drafts.len();
         for draft in drafts {
             self.prepare(draft, day, &mut pending)?;
         }
@@ -113,22 +117,17 @@ impl Writer {
             self.indexed.clear();
         }
         self.indexed.extend(pending.new_index);
-        Ok(drafts.len())
+        Ok(count)
     }
 
-    fn prepare(
-        &mut self,
-        draft: &Draft,
-        day: u32,
-        pending: &mut Pending,
-    ) -> Result<(), StoreError> {
+    fn prepare(&mut self, draft: Draft, day: u32, pending: &mut Pending) -> Result<(), StoreError> {
         let stream = draft.stream;
         let (seq, previous) = pending
             .heads
             .get(&stream)
             .copied()
             .unwrap_or(self.heads[&stream]);
-        let mut fields = draft.fields.clone();
+        let mut fields = draft.fields;
         fields.insert("v".into(), json!(event::VERSION));
         fields.insert("origin".into(), json!(self.log.origin));
         fields.insert("stream".into(), json!(stream.as_str()));
@@ -141,10 +140,7 @@ impl Writer {
         let mut parts = Vec::with_capacity(draft.parts.len());
         for part in &draft.parts {
             let pseudonym = match &part.subject {
-                Some(subject) => self.log.keyring.pseudonym(
-                    subject.kind.as_str(),
-                    &subject.kind.normalise(&subject.value),
-                ),
+                Some(subject) => self.pseudonym(subject),
                 None => self.log.keyring.pseudonym("anonymous", stream.as_str()),
             };
             let (kid, key) = self.data_key(pseudonym, stream, part.role.class(), day, pending)?;
@@ -156,17 +152,14 @@ impl Writer {
                 digest: event::part_digest(&sealed),
                 sealed: Some(sealed),
             });
-            let aliases = part.aliases.iter().map(|s| {
-                self.log
-                    .keyring
-                    .pseudonym(s.kind.as_str(), &s.kind.normalise(&s.value))
-            });
-            for indexed in std::iter::once(pseudonym).chain(aliases) {
-                self.index(indexed, stream, day, pending);
+            self.index(pseudonym, stream, day, pending);
+            for alias in &part.aliases {
+                let alias = self.pseudonym(alias);
+                self.index(alias, stream, day, pending);
             }
         }
         let digests: Vec<Hash> = parts.iter().map(|p| p.digest).collect();
-        let leaf = event::leaf(&header, &digests);
+        let leaf = event::leaf(&header_hash, &digests);
         let chain = event::chain(&previous, &leaf);
         let record = Record {
             header,
@@ -181,6 +174,22 @@ impl Writer {
             .insert(&seq.to_be_bytes(), record.encode());
         pending.heads.insert(stream, (seq + 1, chain));
         Ok(())
+    }
+
+    /// Pseudonyms are keyed hashes, worth remembering for the subjects seen again and again.
+    fn pseudonym(&mut self, subject: &Subject) -> Pseudonym {
+        if let Some(known) = self.pseudonyms.get(subject) {
+            return *known;
+        }
+        let pseudonym = self.log.keyring.pseudonym(
+            subject.kind.as_str(),
+            &subject.kind.normalise(&subject.value),
+        );
+        if self.pseudonyms.len() >= PSEUDONYM_CACHE {
+            self.pseudonyms.clear();
+        }
+        self.pseudonyms.insert(subject.clone(), pseudonym);
+        pseudonym
     }
 
     fn index(&self, pseudonym: Pseudonym, stream: Stream, day: u32, pending: &mut Pending) {
