@@ -113,11 +113,19 @@ wrk -t1 -c4 -d1s "http://127.0.0.1:$proxy_port/plain/" >/dev/null
 wrk -t1 -c4 -d1s "http://127.0.0.1:$proxy_port/audited/" >/dev/null
 
 direct=$(measure direct "http://127.0.0.1:$upstream_port/")
-through=$(measure seawall "http://127.0.0.1:$proxy_port/plain/")
-audited=$(measure audited "http://127.0.0.1:$proxy_port/audited/")
+# Plain and audited alternate three times and the median run of each is reported, so a
+# noisy neighbour on a shared machine does not decide the comparison.
+median() { sort -k2 -n | sed -n 2p; }
+plain_runs=() audited_runs=()
+for round in 1 2 3; do
+  plain_runs+=("$(measure seawall "http://127.0.0.1:$proxy_port/plain/")")
+  audited_runs+=("$(measure audited "http://127.0.0.1:$proxy_port/audited/")")
+done
+through=$(printf '%s\n' "${plain_runs[@]}" | median)
+audited=$(printf '%s\n' "${audited_runs[@]}" | median)
 peak_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$seawall_pid/status")
 
-echo "load: ${duration}s per run, $connections connections, wrk -t2, $(nproc) cores shared by wrk, nginx and seawall"
+echo "load: ${duration}s per run (seawall and audited: median of 3 alternating runs), $connections connections, wrk -t2, $(nproc) cores shared by wrk, nginx and seawall"
 printf '%-10s %12s %10s %10s %10s %10s\n' target "requests/s" "p50 ms" "p90 ms" "p99 ms" non-2xx
 for row in "$direct" "$through" "$audited"; do
   set -- $row

@@ -78,7 +78,16 @@ pub fn scrub<'a>(text: &'a str, noted: &mut Vec<&'static str>) -> Cow<'a, str> {
     apply("jwt", &d.jwt, text.contains("eyJ"), &|_| {
         Some("[REDACTED:jwt]".into())
     });
-    apply("bearer", &d.bearer, text.len() > 7, &|_| {
+    let bytes = text.as_bytes();
+    let has_bearer = bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"bearer"));
+    // An IBAN starts with a country code and two check digits.
+    let has_iban_start = bytes.windows(4).any(|w| {
+        w[0].is_ascii_uppercase()
+            && w[1].is_ascii_uppercase()
+            && w[2].is_ascii_digit()
+            && w[3].is_ascii_digit()
+    });
+    apply("bearer", &d.bearer, has_bearer, &|_| {
         Some("[REDACTED:bearer]".into())
     });
     // `REDACTED@host` is what the URL-credentials rule leaves behind, not an address.
@@ -91,7 +100,7 @@ pub fn scrub<'a>(text: &'a str, noted: &mut Vec<&'static str>) -> Cow<'a, str> {
         text.contains("AKIA") || text.contains("ASIA"),
         &|_| Some("[REDACTED:cloud_key]".into()),
     );
-    apply("iban", &d.iban, text.len() >= 15, &|c| {
+    apply("iban", &d.iban, text.len() >= 15 && has_iban_start, &|c| {
         is_iban(&c[0]).then(|| "[REDACTED:iban]".into())
     });
     // `password=x`, `token: x`, `"api_key":"x"` inside free text (a query string or a JSON

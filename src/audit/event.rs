@@ -9,7 +9,7 @@
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 /// Schema major version of the header.
@@ -204,15 +204,17 @@ pub struct Part {
     pub subject: Option<Subject>,
     /// More identifiers of the same subject, indexed so a request by any of them finds it.
     pub aliases: Vec<Subject>,
-    pub content: Value,
+    /// The content as JSON text, serialized by the producer.
+    pub content: Vec<u8>,
 }
 
 /// An event as its producer knows it.
 #[derive(Debug, Clone)]
 pub struct Draft {
     pub stream: Stream,
-    /// Header fields other than `v`, `origin`, `stream`, `seq` and `parts`, which the writer adds.
-    pub fields: Map<String, Value>,
+    /// Header fields other than `v`, `origin`, `stream`, `seq` and `parts`, which the writer
+    /// adds: each name with its value already in canonical JSON, so the writer only joins them.
+    pub fields: Vec<(&'static str, String)>,
     pub parts: Vec<Part>,
     /// Admin, security and application events wait for room in the queue instead of being
     /// dropped when it is full.
@@ -228,30 +230,62 @@ impl Draft {
         id: &str,
         time: SystemTime,
     ) -> Draft {
-        let mut fields = Map::new();
-        fields.insert("type".into(), json!(event_type));
-        fields.insert(
-            "category".into(),
-            json!(event_type.split('.').next().unwrap_or("sys")),
-        );
-        fields.insert("outcome".into(), json!(outcome));
-        fields.insert("id".into(), json!(id));
-        fields.insert("time".into(), json!(rfc3339_nanos(time)));
-        fields.insert("severity".into(), json!(severity(event_type, outcome)));
+        let category = event_type.split('.').next().unwrap_or("sys");
         Draft {
             stream,
-            fields,
+            fields: Vec::with_capacity(20),
             parts: Vec::new(),
             important: false,
         }
+        .typed("type", event_type)
+        .typed("category", category)
+        .typed("outcome", outcome)
+        .typed("id", id)
+        .typed("time", &rfc3339_nanos(time))
+        .typed("severity", &severity(event_type, outcome))
     }
 
-    pub fn field(mut self, name: &str, value: Value) -> Draft {
-        self.fields.insert(name.to_string(), value);
+    /// Sets a header field from any JSON value (its object keys are sorted here).
+    pub fn field(self, name: &'static str, value: Value) -> Draft {
+        let text = canonical(&value);
+        self.set(name, text)
+    }
+
+    /// Sets a header field from a typed value whose serialization is already canonical:
+    /// scalars, or structs that declare their fields in sorted order with no maps inside.
+    /// This is the request path's way: no intermediate JSON tree.
+    pub fn typed<T: Serialize + ?Sized>(self, name: &'static str, value: &T) -> Draft {
+        let text = serde_json::to_string(value).expect("header values serialize");
+        debug_assert_eq!(
+            canonical(&serde_json::from_str(&text).expect("JSON")),
+            text,
+            "{name} is not canonical"
+        );
+        self.set(name, text)
+    }
+
+    fn set(mut self, name: &'static str, text: String) -> Draft {
+        match self.fields.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) => slot.1 = text,
+            None => self.fields.push((name, text)),
+        }
         self
     }
 
-    pub fn part(mut self, role: Role, subject: Option<Subject>, content: Value) -> Draft {
+    /// The header fields as one JSON object (without the writer's fields), for inspection.
+    pub fn fields_json(&self) -> Value {
+        let mut fields = self.fields.clone();
+        fields.sort_by_key(|(name, _)| *name);
+        serde_json::from_str(&join(&fields)).expect("fragments are JSON")
+    }
+
+    pub fn part(self, role: Role, subject: Option<Subject>, content: Value) -> Draft {
+        let content = serde_json::to_vec(&content).expect("JSON values serialize");
+        self.part_json(role, subject, content)
+    }
+
+    /// Adds a part whose content is already JSON text.
+    pub fn part_json(mut self, role: Role, subject: Option<Subject>, content: Vec<u8>) -> Draft {
         self.parts.push(Part {
             role,
             subject,
@@ -281,6 +315,28 @@ fn severity(event_type: &str, outcome: &str) -> u8 {
 /// RFC 3339 with nanoseconds and `Z`, a string so JSON parsers never round it.
 pub fn rfc3339_nanos(time: SystemTime) -> String {
     chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// `{"a":..,"b":..}` from fields sorted by name, each value canonical JSON text. Names are
+/// ASCII, so byte order is JCS's UTF-16 order.
+pub fn join(fields: &[(&'static str, String)]) -> String {
+    let size = fields
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 4)
+        .sum::<usize>();
+    let mut out = String::with_capacity(size + 2);
+    out.push('{');
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(name);
+        out.push_str("\":");
+        out.push_str(value);
+    }
+    out.push('}');
+    out
 }
 
 /// RFC 8785 (JCS) canonical JSON for the values a header holds (no floats): object keys sorted,
@@ -416,6 +472,7 @@ pub fn part_aad(header_hash: &Hash, role: Role) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn canonical_json_sorts_keys_and_has_no_whitespace() {

@@ -2,7 +2,7 @@
 //!
 //! | tree | key → value |
 //! |---|---|
-//! | `audit/<stream>/<day>` | seq (big-endian) → [`Record`] (one tree per stream and UTC day, so retention drops whole trees) |
+//! | `audit/<stream>/<day>` | first seq (big-endian) → a group of consecutive [`Record`]s, one per written batch (one tree per stream and UTC day, so retention drops whole trees) |
 //! | `audit_keys` | key id → [`KeyRecord`]: a data key wrapped under the current KEK |
 //! | `audit_subject_keys` | pseudonym, stream, class, period → key id |
 //! | `audit_subjects` | pseudonym, stream, day → (): which buckets hold a subject's events |
@@ -172,13 +172,7 @@ impl AuditLog {
     /// records are the truth, so a crash between a write and any bookkeeping cannot matter).
     pub fn head(&self, stream: Stream) -> Result<(u64, Hash), StoreError> {
         for day in self.buckets(stream).into_iter().rev() {
-            if let Some((key, value)) = self.bucket(stream, day)?.last()? {
-                let seq = u64::from_be_bytes(
-                    key.as_ref()
-                        .try_into()
-                        .map_err(|_| corrupt(stream, "key"))?,
-                );
-                let record = Record::decode(&value).ok_or_else(|| corrupt(stream, "record"))?;
+            if let Some((seq, record)) = self.newest(&self.bucket(stream, day)?, stream)? {
                 return Ok((seq + 1, record.chain));
             }
         }
@@ -188,28 +182,76 @@ impl AuditLog {
         })
     }
 
+    /// The newest record in one bucket, with its sequence number.
+    pub fn newest(
+        &self,
+        bucket: &sled::Tree,
+        stream: Stream,
+    ) -> Result<Option<(u64, Record)>, StoreError> {
+        let Some((key, value)) = bucket.last()? else {
+            return Ok(None);
+        };
+        let first = group_key(&key, stream)?;
+        let mut records = decode_group(&value).ok_or_else(|| corrupt(stream, "record group"))?;
+        let count = records.len() as u64;
+        Ok(records.pop().map(|record| (first + count - 1, record)))
+    }
+
     /// Every stored event of a stream in sequence order, bucket by bucket.
     pub fn events(
         &self,
         stream: Stream,
     ) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
-        self.buckets(stream).into_iter().flat_map(move |day| {
-            let tree = self.bucket(stream, day);
-            let items: Box<dyn Iterator<Item = Result<(u64, Record), StoreError>>> = match tree {
-                Ok(tree) => Box::new(tree.iter().map(move |item| {
-                    let (key, value) = item?;
-                    let seq = u64::from_be_bytes(
-                        key.as_ref()
-                            .try_into()
-                            .map_err(|_| corrupt(stream, "key"))?,
-                    );
-                    let record = Record::decode(&value).ok_or_else(|| corrupt(stream, "record"))?;
-                    Ok((seq, record))
-                })),
+        self.buckets(stream)
+            .into_iter()
+            .flat_map(move |day| self.bucket_events(stream, day, 0))
+    }
+
+    /// The events of one bucket from sequence number `from` on.
+    pub fn bucket_events(
+        &self,
+        stream: Stream,
+        day: u32,
+        from: u64,
+    ) -> Box<dyn Iterator<Item = Result<(u64, Record), StoreError>> + '_> {
+        let tree = match self.bucket(stream, day) {
+            Ok(tree) => tree,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        // The group holding `from` starts at or before it.
+        let start = match tree.range(..=from.to_be_bytes()).next_back() {
+            Some(Ok((key, _))) => key.to_vec(),
+            Some(Err(e)) => return Box::new(std::iter::once(Err(e.into()))),
+            None => from.to_be_bytes().to_vec(),
+        };
+        Box::new(tree.range(start..).flat_map(move |item| {
+            let group = item.map_err(StoreError::from).and_then(|(key, value)| {
+                let first = group_key(&key, stream)?;
+                let records =
+                    decode_group(&value).ok_or_else(|| corrupt(stream, "record group"))?;
+                Ok((first, records))
+            });
+            let records: Box<dyn Iterator<Item = Result<(u64, Record), StoreError>>> = match group {
+                Ok((first, records)) => Box::new(
+                    (first..)
+                        .zip(records)
+                        .filter(move |(seq, _)| *seq >= from)
+                        .map(Ok),
+                ),
                 Err(e) => Box::new(std::iter::once(Err(e))),
             };
-            items
-        })
+            records
+        }))
+    }
+
+    /// Number of events in one bucket, without decoding them.
+    pub fn bucket_count(&self, bucket: &sled::Tree, stream: Stream) -> Result<usize, StoreError> {
+        let mut total = 0;
+        for item in bucket.iter() {
+            let (_, value) = item?;
+            total += group_len(&value).ok_or_else(|| corrupt(stream, "record group"))?;
+        }
+        Ok(total)
     }
 
     /// The clear data key of `kid`, while it exists and its KEK does.
@@ -232,10 +274,34 @@ impl AuditLog {
     pub fn count(&self, stream: Stream) -> Result<usize, StoreError> {
         let mut total = 0;
         for day in self.buckets(stream) {
-            total += self.bucket(stream, day)?.len();
+            total += self.bucket_count(&self.bucket(stream, day)?, stream)?;
         }
         Ok(total)
     }
+}
+
+/// Records are stored in groups, one sled value per written batch of a stream and day, under
+/// the sequence number of the group's first record: one sled insert per event costs more than
+/// sealing and hashing it.
+pub fn encode_group(records: &[Record]) -> Vec<u8> {
+    postcard::to_allocvec(records).expect("records encode")
+}
+
+pub fn decode_group(bytes: &[u8]) -> Option<Vec<Record>> {
+    postcard::from_bytes(bytes).ok()
+}
+
+/// The number of records in an encoded group: postcard writes a sequence's length first.
+pub fn group_len(bytes: &[u8]) -> Option<usize> {
+    postcard::take_from_bytes::<usize>(bytes)
+        .ok()
+        .map(|(n, _)| n)
+}
+
+fn group_key(key: &[u8], stream: Stream) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(
+        key.try_into().map_err(|_| corrupt(stream, "key"))?,
+    ))
 }
 
 fn corrupt(stream: Stream, what: &str) -> StoreError {

@@ -22,10 +22,11 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::audit::AuditTrail;
-use crate::audit::event::{self, Draft, IdKind, Level, Role, Subject};
+use crate::audit::event::{Draft, IdKind, Level, Role, Subject};
 use crate::audit::policy::{self, Decision};
 use crate::audit::redact::{self, Notes};
 use crate::body::{Body, RequestBody};
@@ -58,7 +59,6 @@ struct Pending {
     decision: Decision,
     important: bool,
     durable: bool,
-    received: SystemTime,
     started: Instant,
     method: Method,
     route: Arc<str>,
@@ -67,8 +67,8 @@ struct Pending {
     actor_kind: &'static str,
     auth_method: &'static str,
     admin_actor: Option<String>,
-    /// Sealed client facts, already redacted.
-    client: Value,
+    /// Sealed client facts, already redacted, as JSON.
+    client: Vec<u8>,
     notes: Notes,
     request: Arc<Mutex<Capture>>,
     request_type: BodyType,
@@ -167,14 +167,15 @@ impl RequestAudit {
             .chars()
             .take(MAX_USER_AGENT)
             .collect();
-        let client = json!({
-            "address": ctx.client_ip.to_string(),
-            "request_id": ctx.request_id,
-            "user_agent": redact::text(&user_agent, &mut notes),
-            "path": redact::text(parts.uri.path(), &mut notes),
-            "query": parts.uri.query().map(|q| redact::query(q, &mut notes)),
-            "headers": redact::headers(headers, &mut notes),
-        });
+        let client = ClientPart {
+            address: ctx.client_ip.to_string(),
+            request_id: &ctx.request_id,
+            user_agent: redact::text(&user_agent, &mut notes),
+            path: redact::text(parts.uri.path(), &mut notes),
+            query: parts.uri.query().map(|q| redact::query(q, &mut notes)),
+            headers: redact::headers(headers, &["user-agent", "x-request-id"], &mut notes),
+        };
+        let client = serde_json::to_vec(&client).expect("client parts serialize");
         let keep = if decision.level >= Level::Request {
             redact::MAX_BODY
         } else {
@@ -185,7 +186,6 @@ impl RequestAudit {
             trail,
             important,
             durable,
-            received: SystemTime::now(),
             started: ctx.started,
             method: parts.method.clone(),
             route,
@@ -312,54 +312,55 @@ impl Pending {
             &crate::request_context::new_request_id(),
             SystemTime::now(),
         )
-        .field("received", json!(event::rfc3339_nanos(self.received)))
-        .field("stage", json!("ResponseComplete"))
-        .field("level", json!(self.decision.level.as_str()))
-        .field("action", json!(policy::action(&self.method)))
-        .field(
-            "read_only",
-            json!(matches!(self.method, Method::GET | Method::HEAD)),
-        )
-        .field(
+        .typed("level", self.decision.level.as_str())
+        .typed("action", policy::action(&self.method))
+        .typed(
             "http",
-            json!({
-                "method": method,
-                "route": &*self.route,
-                "status_code": status,
-                "request_body_size": request_size,
-                "response_body_size": response_size,
-                "protocol_version": version(self.version),
-            }),
+            &HttpFacts {
+                method,
+                protocol_version: version(self.version),
+                request_body_size: request_size,
+                response_body_size: response_size,
+                route: &self.route,
+                status_code: status,
+            },
         )
-        .field(
-            "duration_us",
-            json!(self.started.elapsed().as_micros() as u64),
-        )
-        .field(
+        .typed("duration_us", &(self.started.elapsed().as_micros() as u64))
+        .typed(
             "actor",
-            json!({"kind": self.actor_kind, "auth_method": self.auth_method}),
+            &ActorFacts {
+                auth_method: self.auth_method,
+                kind: self.actor_kind,
+            },
         )
-        .field("client", json!({"net": network(self.client_ip)}))
-        .field("annotations", json!({"rule": self.decision.rule}));
-        if let Some(reason) = reason {
-            draft = draft.field("reason", json!(reason));
+        .typed(
+            "client",
+            &ClientFacts {
+                net: network(self.client_ip),
+            },
+        );
+        if self.decision.rule != "default" {
+            let rule = Annotations {
+                rule: &self.decision.rule,
+            };
+            draft = draft.typed("annotations", &rule);
+        }
+        if let Some(reason) = &reason {
+            draft = draft.typed("reason", reason);
         }
         let ip = Subject {
             kind: IdKind::Ip,
             value: self.client_ip.to_string(),
         };
-        let mut bodies = Map::new();
-        if let Some(body) = &request_body {
-            bodies.insert("request".into(), json!(body.marker()));
-        }
-        if let Some(body) = &response {
-            bodies.insert("response".into(), json!(body.marker()));
-        }
-        if !bodies.is_empty() {
-            draft = draft.field("body", Value::Object(bodies));
+        if request_body.is_some() || response.is_some() {
+            let markers = BodyMarkers {
+                request: request_body.as_ref().map(redact::Body::marker),
+                response: response.as_ref().map(redact::Body::marker),
+            };
+            draft = draft.typed("body", &markers);
         }
         if !self.notes.is_empty() {
-            draft = draft.field("redactions", json!(self.notes));
+            draft = draft.typed("redactions", &self.notes);
         }
         match self.admin_actor {
             Some(actor) => {
@@ -376,11 +377,11 @@ impl Pending {
                         Some(subject.clone()),
                         json!({"user_id": actor}),
                     )
-                    .part(Role::Client, Some(subject.clone()), self.client)
+                    .part_json(Role::Client, Some(subject.clone()), self.client)
                     .part(Role::Details, Some(subject), details);
             }
             None => {
-                draft = draft.part(Role::Client, Some(ip.clone()), self.client);
+                draft = draft.part_json(Role::Client, Some(ip.clone()), self.client);
                 if request_body.is_some() || response.is_some() {
                     let bodies =
                         json!({"request": captured(request_body), "response": captured(response)});
@@ -393,6 +394,54 @@ impl Pending {
         }
         draft
     }
+}
+
+// Header values are written as they serialize, so their fields are declared in sorted order
+// (canonical JSON, RFC 8785) and hold no maps.
+
+#[derive(Serialize)]
+struct HttpFacts<'a> {
+    method: &'a str,
+    protocol_version: &'static str,
+    request_body_size: u64,
+    response_body_size: u64,
+    route: &'a str,
+    status_code: u16,
+}
+
+#[derive(Serialize)]
+struct ActorFacts {
+    auth_method: &'static str,
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct ClientFacts {
+    net: String,
+}
+
+#[derive(Serialize)]
+struct Annotations<'a> {
+    rule: &'a str,
+}
+
+#[derive(Serialize)]
+struct BodyMarkers {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<&'static str>,
+}
+
+/// The sealed client facts of a request.
+#[derive(Serialize)]
+struct ClientPart<'a> {
+    address: String,
+    request_id: &'a str,
+    user_agent: String,
+    path: String,
+    query: Option<String>,
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 fn captured(body: Option<redact::Body>) -> Value {

@@ -49,6 +49,9 @@ use crate::store::{Store, StoreError};
 
 /// Events taken from the queue per write.
 const MAX_BATCH: usize = 1024;
+/// Below this many events, a batch lingers once for [`LINGER`] before it is written.
+const MIN_BATCH: usize = 64;
+const LINGER: Duration = Duration::from_millis(2);
 
 /// Retention of one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -371,14 +374,25 @@ async fn write_loop(
         let mut drafts = Vec::new();
         let mut waiting = Vec::new();
         let mut next = Some(first);
-        while let Some(command) = next.take() {
-            match command {
-                Command::Event(draft) => drafts.push(*draft),
-                Command::Flush(done) => waiting.push(done),
+        let mut lingered = false;
+        loop {
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Event(draft) => drafts.push(*draft),
+                    Command::Flush(done) => waiting.push(done),
+                }
+                if drafts.len() < MAX_BATCH && waiting.is_empty() {
+                    next = rx.try_recv().ok();
+                }
             }
-            if drafts.len() < MAX_BATCH && waiting.is_empty() {
-                next = rx.try_recv().ok();
+            // A small batch waits a moment for company: one commit per few dozen events
+            // costs far less than one per event. Flush requests never wait.
+            if lingered || drafts.len() >= MIN_BATCH || !waiting.is_empty() {
+                break;
             }
+            lingered = true;
+            tokio::time::sleep(LINGER).await;
+            next = rx.try_recv().ok();
         }
         let flush_now = !waiting.is_empty() || dirty_since.is_some_and(|t| t.elapsed() >= interval);
         let w = writer.take().expect("writer present");

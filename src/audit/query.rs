@@ -9,7 +9,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::audit::event::{self, Record, Stream};
+use crate::audit::event::{self, Stream};
 use crate::audit::log::{self, AuditLog};
 use crate::store::StoreError;
 
@@ -198,17 +198,13 @@ pub fn run(log: &AuditLog, query: &Query) -> Result<Page, StoreError> {
             if first_day.is_some_and(|d| day + 1 < d) || last_day.is_some_and(|d| day > d + 1) {
                 continue;
             }
-            for item in log.bucket(stream, day)?.range(from_seq.to_be_bytes()..) {
-                let (key, value) = item?;
-                let seq = u64::from_be_bytes(key.as_ref().try_into().unwrap_or_default());
+            for item in log.bucket_events(stream, day, from_seq) {
+                let (seq, record) = item?;
                 if page.events.len() == query.limit || page.scanned == MAX_SCAN {
                     page.next_cursor = Some(format!("{}:{seq}", stream.as_str()));
                     return Ok(page);
                 }
                 page.scanned += 1;
-                let Some(record) = Record::decode(&value) else {
-                    continue;
-                };
                 let header = record.header_value();
                 if query.matches(&header) {
                     page.events.push(header);

@@ -150,11 +150,16 @@ pub fn query(query: &str, notes: &mut Notes) -> String {
     out.finish()
 }
 
-/// Allowlisted request headers, scrubbed; the auth scheme is reported separately.
-pub fn headers(headers: &http::HeaderMap, notes: &mut Notes) -> BTreeMap<String, String> {
+/// Allowlisted request headers, scrubbed, except those named in `except` (kept elsewhere by
+/// the caller); the auth scheme is reported separately.
+pub fn headers(
+    headers: &http::HeaderMap,
+    except: &[&str],
+    notes: &mut Notes,
+) -> BTreeMap<String, String> {
     let mut kept = BTreeMap::new();
     for name in HEADER_ALLOWLIST {
-        if HEADER_DENYLIST.contains(&name) {
+        if HEADER_DENYLIST.contains(&name) || except.contains(&name) {
             continue;
         }
         if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::audit::AuditConfig;
-use crate::audit::event::{self, KeyClass, Record, Stream};
+use crate::audit::event::{self, KeyClass, Stream};
 use crate::audit::log::{self, Anchor, AuditLog, KeyRecord};
 use crate::store::StoreError;
 
@@ -156,14 +156,7 @@ fn drop_bucket(
 ) -> Result<(), StoreError> {
     let tree = log.bucket(stream, day)?;
     let _writing = log.store.writing();
-    if let Some((key, value)) = tree.last()? {
-        let seq = u64::from_be_bytes(
-            key.as_ref()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt("audit bucket key".into()))?,
-        );
-        let record =
-            Record::decode(&value).ok_or_else(|| StoreError::Corrupt("audit record".into()))?;
+    if let Some((seq, record)) = log.newest(&tree, stream)? {
         let newer = log
             .anchor(stream)?
             .is_none_or(|anchor| anchor.pruned_through < seq);
@@ -181,7 +174,7 @@ fn drop_bucket(
             // The anchor must be durable before the events it replaces are gone.
             log.store.flush()?;
         }
-        run.events_pruned += tree.len() as u64;
+        run.events_pruned += log.bucket_count(&tree, stream)? as u64;
         run.pruned_through = Some(run.pruned_through.unwrap_or(0).max(seq));
     }
     drop(tree);

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::event::{Draft, IdKind, Role, Stream, Subject};
 use super::keys::Keyring;
-use super::log::{AuditLog, day_of};
+use super::log::{AuditLog, day_of, decode_group, encode_group};
 use super::writer::Writer;
 use super::{AuditConfig, open_parts, retention, verify};
 use crate::config::StoreConfig;
@@ -133,11 +133,13 @@ fn tampering_is_reported_at_its_sequence_number() {
         .map(|_| request_event(Stream::Access, "10.1.1.1", false))
         .collect();
     f.writer.commit(drafts, day0()).unwrap();
+    // One batch is one stored group, under the first sequence number.
     let bucket = f.log.bucket(Stream::Access, day_of(day0())).unwrap();
-    let key = 4u64.to_be_bytes();
-    let mut record = super::event::Record::decode(&bucket.get(key).unwrap().unwrap()).unwrap();
-    record.header = record.header.replace("http.read", "http.exec");
-    bucket.insert(key, record.encode()).unwrap();
+    let key = 0u64.to_be_bytes();
+    let mut records = decode_group(&bucket.get(key).unwrap().unwrap()).unwrap();
+    let original = records[4].header.clone();
+    records[4].header = original.replace("http.read", "http.exec");
+    bucket.insert(key, encode_group(&records)).unwrap();
     let report = verify::stream(&f.log, Stream::Access).unwrap();
     assert_eq!(
         report.broken,
@@ -146,16 +148,31 @@ fn tampering_is_reported_at_its_sequence_number() {
             kind: "leaf"
         })
     );
-    bucket.remove(5u64.to_be_bytes()).unwrap();
-    record.header = record.header.replace("http.exec", "http.read");
-    bucket.insert(key, record.encode()).unwrap();
+    records[4].header = original;
+    records.remove(5);
+    bucket.insert(key, encode_group(&records)).unwrap();
     let report = verify::stream(&f.log, Stream::Access).unwrap();
     assert_eq!(
         report.broken,
         Some(verify::Break {
-            seq: 6,
+            seq: 5,
             kind: "gap"
         })
+    );
+    let mut sealed = decode_group(&bucket.get(key).unwrap().unwrap()).unwrap();
+    sealed.insert(5, records[4].clone());
+    sealed[5].header = sealed[5].header.replace("\"seq\":4", "\"seq\":5");
+    let last = sealed[2].parts[0].sealed.as_mut().unwrap().len() - 1;
+    sealed[2].parts[0].sealed.as_mut().unwrap()[last] ^= 1;
+    bucket.insert(key, encode_group(&sealed)).unwrap();
+    let report = verify::stream(&f.log, Stream::Access).unwrap();
+    assert_eq!(
+        report.broken,
+        Some(verify::Break {
+            seq: 2,
+            kind: "part"
+        }),
+        "a changed ciphertext is found without its key"
     );
 }
 
@@ -331,8 +348,7 @@ fn an_interrupted_run_leaves_a_consistent_store() {
     // An anchor written before its bucket was dropped (a crash in between) still verifies.
     let last_kept = f.log.buckets(Stream::Access)[0];
     let tree = f.log.bucket(Stream::Access, last_kept).unwrap();
-    let (_, value) = tree.last().unwrap().unwrap();
-    let record = super::event::Record::decode(&value).unwrap();
+    let (_, record) = f.log.newest(&tree, Stream::Access).unwrap().unwrap();
     let anchor = super::log::Anchor {
         pruned_through: 5,
         chain: record.chain,

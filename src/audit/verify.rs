@@ -47,15 +47,22 @@ pub fn stream(log: &AuditLog, stream: Stream) -> Result<StreamReport, StoreError
         broken: None,
     };
     for item in log.events(stream) {
-        let (seq, record) = item?;
+        let (position, record) = item?;
+        // The header's number is the one the chain commits to; a record that lost it is
+        // reported where it is stored.
+        let Some(seq) = record.header_value().get("seq").and_then(|s| s.as_u64()) else {
+            report.broken = Some(Break {
+                seq: position,
+                kind: "header",
+            });
+            return Ok(report);
+        };
         // A bucket retention has anchored but not yet dropped (a run that was interrupted).
         if seq < expected_seq && report.events == 0 {
             continue;
         }
         let problem = if seq != expected_seq {
             Some("gap")
-        } else if record.header_value().get("seq").and_then(|s| s.as_u64()) != Some(seq) {
-            Some("header")
         } else if record.parts.iter().any(|p| {
             p.sealed
                 .as_ref()
@@ -73,7 +80,11 @@ pub fn stream(log: &AuditLog, stream: Stream) -> Result<StreamReport, StoreError
             }
         };
         if let Some(kind) = problem {
-            report.broken = Some(Break { seq, kind });
+            // For a gap, the first missing number; otherwise the record's own.
+            report.broken = Some(Break {
+                seq: expected_seq.min(seq),
+                kind,
+            });
             return Ok(report);
         }
         report.first_seq.get_or_insert(seq);

@@ -11,8 +11,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use serde_json::{Value, json};
-
 use crate::audit::event::{self, Draft, Hash, KeyClass, Record, StoredPart, Stream, Subject};
 use crate::audit::keys::{self, DataKey, Pseudonym};
 use crate::audit::log::{self, AuditLog, KeyRecord};
@@ -31,11 +29,42 @@ pub struct Writer {
     keys: HashMap<KeySlot, ([u8; 16], DataKey)>,
     indexed: HashSet<(Pseudonym, Stream, u32)>,
     pseudonyms: HashMap<Subject, Pseudonym>,
+    /// The origin as a JSON string, the same in every header.
+    origin_json: String,
     /// The log's generation the caches were filled at.
     generation: u64,
     /// The bucket day never goes backwards, even if the clock does, so each stream's buckets
     /// stay in sequence order.
     day: u32,
+}
+
+/// Records are grouped up to about this many bytes: large enough that sled does one insert per
+/// few dozen events, small enough that its nodes stay inline rather than becoming blob files.
+const GROUP_BYTES: usize = 16 * 1024;
+
+/// Splits consecutive records (the first numbered `first`) into groups of about
+/// [`GROUP_BYTES`], each with its first sequence number.
+fn groups(first: u64, records: &[Record]) -> Vec<(u64, &[Record])> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, record) in records.iter().enumerate() {
+        let record_size = record.header.len()
+            + record
+                .parts
+                .iter()
+                .map(|p| p.sealed.as_ref().map_or(0, Vec::len) + 96)
+                .sum::<usize>()
+            + 80;
+        if size > 0 && size + record_size > GROUP_BYTES {
+            out.push((first + start as u64, &records[start..i]));
+            (start, size) = (i, 0);
+        }
+        size += record_size;
+    }
+    if start < records.len() {
+        out.push((first + start as u64, &records[start..]));
+    }
+    out
 }
 
 /// Writes prepared for one batch.
@@ -44,7 +73,8 @@ struct Pending {
     keys: sled::Batch,
     subject_keys: sled::Batch,
     subjects: sled::Batch,
-    buckets: BTreeMap<(Stream, u32), sled::Batch>,
+    /// Per stream and day: the first sequence number and the records from it on.
+    buckets: BTreeMap<(Stream, u32), (u64, Vec<Record>)>,
     heads: HashMap<Stream, (u64, Hash)>,
     new_keys: HashMap<KeySlot, ([u8; 16], DataKey)>,
     new_index: HashSet<(Pseudonym, Stream, u32)>,
@@ -59,7 +89,9 @@ impl Writer {
         }
         let day = log.newest_day().unwrap_or(0);
         let generation = log.generation();
+        let origin_json = serde_json::to_string(&log.origin).expect("strings serialize");
         Ok(Writer {
+            origin_json,
             log,
             heads,
             keys: HashMap::new(),
@@ -105,8 +137,13 @@ impl Writer {
         self.log
             .subjects
             .apply_batch(std::mem::take(&mut pending.subjects))?;
-        for ((stream, day), batch) in std::mem::take(&mut pending.buckets) {
-            self.log.bucket(stream, day)?.apply_batch(batch)?;
+        for ((stream, day), (first, records)) in std::mem::take(&mut pending.buckets) {
+            let bucket = self.log.bucket(stream, day)?;
+            let mut batch = sled::Batch::default();
+            for (first, group) in groups(first, &records) {
+                batch.insert(&first.to_be_bytes(), log::encode_group(group));
+            }
+            bucket.apply_batch(batch)?;
         }
         self.heads.extend(pending.heads);
         if self.keys.len() + pending.new_keys.len() > KEY_CACHE {
@@ -128,14 +165,26 @@ impl Writer {
             .copied()
             .unwrap_or(self.heads[&stream]);
         let mut fields = draft.fields;
-        fields.insert("v".into(), json!(event::VERSION));
-        fields.insert("origin".into(), json!(self.log.origin));
-        fields.insert("stream".into(), json!(stream.as_str()));
-        fields.insert("seq".into(), json!(seq));
-        let declared: Vec<Value> =
-            draft.parts.iter().map(|p| json!({"role": p.role.as_str(), "class": match p.role.class() { KeyClass::Body => "body", KeyClass::Identity => "identity" }})).collect();
-        fields.insert("parts".into(), Value::Array(declared));
-        let header = event::canonical(&Value::Object(fields));
+        fields.push(("v", event::VERSION.to_string()));
+        fields.push(("origin", self.origin_json.clone()));
+        fields.push(("stream", format!("\"{}\"", stream.as_str())));
+        fields.push(("seq", seq.to_string()));
+        let mut declared = String::from("[");
+        for (i, part) in draft.parts.iter().enumerate() {
+            let class = match part.role.class() {
+                KeyClass::Body => "body",
+                KeyClass::Identity => "identity",
+            };
+            let comma = if i > 0 { "," } else { "" };
+            declared.push_str(&format!(
+                "{comma}{{\"class\":\"{class}\",\"role\":\"{}\"}}",
+                part.role.as_str()
+            ));
+        }
+        declared.push(']');
+        fields.push(("parts", declared));
+        fields.sort_by_key(|(name, _)| *name);
+        let header = event::join(&fields);
         let header_hash = event::header_hash(&header);
         let mut parts = Vec::with_capacity(draft.parts.len());
         for part in &draft.parts {
@@ -144,8 +193,11 @@ impl Writer {
                 None => self.log.keyring.pseudonym("anonymous", stream.as_str()),
             };
             let (kid, key) = self.data_key(pseudonym, stream, part.role.class(), day, pending)?;
-            let plain = serde_json::to_vec(&part.content).expect("JSON values serialize");
-            let sealed = keys::seal(&key, &event::part_aad(&header_hash, part.role), &plain);
+            let sealed = keys::seal(
+                &key,
+                &event::part_aad(&header_hash, part.role),
+                &part.content,
+            );
             parts.push(StoredPart {
                 role: part.role,
                 kid: Some(kid),
@@ -170,8 +222,9 @@ impl Writer {
         pending
             .buckets
             .entry((stream, day))
-            .or_default()
-            .insert(&seq.to_be_bytes(), record.encode());
+            .or_insert_with(|| (seq, Vec::new()))
+            .1
+            .push(record);
         pending.heads.insert(stream, (seq + 1, chain));
         Ok(())
     }
