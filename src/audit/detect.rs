@@ -42,6 +42,30 @@ static DETECTORS: LazyLock<Detectors> = LazyLock::new(|| Detectors {
         .expect("valid"),
 });
 
+/// Whether some `=` or `:` in `text` follows a sensitive key (allowing a closing quote and
+/// spaces between): the cheap test before the `key=value` pattern runs.
+fn has_sensitive_assignment(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let is_key_byte = |b: u8| b.is_ascii_alphanumeric() || b"_.-".contains(&b);
+    bytes.iter().enumerate().any(|(at, &b)| {
+        if b != b'=' && b != b':' {
+            return false;
+        }
+        let mut end = at;
+        while end > 0 && bytes[end - 1] == b' ' {
+            end -= 1;
+        }
+        if end > 0 && bytes[end - 1] == b'"' {
+            end -= 1;
+        }
+        let mut start = end;
+        while start > 0 && is_key_byte(bytes[start - 1]) {
+            start -= 1;
+        }
+        start < end && crate::audit::redact::is_sensitive_key(&text[start..end])
+    })
+}
+
 /// Replaces every detected secret or identifier in `text`; `noted` receives the rule names.
 pub fn scrub<'a>(text: &'a str, noted: &mut Vec<&'static str>) -> Cow<'a, str> {
     let d = &*DETECTORS;
@@ -105,17 +129,12 @@ pub fn scrub<'a>(text: &'a str, noted: &mut Vec<&'static str>) -> Cow<'a, str> {
     });
     // `password=x`, `token: x`, `"api_key":"x"` inside free text (a query string or a JSON
     // document quoted in a string): the value under a sensitive key goes.
-    apply(
-        "key",
-        &d.key_value,
-        text.contains('=') || text.contains(':'),
-        &|c| {
-            let done =
-                c[3].starts_with(crate::audit::redact::REDACTED) || c[3].starts_with("[REDACTED");
-            (crate::audit::redact::is_sensitive_key(&c[1]) && !done)
-                .then(|| format!("{}{}{}", &c[1], &c[2], crate::audit::redact::REDACTED))
-        },
-    );
+    apply("key", &d.key_value, has_sensitive_assignment(text), &|c| {
+        let done =
+            c[3].starts_with(crate::audit::redact::REDACTED) || c[3].starts_with("[REDACTED");
+        (crate::audit::redact::is_sensitive_key(&c[1]) && !done)
+            .then(|| format!("{}{}{}", &c[1], &c[2], crate::audit::redact::REDACTED))
+    });
     let digit_count = text.bytes().filter(u8::is_ascii_digit).count();
     apply("pan", &d.digits, digit_count >= 13, &|c| {
         is_card_number(&c[0]).then(|| "[REDACTED:pan]".into())

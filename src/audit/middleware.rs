@@ -441,7 +441,7 @@ struct ClientPart<'a> {
     user_agent: String,
     path: String,
     query: Option<String>,
-    headers: std::collections::BTreeMap<String, String>,
+    headers: std::collections::BTreeMap<&'static str, String>,
 }
 
 fn captured(body: Option<redact::Body>) -> Value {

@@ -156,21 +156,32 @@ pub fn headers(
     headers: &http::HeaderMap,
     except: &[&str],
     notes: &mut Notes,
-) -> BTreeMap<String, String> {
+) -> BTreeMap<&'static str, String> {
     let mut kept = BTreeMap::new();
-    for name in HEADER_ALLOWLIST {
-        if HEADER_DENYLIST.contains(&name) || except.contains(&name) {
+    // A request has few headers: walking them beats looking up every allowlisted name.
+    for (name, value) in headers {
+        let Some(&name) = HEADER_ALLOWLIST
+            .iter()
+            .find(|allowed| **allowed == name.as_str())
+        else {
+            continue;
+        };
+        if HEADER_DENYLIST.contains(&name) || except.contains(&name) || kept.contains_key(name) {
             continue;
         }
-        if let Some(value) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            let value: String = value.chars().take(1024).collect();
-            let value = if name == "referer" {
-                value.split('?').next().unwrap_or_default().to_string()
-            } else {
-                value
-            };
-            kept.insert(name.to_string(), text(&value, notes));
-        }
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        let value = if name == "referer" {
+            value.split('?').next().unwrap_or_default()
+        } else {
+            value
+        };
+        let end = value
+            .char_indices()
+            .nth(1024)
+            .map_or(value.len(), |(at, _)| at);
+        kept.insert(name, text(&value[..end], notes));
     }
     kept
 }

@@ -173,7 +173,10 @@ fn a7_only_allowlisted_headers_are_kept_and_credentials_never() {
     h.insert("user-agent", "curl/8".parse().unwrap());
     h.insert("referer", "https://a.example/p?token=x".parse().unwrap());
     let kept = headers(&h, &[], &mut Notes::default());
-    assert_eq!(kept.keys().collect::<Vec<_>>(), ["referer", "user-agent"]);
+    assert_eq!(
+        kept.keys().copied().collect::<Vec<_>>(),
+        ["referer", "user-agent"]
+    );
     assert_eq!(kept["referer"], "https://a.example/p");
     assert_eq!(auth_scheme(&h), "bearer");
 }
