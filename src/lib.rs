@@ -12,6 +12,11 @@
 //! - `request_context`: request id and client address (trusted proxies).
 //! - `error`: the request-path error and its HTTP mapping; `body`: response bodies.
 //! - `health`, `metrics`, `request_stats`, `process_metrics`: observability.
+//! - `flags`, `features`, `ofrep`: feature flags and seawall's own features as flags.
+//! - `breaker`, `breakers`, `ratelimit`, `pg`, `sql_route`: protections and the database.
+//! - `audit`: the audit trail (model, redaction, keys, writer, policy, middleware, retention,
+//!   query); `backup`: verified copies of the data directory.
+//! - `admin_*`: the admin API of each subsystem.
 //! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`: utilities.
 #![forbid(unsafe_code)]
 
