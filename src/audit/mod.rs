@@ -168,7 +168,7 @@ impl AuditTrail {
         })
     }
 
-    /// Starts the writer task; it ends when every sender is gone or after [`AuditTrail::close`].
+    /// Starts the writer task; it ends when every sender is gone.
     pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let (rx, writer) = self
             .rx
