@@ -6,6 +6,7 @@
 //! subject it is about. The writer assigns the stream's sequence number, completes and
 //! canonicalises the header (RFC 8785 JCS), seals the parts and chains the record.
 
+use std::ops::Range;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
@@ -213,8 +214,10 @@ pub struct Part {
 pub struct Draft {
     pub stream: Stream,
     /// Header fields other than `v`, `origin`, `stream`, `seq` and `parts`, which the writer
-    /// adds: each name with its value already in canonical JSON, so the writer only joins them.
-    pub fields: Vec<(&'static str, String)>,
+    /// adds: each name with where its value, already canonical JSON, lies in `values`, so the
+    /// writer only joins them. One buffer instead of a string per field.
+    fields: Vec<(&'static str, Range<usize>)>,
+    values: Vec<u8>,
     pub parts: Vec<Part>,
     /// Admin, security and application events wait for room in the queue instead of being
     /// dropped when it is full.
@@ -234,6 +237,7 @@ impl Draft {
         Draft {
             stream,
             fields: Vec::with_capacity(20),
+            values: Vec::with_capacity(384),
             parts: Vec::new(),
             important: false,
         }
@@ -248,33 +252,53 @@ impl Draft {
     /// Sets a header field from any JSON value (its object keys are sorted here).
     pub fn field(self, name: &'static str, value: Value) -> Draft {
         let text = canonical(&value);
-        self.set(name, text)
+        self.set(name, |values| values.extend_from_slice(text.as_bytes()))
     }
 
     /// Sets a header field from a typed value whose serialization is already canonical:
     /// scalars, or structs that declare their fields in sorted order with no maps inside.
     /// This is the request path's way: no intermediate JSON tree.
     pub fn typed<T: Serialize + ?Sized>(self, name: &'static str, value: &T) -> Draft {
-        let text = serde_json::to_string(value).expect("header values serialize");
-        debug_assert_eq!(
-            canonical(&serde_json::from_str(&text).expect("JSON")),
-            text,
+        let draft = self.set(name, |values| {
+            serde_json::to_writer(values, value).expect("header values serialize")
+        });
+        debug_assert!(
+            {
+                let text = draft.value(name).expect("just set");
+                canonical(&serde_json::from_slice(text).expect("JSON")).as_bytes() == text
+            },
             "{name} is not canonical"
         );
-        self.set(name, text)
+        draft
     }
 
-    fn set(mut self, name: &'static str, text: String) -> Draft {
+    /// Appends a value; a field set again points at its new value (the old bytes stay unused).
+    fn set(mut self, name: &'static str, write: impl FnOnce(&mut Vec<u8>)) -> Draft {
+        let start = self.values.len();
+        write(&mut self.values);
+        let range = start..self.values.len();
         match self.fields.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = text,
-            None => self.fields.push((name, text)),
+            Some(slot) => slot.1 = range,
+            None => self.fields.push((name, range)),
         }
         self
     }
 
+    fn value(&self, name: &str) -> Option<&[u8]> {
+        let (_, range) = self.fields.iter().find(|(n, _)| *n == name)?;
+        Some(&self.values[range.clone()])
+    }
+
+    /// Each header field with its canonical JSON value, in the order they were set.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        self.fields
+            .iter()
+            .map(|(name, range)| (*name, &self.values[range.clone()]))
+    }
+
     /// The header fields as one JSON object (without the writer's fields), for inspection.
     pub fn fields_json(&self) -> Value {
-        let mut fields = self.fields.clone();
+        let mut fields: Vec<(&str, &[u8])> = self.fields().collect();
         fields.sort_by_key(|(name, _)| *name);
         serde_json::from_str(&join(&fields)).expect("fragments are JSON")
     }
@@ -319,24 +343,24 @@ pub fn rfc3339_nanos(time: SystemTime) -> String {
 
 /// `{"a":..,"b":..}` from fields sorted by name, each value canonical JSON text. Names are
 /// ASCII, so byte order is JCS's UTF-16 order.
-pub fn join(fields: &[(&'static str, String)]) -> String {
+pub fn join(fields: &[(&str, &[u8])]) -> String {
     let size = fields
         .iter()
         .map(|(n, v)| n.len() + v.len() + 4)
         .sum::<usize>();
-    let mut out = String::with_capacity(size + 2);
-    out.push('{');
+    let mut out = Vec::with_capacity(size + 2);
+    out.push(b'{');
     for (i, (name, value)) in fields.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push('"');
-        out.push_str(name);
-        out.push_str("\":");
-        out.push_str(value);
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        out.extend_from_slice(value);
     }
-    out.push('}');
-    out
+    out.push(b'}');
+    String::from_utf8(out).expect("names and JSON values are UTF-8")
 }
 
 /// RFC 8785 (JCS) canonical JSON for the values a header holds (no floats): object keys sorted,

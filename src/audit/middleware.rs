@@ -70,7 +70,8 @@ struct Pending {
     /// Sealed client facts, already redacted, as JSON.
     client: Vec<u8>,
     notes: Notes,
-    request: Arc<Mutex<Capture>>,
+    /// The request body's capture; `None` when the request had no body.
+    request: Option<Arc<Mutex<Capture>>>,
     request_type: BodyType,
 }
 
@@ -181,7 +182,8 @@ impl RequestAudit {
         } else {
             0
         };
-        let capture = Arc::new(Mutex::new(Capture::new(keep)));
+        // A request without a body (most of them) needs no tee at all.
+        let capture = (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Capture::new(keep))));
         let pending = Pending {
             trail,
             important,
@@ -200,11 +202,14 @@ impl RequestAudit {
             request_type: BodyType::of(headers),
             decision,
         };
-        let body = Tee {
-            inner: body,
-            capture,
-        }
-        .boxed();
+        let body = match capture {
+            Some(capture) => Tee {
+                inner: body,
+                capture,
+            }
+            .boxed(),
+            None => body.boxed(),
+        };
         (
             RequestAudit {
                 pending: Some(pending),
@@ -288,11 +293,16 @@ impl Pending {
         let reason = reason
             .map(str::to_string)
             .or_else(|| (status >= 400).then(|| format!("http_{status}")));
-        let request = self.request.lock().unwrap_or_else(|p| p.into_inner());
-        let request_size = request.size;
-        let request_body = (self.decision.level >= Level::Request)
-            .then(|| request.redacted(&self.request_type, &mut self.notes));
-        drop(request);
+        let captures_bodies = self.decision.level >= Level::Request;
+        let (request_size, request_body) = match &self.request {
+            Some(capture) => {
+                let request = capture.lock().unwrap_or_else(|p| p.into_inner());
+                let body =
+                    captures_bodies.then(|| request.redacted(&self.request_type, &mut self.notes));
+                (request.size, body)
+            }
+            None => (0, captures_bodies.then_some(redact::Body::Dropped("none"))),
+        };
         let method = match self.method {
             Method::GET
             | Method::HEAD

@@ -164,11 +164,6 @@ impl Writer {
             .get(&stream)
             .copied()
             .unwrap_or(self.heads[&stream]);
-        let mut fields = draft.fields;
-        fields.push(("v", event::VERSION.to_string()));
-        fields.push(("origin", self.origin_json.clone()));
-        fields.push(("stream", format!("\"{}\"", stream.as_str())));
-        fields.push(("seq", seq.to_string()));
         let mut declared = String::from("[");
         for (i, part) in draft.parts.iter().enumerate() {
             let class = match part.role.class() {
@@ -182,8 +177,18 @@ impl Writer {
             ));
         }
         declared.push(']');
-        fields.push(("parts", declared));
-        fields.sort_by_key(|(name, _)| *name);
+        let version = event::VERSION.to_string();
+        let stream_json = format!("\"{}\"", stream.as_str());
+        let seq_json = seq.to_string();
+        let mut fields: Vec<(&str, &[u8])> = draft.fields().collect();
+        fields.extend([
+            ("v", version.as_bytes()),
+            ("origin", self.origin_json.as_bytes()),
+            ("stream", stream_json.as_bytes()),
+            ("seq", seq_json.as_bytes()),
+            ("parts", declared.as_bytes()),
+        ]);
+        fields.sort_unstable_by_key(|(name, _)| *name);
         let header = event::join(&fields);
         let header_hash = event::header_hash(&header);
         let mut parts = Vec::with_capacity(draft.parts.len());
