@@ -168,8 +168,8 @@ impl AuditTrail {
         })
     }
 
-    /// Starts the writer task; it ends when every sender is gone.
-    pub fn start(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Starts the writer thread; it ends when every sender is gone.
+    pub fn start(self: &Arc<Self>) -> std::thread::JoinHandle<()> {
         let (rx, writer) = self
             .rx
             .lock()
@@ -178,7 +178,16 @@ impl AuditTrail {
             .expect("the writer starts once");
         let metrics = self.metrics.clone();
         let interval = self.config.flush_interval;
-        tokio::spawn(write_loop(rx, writer, metrics, interval))
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("the audit writer's runtime starts");
+                runtime.block_on(write_loop(rx, writer, metrics, interval));
+            })
+            .expect("the audit writer thread starts")
     }
 
     /// Submits an event. Ordinary events are dropped and counted when the queue is full;
@@ -347,25 +356,22 @@ impl AuditTrail {
     }
 }
 
-/// The writer task: takes batches from the queue, commits them on the blocking pool, and
-/// flushes at least every `interval` while there is unflushed data.
+/// The writer: takes batches from the queue, commits them, and flushes at least every
+/// `interval` while there is unflushed data. It runs on a thread of its own (blocking sled work
+/// with warm caches and no hand-offs), driven by a single-threaded runtime for its timers.
 async fn write_loop(
     mut rx: mpsc::Receiver<Command>,
-    writer: Writer,
+    mut writer: Writer,
     metrics: Arc<AuditMetrics>,
     interval: Duration,
 ) {
-    let mut writer = Some(writer);
     let mut dirty_since: Option<Instant> = None;
     loop {
         let deadline = dirty_since.map(|t| t + interval);
         let first = tokio::select! {
             command = rx.recv() => command,
             _ = sleep_until(deadline), if deadline.is_some() => {
-                let w = writer.take().expect("writer present");
-                let (w, flushed) = tokio::task::spawn_blocking(move || { let r = flush(&w); (w, r) }).await.expect("flush does not panic");
-                writer = Some(w);
-                note_flush(&metrics, flushed);
+                note_flush(&metrics, writer.flush());
                 dirty_since = None;
                 continue;
             }
@@ -395,46 +401,27 @@ async fn write_loop(
             next = rx.try_recv().ok();
         }
         let flush_now = !waiting.is_empty() || dirty_since.is_some_and(|t| t.elapsed() >= interval);
-        let w = writer.take().expect("writer present");
-        let (w, committed, flushed) = tokio::task::spawn_blocking(move || {
-            let mut w = w;
-            let count = drafts.len();
-            let committed = w.commit(drafts, SystemTime::now()).map(|n| (n, count));
-            let flushed = if flush_now { Some(flush(&w)) } else { None };
-            (w, committed.map_err(|e| (e, count)), flushed)
-        })
-        .await
-        .expect("audit writer does not panic");
-        writer = Some(w);
-        match committed {
-            Ok((n, _)) => {
+        let count = drafts.len();
+        match writer.commit(drafts, SystemTime::now()) {
+            Ok(n) => {
                 metrics.appended.add(n as u64);
                 dirty_since.get_or_insert_with(Instant::now);
             }
-            Err((e, lost)) => {
+            Err(e) => {
                 metrics.write_errors.inc();
-                metrics.dropped.add(lost as u64);
-                tracing::error!(error = %e, lost, "audit batch could not be written");
+                metrics.dropped.add(count as u64);
+                tracing::error!(error = %e, lost = count, "audit batch could not be written");
             }
         }
-        if let Some(flushed) = flushed {
-            note_flush(&metrics, flushed);
+        if flush_now {
+            note_flush(&metrics, writer.flush());
             dirty_since = None;
         }
         for done in waiting {
             let _ = done.send(());
         }
     }
-    if let Some(w) = writer {
-        let flushed = tokio::task::spawn_blocking(move || flush(&w))
-            .await
-            .expect("flush does not panic");
-        note_flush(&metrics, flushed);
-    }
-}
-
-fn flush(writer: &Writer) -> Result<(), StoreError> {
-    writer.flush()
+    note_flush(&metrics, writer.flush());
 }
 
 fn note_flush(metrics: &AuditMetrics, result: Result<(), StoreError>) {
