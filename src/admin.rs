@@ -30,7 +30,7 @@ use crate::request_stats::Listener;
 use crate::router::HealthEndpoint;
 use crate::server::Service;
 use crate::state::AppState;
-use crate::{admin_audit, admin_dependencies, admin_flags, admin_ratelimits};
+use crate::{admin_audit, admin_dependencies, admin_flags, admin_gdpr, admin_ratelimits};
 
 /// The admin endpoints; each also names the route label used in metrics.
 #[derive(Clone, Copy)]
@@ -43,6 +43,7 @@ pub enum Endpoint {
     Dependencies,
     RateLimits,
     Audit,
+    Gdpr,
     Backup,
     Unknown,
 }
@@ -64,6 +65,9 @@ impl Endpoint {
         if admin_audit::owns(path) {
             return Endpoint::Audit;
         }
+        if admin_gdpr::owns(path) {
+            return Endpoint::Gdpr;
+        }
         match path {
             "/metrics" => Endpoint::Metrics,
             "/admin/stats" => Endpoint::Stats,
@@ -83,6 +87,7 @@ impl Endpoint {
             Endpoint::Dependencies => "admin.dependencies",
             Endpoint::RateLimits => "admin.ratelimits",
             Endpoint::Audit => "admin.audit",
+            Endpoint::Gdpr => "admin.gdpr",
             Endpoint::Backup => "admin.backup",
             Endpoint::Unknown => "admin.unmatched",
         }
@@ -92,7 +97,11 @@ impl Endpoint {
         match self {
             Endpoint::Unknown => &[],
             Endpoint::Backup => &[Method::POST],
-            Endpoint::Flags | Endpoint::Dependencies | Endpoint::RateLimits | Endpoint::Audit => &[
+            Endpoint::Flags
+            | Endpoint::Dependencies
+            | Endpoint::RateLimits
+            | Endpoint::Audit
+            | Endpoint::Gdpr => &[
                 Method::GET,
                 Method::POST,
                 Method::PUT,
@@ -217,6 +226,7 @@ impl Service for AdminService {
                 return admin_dependencies::handle(&self.state, request).await;
             }
             Endpoint::Audit => return admin_audit::handle(&self.state, request).await,
+            Endpoint::Gdpr => return admin_gdpr::handle(&self.state, request).await,
             Endpoint::Backup => return backup(&self.state, request).await,
             Endpoint::Metrics => self.metrics(),
             Endpoint::Health(health) => health.respond(&self.state),

@@ -5,20 +5,32 @@
 //! | `GET /admin/audit/events` | headers of stored events, filtered, with a cursor (see `audit::query`) |
 //! | `POST /admin/audit/events` | append an application event (see `audit::application`); answered once it is on disk |
 //!
-//! An appended event is its own record: the middleware does not add an admin event for it,
-//! which would copy the subjects' identifiers under the operator's key.
+//! | `GET /admin/audit/verify?stream=&pubkey=` | recompute chains and check signed digests (see `audit::verify`) |
+//! | `GET /admin/audit/digests?stream=&since=` | the signed digests, for an external monitor to copy |
+//! | `GET /admin/audit/pubkey` | the digest-signing public key and its fingerprint |
+//! | `POST /admin/audit/keys/rotate` | rotate the key-encryption key now |
+//!
+//! An appended event is its own record: the middleware's admin event for the call captures no
+//! body (`audit::policy::admin`), which would copy the subjects' identifiers under the
+//! operator's key.
 
 use std::time::SystemTime;
 
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::audit::application;
+use std::collections::BTreeMap;
+
 use crate::audit::query::{self, Query};
+use crate::audit::verify::{self as audit_verify, hex};
+use crate::audit::{Draft, Stream, application, digest};
 use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::request_context::new_request_id;
 use crate::state::AppState;
+
+/// Digests per answer of the feed; page on with `since`.
+const MAX_DIGESTS: usize = 10_000;
 
 /// Whether `path` belongs to this API.
 pub fn owns(path: &str) -> bool {
@@ -34,6 +46,25 @@ pub async fn handle(
         ("/admin/audit/events", &Method::POST) => append(state, request).await,
         ("/admin/audit/events", _) => Err(Error::MethodNotAllowed {
             allow: vec![Method::GET, Method::POST],
+        }),
+        ("/admin/audit/verify", &Method::GET) => verify(state, request.uri().query()).await,
+        ("/admin/audit/digests", &Method::GET) => digests(state, request.uri().query()).await,
+        ("/admin/audit/pubkey", &Method::GET) => Ok(body::json(StatusCode::OK, &public_key(state))),
+        ("/admin/audit/keys/rotate", &Method::POST) => {
+            let rotation = state
+                .audit
+                .rotate_kek()
+                .await
+                .map_err(|e| Error::Internal(format!("KEK rotation: {e}")))?;
+            Ok(body::json(StatusCode::OK, &rotation))
+        }
+        ("/admin/audit/verify" | "/admin/audit/digests" | "/admin/audit/pubkey", _) => {
+            Err(Error::MethodNotAllowed {
+                allow: vec![Method::GET],
+            })
+        }
+        ("/admin/audit/keys/rotate", _) => Err(Error::MethodNotAllowed {
+            allow: vec![Method::POST],
         }),
         _ => Err(Error::NotFound),
     }
@@ -67,4 +98,110 @@ async fn append(state: &AppState, request: Request<RequestBody>) -> Result<Respo
         StatusCode::CREATED,
         &json!({"ok": true, "id": id, "stream": stream.as_str()}),
     ))
+}
+
+fn public_key(state: &AppState) -> serde_json::Value {
+    let key = state.audit.public_key();
+    json!({
+        "alg": digest::ALGORITHM,
+        "public_key": hex(key.as_bytes()),
+        "key_fingerprint": digest::fingerprint(&key),
+    })
+}
+
+/// `stream` (one or all) and, for `verify`, a `pubkey` to pin instead of this machine's own.
+fn streams_param(params: &BTreeMap<String, String>) -> Result<Vec<Stream>, Error> {
+    match params.get("stream") {
+        None => Ok(Stream::ALL.to_vec()),
+        Some(name) => Stream::parse(name).map(|s| vec![s]).ok_or_else(|| Error::Validation {
+            field: "stream".to_string(),
+            message: format!(
+                "{name:?} is not a stream (expected security, access, data_change, gdpr or system)"
+            ),
+        }),
+    }
+}
+
+fn params(query: Option<&str>, allowed: &[&str]) -> Result<BTreeMap<String, String>, Error> {
+    let mut out = BTreeMap::new();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if !allowed.contains(&key.as_ref()) {
+            return Err(Error::Validation {
+                field: key.into_owned(),
+                message: format!("unknown parameter (expected one of {allowed:?})"),
+            });
+        }
+        out.insert(key.into_owned(), value.into_owned());
+    }
+    Ok(out)
+}
+
+async fn verify(state: &AppState, query: Option<&str>) -> Result<Response<Body>, Error> {
+    let params = params(query, &["stream", "pubkey"])?;
+    let streams = streams_param(&params)?;
+    let pinned = match params.get("pubkey") {
+        None => state.audit.public_key(),
+        Some(text) => digest::parse_public_key(text).ok_or_else(|| Error::Validation {
+            field: "pubkey".to_string(),
+            message: "must be a 64-digit hex Ed25519 public key".to_string(),
+        })?,
+    };
+    let log = state.audit.log.clone();
+    let report =
+        tokio::task::spawn_blocking(move || audit_verify::streams(&log, &streams, &pinned))
+            .await
+            .map_err(|_| Error::Internal("the audit verification panicked".to_string()))?
+            .map_err(|e| Error::Internal(format!("audit verification: {e}")))?;
+    if !report.ok {
+        let broken: Vec<_> = report
+            .streams
+            .iter()
+            .filter_map(|r| Some(json!({"stream": r.stream, "break": r.broken.as_ref()?})))
+            .collect();
+        tracing::error!(?broken, "audit trail verification failed");
+        let draft = Draft::new(
+            Stream::System,
+            "integrity.failure",
+            "failure",
+            &new_request_id(),
+            SystemTime::now(),
+        )
+        .field("breaks", json!(broken));
+        state.audit.record(draft.important()).await;
+    }
+    Ok(body::json(StatusCode::OK, &report))
+}
+
+async fn digests(state: &AppState, query: Option<&str>) -> Result<Response<Body>, Error> {
+    let params = params(query, &["stream", "since"])?;
+    let streams = streams_param(&params)?;
+    let since = match params.get("since") {
+        None => 0,
+        Some(text) => text.parse::<u64>().map_err(|_| Error::Validation {
+            field: "since".to_string(),
+            message: "must be a digest number (a non-negative integer)".to_string(),
+        })?,
+    };
+    let log = state.audit.log.clone();
+    let listed = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for stream in streams {
+            for item in digest::list(&log, stream, since)? {
+                // An undecodable digest is verify's finding; the feed lists what it can.
+                if let Ok(d) = item {
+                    out.push(d);
+                }
+                if out.len() >= MAX_DIGESTS {
+                    break;
+                }
+            }
+        }
+        Ok::<_, crate::store::StoreError>(out)
+    })
+    .await
+    .map_err(|_| Error::Internal("the digest listing panicked".to_string()))?
+    .map_err(|e| Error::Internal(format!("audit digests: {e}")))?;
+    let mut answer = public_key(state);
+    answer["digests"] = json!(listed);
+    Ok(body::json(StatusCode::OK, &answer))
 }

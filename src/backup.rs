@@ -9,7 +9,8 @@
 //! chain head. `seawall backup --to DIR` does the same for a stopped server.
 //!
 //! What is copied: the store, `keys/` and the top-level files of the data directory (the
-//! admin token), not earlier backups.
+//! admin token), not earlier backups and not the erasure ledger (`audit::ledger`), which a
+//! restore must keep as it is so that erasures made after the backup are replayed.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 use crate::audit::event::Stream;
 use crate::audit::keys::Keyring;
+use crate::audit::ledger;
 use crate::audit::log::AuditLog;
 use crate::audit::verify;
 use crate::config::StoreConfig;
@@ -214,7 +216,8 @@ fn check_copy(
     let log = AuditLog::open(&copy, keyring, origin)?;
     let mut verified = BTreeMap::new();
     for stream in Stream::ALL {
-        let report = verify::stream(&log, stream)?;
+        let pinned = log.keyring.signing_key().verifying_key();
+        let report = verify::stream(&log, stream, &pinned)?;
         if let Some(broken) = report.broken {
             return Err(failed(format!(
                 "audit stream {} breaks at {} ({})",
@@ -242,8 +245,9 @@ fn check_copy(
 /// a new directory `to`; earlier backups and anything else are left out. Returns the bytes
 /// copied.
 fn copy_data_dir(data_dir: &Path, to: &Path) -> Result<u64, BackupError> {
+    // The erasure ledger stays out: restoring a backup must never replace a newer ledger.
     let mut bytes = copy_dir(data_dir, to, &|entry| {
-        entry.file_type().is_ok_and(|t| t.is_file())
+        entry.file_type().is_ok_and(|t| t.is_file()) && entry.file_name() != ledger::FILE
     })?;
     for folder in ["store", "keys"] {
         if data_dir.join(folder).is_dir() {

@@ -1,6 +1,6 @@
 //! Command-line arguments: which command to run and where the config file is.
 //!
-//! Parsing is by hand because the surface is three commands and one option. Everything else is
+//! Parsing is by hand because the surface is four commands and a few options. Everything else is
 //! configured through the file and the environment (see `config`).
 
 use std::ffi::OsString;
@@ -10,12 +10,17 @@ pub const USAGE: &str = "\
 usage: seawall [run] [--config PATH]
        seawall check-config [--config PATH]
        seawall backup --to DIR [--config PATH]
+       seawall audit verify --data DIR [--pubkey HEX] [--config PATH]
        seawall --help | --version
 
 Runs the seawall resilience gateway. Configuration comes from the optional TOML file
 (--config or SEAWALL_CONFIG) and environment variables; see README.md.
 `backup` copies and verifies the data directory of a stopped server into DIR
-(a running server backs up with POST /admin/backup).";
+(a running server backs up with POST /admin/backup).
+`audit verify` recomputes every audit chain and checks the signed digests of a
+data directory no server is using (a copy or a backup), against --pubkey (the
+hex key from GET /admin/audit/pubkey, recorded off the machine) or the
+directory's own key; it prints a JSON report and exits 1 when anything breaks.";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -29,6 +34,11 @@ pub enum Command {
         config: Option<PathBuf>,
         to: PathBuf,
     },
+    AuditVerify {
+        config: Option<PathBuf>,
+        data: PathBuf,
+        pubkey: Option<String>,
+    },
     Help,
     Version,
 }
@@ -39,6 +49,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut command: Option<String> = None;
     let mut config: Option<PathBuf> = None;
     let mut to: Option<PathBuf> = None;
+    let mut data: Option<PathBuf> = None;
+    let mut pubkey: Option<String> = None;
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -58,8 +70,19 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
                 to = Some(PathBuf::from(path));
             }
             _ if text.starts_with("--to=") => to = Some(PathBuf::from(&text["--to=".len()..])),
-            "run" | "check-config" | "backup" if command.is_none() => {
+            "--data" => {
+                let path = args.next().ok_or("--data needs a directory")?;
+                data = Some(PathBuf::from(path));
+            }
+            "--pubkey" => {
+                let key = args.next().ok_or("--pubkey needs a hex key")?;
+                pubkey = Some(key.to_string_lossy().into_owned());
+            }
+            "run" | "check-config" | "backup" | "audit" if command.is_none() => {
                 command = Some(text.to_string())
+            }
+            "verify" if command.as_deref() == Some("audit") => {
+                command = Some("audit verify".to_string())
             }
             other => return Err(format!("unexpected argument {other:?}")),
         }
@@ -67,11 +90,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     if to.is_some() && command.as_deref() != Some("backup") {
         return Err("--to only applies to backup".to_string());
     }
+    if (data.is_some() || pubkey.is_some()) && command.as_deref() != Some("audit verify") {
+        return Err("--data and --pubkey only apply to audit verify".to_string());
+    }
     Ok(match command.as_deref() {
         Some("check-config") => Command::CheckConfig { config },
         Some("backup") => Command::Backup {
             config,
             to: to.ok_or("backup needs --to DIR")?,
+        },
+        Some("audit") => return Err("audit needs a subcommand: verify".to_string()),
+        Some("audit verify") => Command::AuditVerify {
+            config,
+            data: data.ok_or("audit verify needs --data DIR")?,
+            pubkey,
         },
         _ => Command::Run { config },
     })
@@ -112,5 +144,17 @@ mod tests {
         );
         assert!(parse_str(&["backup"]).is_err());
         assert!(parse_str(&["run", "--to", "/b"]).is_err());
+        assert_eq!(
+            parse_str(&["audit", "verify", "--data", "/d", "--pubkey", "ab"]),
+            Ok(Command::AuditVerify {
+                config: None,
+                data: "/d".into(),
+                pubkey: Some("ab".into())
+            })
+        );
+        assert!(parse_str(&["audit"]).is_err());
+        assert!(parse_str(&["audit", "verify"]).is_err());
+        assert!(parse_str(&["verify"]).is_err());
+        assert!(parse_str(&["run", "--data", "/d"]).is_err());
     }
 }

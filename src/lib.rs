@@ -15,7 +15,8 @@
 //! - `flags`, `features`, `ofrep`: feature flags and seawall's own features as flags.
 //! - `breaker`, `breakers`, `ratelimit`, `pg`, `sql_route`: protections and the database.
 //! - `audit`: the audit trail (model, redaction, keys, writer, policy, middleware, retention,
-//!   query); `backup`: verified copies of the data directory.
+//!   query, signed digests and verification, GDPR rights, crypto-shredding, the erasure
+//!   ledger); `backup`: verified copies of the data directory.
 //! - `admin_*`: the admin API of each subsystem.
 //! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`: utilities.
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod admin_audit;
 pub mod admin_dependencies;
 pub mod admin_flags;
+pub mod admin_gdpr;
 pub mod admin_ratelimits;
 pub mod admin_token;
 pub mod audit;

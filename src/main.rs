@@ -61,6 +61,42 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::AuditVerify {
+            config,
+            data,
+            pubkey,
+        } => {
+            let config = match load(config) {
+                Ok(config) => config,
+                Err(status) => return status,
+            };
+            let pinned = match pubkey
+                .as_deref()
+                .map(seawall::audit::digest::parse_public_key)
+            {
+                None => None,
+                Some(Some(key)) => Some(key),
+                Some(None) => {
+                    eprintln!("seawall: --pubkey must be a 64-digit hex Ed25519 public key");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            match seawall::audit::verify::data_dir(&data, &config.audit.origin, pinned) {
+                Ok(report) => {
+                    let json = serde_json::to_string_pretty(&report).expect("reports serialize");
+                    println!("{json}");
+                    if report.ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("seawall: audit verify failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => match load(config) {
             Ok(config) => run(config),
             Err(status) => status,

@@ -45,6 +45,12 @@ pub mod trees {
     pub const AUDIT_SUBJECTS: &str = "audit_subjects";
     /// Per stream: what retention removed, with the chain value to verify onward from.
     pub const AUDIT_ANCHORS: &str = "audit_anchors";
+    /// Signed chain digests, keyed by stream and digest number (big-endian).
+    pub const AUDIT_DIGESTS: &str = "audit_digests";
+    /// Legal holds by id.
+    pub const AUDIT_HOLDS: &str = "audit_holds";
+    /// Answers of executed erasure requests, by idempotency key.
+    pub const GDPR_REQUESTS: &str = "gdpr_requests";
 }
 
 /// Why the store could not be opened or used.

@@ -5,6 +5,11 @@
 //!   epoch's KEK makes every stale copy of a data key wrapped under it useless.
 //! - `pseudonym.key`: the HMAC key that turns identifiers into pseudonyms for the subject index,
 //!   so no plain identifier is ever a sled key.
+//! - `signing.key`: the Ed25519 seed that signs the chain digests (`digest`).
+//!
+//! Rotating the KEK ([`Keyring::rotate`], then [`Keyring::retire`] once every data key is
+//! rewrapped) is what turns an erasure into physical erasure: the copies of destroyed data keys
+//! that sled leaves in its files were wrapped under a KEK that no longer exists.
 //!
 //! Sealing is XChaCha20-Poly1305 with a random 24-byte nonce; the nonce leads the ciphertext.
 
@@ -16,6 +21,7 @@ use std::sync::RwLock;
 
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use ed25519_dalek::SigningKey;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -30,6 +36,7 @@ pub struct Keyring {
     kek: RwLock<(u32, DataKey)>,
     /// HMAC keyed with the pseudonym key, cloned per use so the key schedule runs once.
     pseudonym_mac: Hmac<Sha256>,
+    signing: SigningKey,
 }
 
 impl Keyring {
@@ -43,11 +50,52 @@ impl Keyring {
         let pseudonym_key = load_or_create(&dir.join("pseudonym.key"))?;
         let pseudonym_mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&pseudonym_key)
             .expect("any key length works");
+        let signing = SigningKey::from_bytes(&load_or_create(&dir.join("signing.key"))?);
         Ok(Keyring {
             dir,
             kek: RwLock::new((epoch, kek)),
             pseudonym_mac,
+            signing,
         })
+    }
+
+    /// The key that signs digests.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing
+    }
+
+    /// Starts a new KEK epoch: new data keys are wrapped under it from now on. Blocking.
+    pub fn rotate(&self) -> io::Result<u32> {
+        let mut current = self.kek.write().expect("keyring lock");
+        let epoch = current.0 + 1;
+        let kek = load_or_create(&self.dir.join(format!("kek.{epoch}")))?;
+        sync_dir(&self.dir)?;
+        *current = (epoch, kek);
+        Ok(epoch)
+    }
+
+    /// Deletes the KEKs of epochs before `epoch`: every data key still wrapped under them
+    /// becomes unreadable for good. Blocking.
+    pub fn retire(&self, epoch: u32) -> io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let old = path
+                .file_name()
+                .and_then(|n| n.to_str()?.strip_prefix("kek.")?.parse::<u32>().ok())
+                .is_some_and(|e| e < epoch);
+            if old {
+                // Best effort against the bytes lingering on disk; full-disk encryption is the
+                // backstop on SSDs and copy-on-write filesystems.
+                let mut file = OpenOptions::new().write(true).open(&path)?;
+                file.write_all(&[0u8; 32])?;
+                file.sync_all()?;
+                fs::remove_file(&path)?;
+                removed += 1;
+            }
+        }
+        sync_dir(&self.dir)?;
+        Ok(removed)
     }
 
     pub fn dir(&self) -> &Path {
@@ -80,6 +128,11 @@ impl Keyring {
             read_key(&self.dir.join(format!("kek.{epoch}"))).ok()?
         };
         open(&kek, kid, wrapped)?.try_into().ok()
+    }
+
+    /// When the current KEK was created (its file's modification time). Blocking.
+    pub fn epoch_started(&self) -> io::Result<std::time::SystemTime> {
+        fs::metadata(self.dir.join(format!("kek.{}", self.epoch())))?.modified()
     }
 
     /// The current KEK epoch.
@@ -143,6 +196,10 @@ fn current_epoch(dir: &Path) -> io::Result<Option<u32>> {
         }
     }
     Ok(newest)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
 }
 
 fn read_key(path: &Path) -> io::Result<DataKey> {
@@ -213,5 +270,25 @@ mod tests {
             ring.pseudonym("email", "a@b.c"),
             ring.pseudonym("user_id", "a@b.c")
         );
+        assert_eq!(
+            again.signing_key().verifying_key(),
+            ring.signing_key().verifying_key()
+        );
+    }
+
+    #[test]
+    fn retired_epochs_no_longer_unwrap() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let ring = Keyring::open(dir.path()).unwrap();
+        let data_key = new_data_key();
+        let (old, wrapped) = ring.wrap(b"kid", &data_key);
+        assert_eq!(ring.rotate().unwrap(), old + 1);
+        let (new, rewrapped) = ring.wrap(b"kid", &data_key);
+        assert_eq!(new, old + 1);
+        assert_eq!(ring.unwrap(b"kid", old, &wrapped), Some(data_key));
+        assert_eq!(ring.retire(new).unwrap(), 1);
+        assert_eq!(ring.unwrap(b"kid", old, &wrapped), None);
+        assert_eq!(ring.unwrap(b"kid", new, &rewrapped), Some(data_key));
+        assert_eq!(Keyring::open(dir.path()).unwrap().epoch(), new);
     }
 }

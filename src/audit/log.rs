@@ -5,20 +5,25 @@
 //! | `audit/<stream>/<day>` | first seq (big-endian) → a group of consecutive [`Record`]s, one per written batch (one tree per stream and UTC day, so retention drops whole trees) |
 //! | `audit_keys` | key id → [`KeyRecord`]: a data key wrapped under the current KEK |
 //! | `audit_subject_keys` | pseudonym, stream, class, period → key id |
-//! | `audit_subjects` | pseudonym, stream, day → (): which buckets hold a subject's events |
+//! | `audit_subjects` | pseudonym, stream, day → (): which buckets hold a subject's events; and alias pseudonym, `0xff`, pseudonym → (): another identifier of a subject whose parts are keyed to the latter |
 //! | `audit_anchors` | stream → [`Anchor`]: where retention cut the chain |
+//! | `audit_digests` | stream, number → signed [`Digest`](crate::audit::digest::Digest) (JSON) |
+//! | `audit_holds` | hold id → [`Hold`](crate::audit::gdpr::Hold) (JSON) |
 //!
-//! Writing is `writer`'s job; this module owns names, encodings and lookups.
+//! Writing events is `writer`'s job; this module owns names, encodings and lookups.
+//! [`AuditLog::key_lock`] orders everything that creates or destroys data keys and index
+//! entries (the writer, retention, erasure, KEK rotation), so no cache outlives a destruction.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::audit::event::{self, Hash, KeyClass, Record, StoredPart, Stream};
+use crate::audit::event::{self, Hash, KeyClass, Record, StoredPart, Stream, Subject};
 use crate::audit::keys::{DataKey, Keyring, Pseudonym};
 use crate::store::{Store, StoreError, trees};
 
@@ -48,6 +53,19 @@ pub fn period(class: KeyClass, day: u32) -> (u32, u32) {
             (month, (next.num_days_from_ce() - 719_163) as u32)
         }
     }
+}
+
+/// The days of a key period, from its first day up to (not including) `end_day`.
+pub fn period_days(class: KeyClass, period: u32, end_day: u32) -> std::ops::Range<u32> {
+    let first = match class {
+        KeyClass::Body => period,
+        KeyClass::Identity => {
+            let date = NaiveDate::from_ymd_opt((period / 12) as i32, period % 12 + 1, 1)
+                .expect("the first of a month is a date");
+            (date.num_days_from_ce() - 719_163) as u32
+        }
+    };
+    first..end_day
 }
 
 pub fn bucket_name(stream: Stream, day: u32) -> String {
@@ -97,8 +115,19 @@ pub fn subject_index_key(pseudonym: &Pseudonym, stream: Stream, day: u32) -> Vec
     key
 }
 
+pub fn subject_link_key(alias: &Pseudonym, pseudonym: &Pseudonym) -> Vec<u8> {
+    let mut key = alias.to_vec();
+    key.push(0xff);
+    key.extend_from_slice(pseudonym);
+    key
+}
+
 pub struct AuditLog {
     pub store: Store,
+    /// Held by the writer while it commits and by whatever destroys keys or index entries.
+    pub key_lock: Mutex<()>,
+    /// Held by whatever rewrites or drops buckets (retention, shredding, KEK rotation).
+    maintenance: Mutex<()>,
     /// Bumped whenever keys or index entries are destroyed, so the writer drops its caches.
     generation: AtomicU64,
     pub keyring: Arc<Keyring>,
@@ -107,6 +136,8 @@ pub struct AuditLog {
     pub subject_keys: sled::Tree,
     pub subjects: sled::Tree,
     pub anchors: sled::Tree,
+    pub digests: sled::Tree,
+    pub holds: sled::Tree,
 }
 
 impl AuditLog {
@@ -120,6 +151,10 @@ impl AuditLog {
             subject_keys: store.tree(trees::AUDIT_SUBJECT_KEYS)?,
             subjects: store.tree(trees::AUDIT_SUBJECTS)?,
             anchors: store.tree(trees::AUDIT_ANCHORS)?,
+            digests: store.tree(trees::AUDIT_DIGESTS)?,
+            holds: store.tree(trees::AUDIT_HOLDS)?,
+            key_lock: Mutex::new(()),
+            maintenance: Mutex::new(()),
             store: store.clone(),
             generation: AtomicU64::new(0),
             keyring,
@@ -130,6 +165,16 @@ impl AuditLog {
     /// Says that keys or index entries were destroyed: cached copies are stale.
     pub fn keys_destroyed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// See [`AuditLog::key_lock`]; a panic elsewhere does not poison the log.
+    pub fn lock_keys(&self) -> MutexGuard<'_, ()> {
+        self.key_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See `maintenance`.
+    pub fn lock_maintenance(&self) -> MutexGuard<'_, ()> {
+        self.maintenance.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn generation(&self) -> u64 {
@@ -252,6 +297,75 @@ impl AuditLog {
             total += group_len(&value).ok_or_else(|| corrupt(stream, "record group"))?;
         }
         Ok(total)
+    }
+
+    /// The pseudonyms of `subjects`, and of the subjects they are aliases of.
+    pub fn resolve(&self, subjects: &[Subject]) -> Result<BTreeSet<Pseudonym>, StoreError> {
+        let mut out = BTreeSet::new();
+        for subject in subjects {
+            let pseudonym = self.keyring.pseudonym(
+                subject.kind.as_str(),
+                &subject.kind.normalise(&subject.value),
+            );
+            out.insert(pseudonym);
+            for item in self.subjects.scan_prefix(pseudonym) {
+                let (key, _) = item?;
+                if key.len() == 33 && key[16] == 0xff {
+                    out.insert(key[17..].try_into().expect("16 bytes"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every data key of these subjects, with its record.
+    pub fn subject_keys(
+        &self,
+        pseudonyms: &BTreeSet<Pseudonym>,
+    ) -> Result<BTreeMap<[u8; 16], KeyRecord>, StoreError> {
+        let mut out = BTreeMap::new();
+        for pseudonym in pseudonyms {
+            for item in self.subject_keys.scan_prefix(pseudonym) {
+                let (_, kid) = item?;
+                let Ok(kid) = <[u8; 16]>::try_from(kid.as_ref()) else {
+                    continue;
+                };
+                if let Some(bytes) = self.keys.get(kid)?
+                    && let Ok(record) = postcard::from_bytes::<KeyRecord>(&bytes)
+                {
+                    out.insert(kid, record);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The buckets that hold events of these subjects.
+    pub fn subject_days(
+        &self,
+        pseudonyms: &BTreeSet<Pseudonym>,
+    ) -> Result<BTreeSet<(Stream, u32)>, StoreError> {
+        let mut out = BTreeSet::new();
+        for pseudonym in pseudonyms {
+            for item in self.subjects.scan_prefix(pseudonym) {
+                let (key, _) = item?;
+                if key.len() == 21
+                    && let Some(stream) = Stream::from_code(key[16])
+                {
+                    out.insert((
+                        stream,
+                        u32::from_be_bytes(key[17..21].try_into().expect("4 bytes")),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a bucket exists (without creating it, as opening would).
+    pub fn has_bucket(&self, stream: Stream, day: u32) -> bool {
+        let name = bucket_name(stream, day);
+        self.store.tree_names().contains(&name)
     }
 
     /// The clear data key of `kid`, while it exists and its KEK does.

@@ -16,8 +16,11 @@
 
 pub mod application;
 pub mod detect;
+pub mod digest;
 pub mod event;
+pub mod gdpr;
 pub mod keys;
+pub mod ledger;
 pub mod log;
 pub mod middleware;
 pub mod policy;
@@ -25,6 +28,7 @@ pub mod query;
 
 pub mod redact;
 pub mod retention;
+pub mod shred;
 
 pub mod verify;
 pub mod writer;
@@ -42,6 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use event::{Draft, IdKind, Level, Role, Stream, Subject};
 
 use crate::audit::keys::Keyring;
+use crate::audit::ledger::Ledger;
 use crate::audit::log::AuditLog;
 use crate::audit::writer::Writer;
 use crate::metrics::{Counter, Exposition};
@@ -75,9 +80,63 @@ pub struct AuditConfig {
     #[serde(serialize_with = "crate::config::millis")]
     pub retention_interval: Duration,
     pub rules: Vec<policy::Rule>,
+    pub digests: DigestPolicy,
+    /// How often the key-encryption key is replaced (what makes erasures physical).
+    #[serde(serialize_with = "crate::config::millis")]
+    pub kek_rotation_interval: Duration,
+    /// What an erasure request does to each stream.
+    pub erasure: BTreeMap<Stream, ErasureAction>,
+}
+
+/// When the writer signs a stream's digest.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DigestPolicy {
+    /// After this many new events,
+    pub every: u64,
+    /// or this long after the last digest when there are new events,
+    #[serde(serialize_with = "crate::config::millis")]
+    pub interval: Duration,
+    /// or this long after the last digest in any case (proving inactivity).
+    #[serde(serialize_with = "crate::config::millis")]
+    pub idle: Duration,
+}
+
+/// The erasure policy of one stream (research/audit.md §3.4).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ErasureAction {
+    /// Destroy the subject's keys and drop their sealed parts.
+    Shred,
+    /// Keep, under a documented Art 17(3) exception.
+    Retain { basis: String },
 }
 
 impl AuditConfig {
+    /// Security events are kept for legal claims and the GDPR stream as the record of
+    /// compliance; the rest is shredded (research/audit.md §3.4 and §7, open point 1).
+    pub fn default_erasure() -> BTreeMap<Stream, ErasureAction> {
+        let retain = |basis: &str| ErasureAction::Retain {
+            basis: basis.to_string(),
+        };
+        BTreeMap::from([
+            (
+                Stream::Security,
+                retain(
+                    "Art 17(3)(e): establishment, exercise or defence of legal claims (security monitoring)",
+                ),
+            ),
+            (Stream::Access, ErasureAction::Shred),
+            (Stream::DataChange, ErasureAction::Shred),
+            (
+                Stream::Gdpr,
+                retain(
+                    "Art 17(3)(b): compliance with a legal obligation (the record of requests handled, Art 5(2) and 12)",
+                ),
+            ),
+            (Stream::System, ErasureAction::Shred),
+        ])
+    }
+
     /// research/audit.md §2.2.
     pub fn default_retention() -> BTreeMap<Stream, StreamRetention> {
         BTreeMap::from([
@@ -132,11 +191,16 @@ struct AuditMetrics {
     dropped: Counter,
     write_errors: Counter,
     flushes: Counter,
+    digests: Counter,
 }
 
 pub struct AuditTrail {
     pub log: Arc<AuditLog>,
     pub config: AuditConfig,
+    pub ledger: Arc<Ledger>,
+    /// Erasure requests run one at a time (idempotency keys are checked and answered
+    /// atomically).
+    pub erasures: tokio::sync::Mutex<()>,
     tx: mpsc::Sender<Command>,
     /// Taken by [`AuditTrail::start`].
     rx: std::sync::Mutex<Option<(mpsc::Receiver<Command>, Writer)>>,
@@ -156,11 +220,26 @@ impl AuditTrail {
             Keyring::open(data_dir).map_err(|e| StoreError::Corrupt(format!("audit keys: {e}")))?,
         );
         let log = Arc::new(AuditLog::open(store, keyring, &config.origin)?);
+        let ledger = Arc::new(Ledger::new(data_dir));
+        // A restored backup may hold keys erased after it was taken: they go before anything
+        // is served, and the KEK they were wrapped under goes with the rotation.
+        let replayed = gdpr::replay(&log, &ledger)?;
+        if replayed.keys_destroyed > 0 {
+            let rotation = shred::rotate_kek(&log)?;
+            tracing::warn!(
+                keys = replayed.keys_destroyed,
+                parts = replayed.parts_dropped,
+                epoch = rotation.epoch,
+                "erasure ledger replayed: keys erased after this store was copied were destroyed again"
+            );
+        }
         let writer = Writer::new(log.clone())?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         Ok(AuditTrail {
             log,
             config,
+            ledger,
+            erasures: tokio::sync::Mutex::new(()),
             tx,
             rx: std::sync::Mutex::new(Some((rx, writer))),
             unreported_drops: AtomicU64::new(0),
@@ -178,6 +257,7 @@ impl AuditTrail {
             .expect("the writer starts once");
         let metrics = self.metrics.clone();
         let interval = self.config.flush_interval;
+        let digests = self.config.digests;
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || {
@@ -185,7 +265,7 @@ impl AuditTrail {
                     .enable_time()
                     .build()
                     .expect("the audit writer's runtime starts");
-                runtime.block_on(write_loop(rx, writer, metrics, interval));
+                runtime.block_on(write_loop(rx, writer, metrics, interval, digests));
             })
             .expect("the audit writer thread starts")
     }
@@ -313,6 +393,72 @@ impl AuditTrail {
         result
     }
 
+    /// Rotates the KEK whenever the current one is `kek_rotation_interval` old.
+    pub fn spawn_kek_rotation(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let trail = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let started = trail.log.keyring.epoch_started().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot read the KEK's age; rotating now");
+                    SystemTime::UNIX_EPOCH
+                });
+                let due = started + trail.config.kek_rotation_interval;
+                let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+                tokio::time::sleep(wait).await;
+                if trail.rotate_kek().await.is_err() {
+                    // Not in a tight loop: try again after a minute.
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+            }
+        })
+    }
+
+    /// Rotates the KEK now, recorded as a `key.rotation` event.
+    pub async fn rotate_kek(&self) -> Result<shred::Rotation, StoreError> {
+        let log = self.log.clone();
+        let result = tokio::task::spawn_blocking(move || shred::rotate_kek(&log))
+            .await
+            .expect("rotation does not panic");
+        let id = crate::request_context::new_request_id();
+        let draft = match &result {
+            Ok(rotation) => Draft::new(
+                Stream::System,
+                "sys.key_rotation",
+                "success",
+                &id,
+                SystemTime::now(),
+            )
+            .field("rotation", json!(rotation)),
+            Err(e) => {
+                tracing::error!(error = %e, "KEK rotation failed");
+                Draft::new(
+                    Stream::System,
+                    "sys.key_rotation",
+                    "failure",
+                    &id,
+                    SystemTime::now(),
+                )
+                .field("reason", json!("store_error"))
+            }
+        };
+        self.record(draft.important()).await;
+        result
+    }
+
+    /// When the next KEK rotation is due: by then, erased data is physically unreadable.
+    pub fn next_rotation(&self) -> SystemTime {
+        self.log
+            .keyring
+            .epoch_started()
+            .unwrap_or_else(|_| SystemTime::now())
+            + self.config.kek_rotation_interval
+    }
+
+    /// The public key digests are checked against.
+    pub fn public_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.log.keyring.signing_key().verifying_key()
+    }
+
     /// Writes and flushes everything submitted so far.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -346,6 +492,12 @@ impl AuditTrail {
             "Flushes of audit batches to disk.",
             self.metrics.flushes.get() as f64,
         );
+        out.single(
+            "seawall_audit_digests_signed_total",
+            "counter",
+            "Signed chain digests written.",
+            self.metrics.digests.get() as f64,
+        );
         let depth = self.config.queue_capacity - self.tx.capacity();
         out.single(
             "seawall_audit_queue_depth",
@@ -364,8 +516,11 @@ async fn write_loop(
     mut writer: Writer,
     metrics: Arc<AuditMetrics>,
     interval: Duration,
+    digests: DigestPolicy,
 ) {
     let mut dirty_since: Option<Instant> = None;
+    let mut digest_ticks = tokio::time::interval(digests.interval.min(digests.idle));
+    digest_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let deadline = dirty_since.map(|t| t + interval);
         let first = tokio::select! {
@@ -373,6 +528,11 @@ async fn write_loop(
             _ = sleep_until(deadline), if deadline.is_some() => {
                 note_flush(&metrics, writer.flush());
                 dirty_since = None;
+                continue;
+            }
+            _ = digest_ticks.tick() => {
+                sign_digests(&mut writer, &metrics, &digests);
+                dirty_since.get_or_insert_with(Instant::now);
                 continue;
             }
         };
@@ -406,6 +566,7 @@ async fn write_loop(
             Ok(n) => {
                 metrics.appended.add(n as u64);
                 dirty_since.get_or_insert_with(Instant::now);
+                sign_digests(&mut writer, &metrics, &digests);
             }
             Err(e) => {
                 metrics.write_errors.inc();
@@ -422,6 +583,16 @@ async fn write_loop(
         }
     }
     note_flush(&metrics, writer.flush());
+}
+
+fn sign_digests(writer: &mut Writer, metrics: &AuditMetrics, policy: &DigestPolicy) {
+    match writer.sign_due(SystemTime::now(), policy) {
+        Ok(n) => metrics.digests.add(n as u64),
+        Err(e) => {
+            metrics.write_errors.inc();
+            tracing::error!(error = %e, "audit digest could not be written");
+        }
+    }
 }
 
 fn note_flush(metrics: &AuditMetrics, result: Result<(), StoreError>) {

@@ -86,14 +86,19 @@ pub fn decide(rules: &[Rule], route_rule: Option<&Rule>, route: &str, method: &M
 
 /// Admin API requests: always audited, in `security`, with what was sent (redacted). Reads
 /// of the audit trail itself are `audit.read`; other requests `admin.<area>.<action>`.
+/// Requests to the audit and GDPR APIs carry subjects' identifiers in their bodies, so their
+/// events never capture a body (research/audit.md §3.1): the identifiers would otherwise be
+/// kept under the operator's key, beyond the reach of the subject's erasure.
 pub fn admin(route: &str, method: &Method) -> Option<Decision> {
     let area = route.strip_prefix("admin.")?;
-    let event = match area {
-        "audit" if matches!(*method, Method::GET | Method::HEAD) => "audit.read".to_string(),
-        _ => format!("admin.{area}.{}", action(method)),
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    let (event, level) = match area {
+        "audit" | "gdpr" if read => ("audit.read".to_string(), Level::Metadata),
+        "audit" | "gdpr" => (format!("admin.{area}.{}", action(method)), Level::Metadata),
+        _ => (format!("admin.{area}.{}", action(method)), Level::Request),
     };
     Some(Decision {
-        level: Level::Request,
+        level,
         event,
         stream: Stream::Security,
         rule: "admin".to_string(),

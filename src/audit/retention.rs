@@ -7,6 +7,10 @@
 //! continues its stream's chain has been written, and [`verify`](crate::audit::verify)
 //! accepts a bucket that is anchored but not yet dropped. The request path never waits for a
 //! run: the writer is only held off for one batch at a time.
+//!
+//! Legal holds win over retention: a held subject's keys are kept, and a stream's pruning
+//! stops at the first bucket holding a held subject's events (pruning stays a prefix, so the
+//! chain stays verifiable from its anchor).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -14,7 +18,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::audit::AuditConfig;
+use crate::audit::digest::{self, unhex};
 use crate::audit::event::{self, KeyClass, Stream};
+use crate::audit::gdpr::{self, Hold};
 use crate::audit::log::{self, Anchor, AuditLog, KeyRecord};
 use crate::store::StoreError;
 
@@ -46,10 +52,20 @@ pub fn run(
     now: SystemTime,
     max_batches: usize,
 ) -> Result<RunReport, StoreError> {
+    let _maintenance = log.lock_maintenance();
     let today = log::day_of(now);
     let mut report = RunReport::default();
     let mut batches = 0;
-    let destroyed = expire_keys(log, config, today, &mut report, &mut batches, max_batches);
+    let holds = gdpr::holds(log)?;
+    let destroyed = expire_keys(
+        log,
+        config,
+        &holds,
+        today,
+        &mut report,
+        &mut batches,
+        max_batches,
+    );
     if !matches!(destroyed, Ok(true)) {
         if destroyed.is_ok() {
             log.keys_destroyed();
@@ -60,7 +76,8 @@ pub fn run(
     for stream in Stream::ALL {
         let header_days = config.retention[&stream].header_days;
         for day in log.buckets(stream) {
-            if day + header_days > today {
+            // Pruning stays a prefix: a held bucket stops its stream's pruning.
+            if day + header_days > today || bucket_held(log, &holds, stream, day)? {
                 break;
             }
             if batches >= max_batches {
@@ -82,6 +99,7 @@ pub fn run(
 fn expire_keys(
     log: &AuditLog,
     config: &AuditConfig,
+    holds: &[Hold],
     today: u32,
     report: &mut RunReport,
     batches: &mut usize,
@@ -108,6 +126,7 @@ fn expire_keys(
                 .or_default()
                 .keys_destroyed += 1;
         }
+        let _keys = log.lock_keys();
         let _writing = log.store.writing();
         log.keys.apply_batch(keys)?;
         log.subject_keys.apply_batch(subject_keys)?;
@@ -124,7 +143,9 @@ fn expire_keys(
             KeyClass::Body => config.body_days.min(config.retention[&stream].payload_days),
             KeyClass::Identity => config.retention[&stream].payload_days,
         };
-        if record.period_end_day + ttl > today {
+        if record.period_end_day + ttl > today
+            || gdpr::is_held(holds, &record.pseudonym, stream).is_some()
+        {
             continue;
         }
         expired.push((kid, record));
@@ -144,6 +165,33 @@ fn expire_keys(
         *batches += 1;
     }
     Ok(true)
+}
+
+/// Whether a legal hold covers a subject with events in this bucket.
+fn bucket_held(
+    log: &AuditLog,
+    holds: &[Hold],
+    stream: Stream,
+    day: u32,
+) -> Result<bool, StoreError> {
+    for hold in holds {
+        if !hold.streams.is_empty() && !hold.streams.contains(&stream) {
+            continue;
+        }
+        for pseudonym in &hold.pseudonyms {
+            let Some(pseudonym) = unhex(pseudonym).and_then(|p| <[u8; 16]>::try_from(p).ok())
+            else {
+                continue;
+            };
+            if log
+                .subjects
+                .contains_key(log::subject_index_key(&pseudonym, stream, day))?
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Phase B for one bucket: anchor the chain at its last record, then drop it whole.
@@ -174,6 +222,7 @@ fn drop_bucket(
             // The anchor must be durable before the events it replaces are gone.
             log.store.flush()?;
         }
+        digest::prune(log, stream, seq)?;
         run.events_pruned += log.bucket_count(&tree, stream)? as u64;
         run.pruned_through = Some(run.pruned_through.unwrap_or(0).max(seq));
     }
@@ -203,11 +252,13 @@ fn prune_index(log: &AuditLog, dropped: &[(Stream, u32)]) -> Result<(), StoreErr
             count += 1;
         }
         if count == KEY_BATCH {
+            let _keys = log.lock_keys();
             let _writing = log.store.writing();
             log.subjects.apply_batch(std::mem::take(&mut batch))?;
             count = 0;
         }
     }
+    let _keys = log.lock_keys();
     let _writing = log.store.writing();
     log.subjects.apply_batch(batch)?;
     log.keys_destroyed();

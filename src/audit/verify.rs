@@ -1,16 +1,83 @@
-//! Checking a stream's chain: every stored record is recomputed from its header and part
-//! digests and chained onto its predecessor, starting from the genesis value or from where
-//! retention cut the stream (its anchor).
+//! Checking a stream: every stored record is recomputed from its header and part digests and
+//! chained onto its predecessor, starting from the genesis value or from where retention cut
+//! the stream (its anchor); then every signed digest is checked against the pinned public key,
+//! its predecessor, and the chain value it names (research/audit.md §4.4).
 //!
 //! Sealed parts are not opened: the chain commits to their digests, so a stream whose keys
 //! were destroyed (retention, erasure) still verifies. A record whose sealed bytes no longer
 //! match their digest is a break too.
+//!
+//! Limits, stated in the report: events after the newest digest (`unanchored_tail`) are only
+//! as trustworthy as the machine; a digest copied off the machine proves the rest.
 
+use std::collections::{BTreeSet, HashMap};
+
+use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
-use crate::audit::event::{self, Hash, Stream};
+use crate::audit::digest::{self, Digest};
+use crate::audit::event::{self, Hash, Record, Stream};
 use crate::audit::log::AuditLog;
 use crate::store::StoreError;
+
+/// The result of checking several streams.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    pub ok: bool,
+    pub alg: &'static str,
+    /// The key the digests were checked against.
+    pub public_key: String,
+    pub key_fingerprint: String,
+    pub streams: Vec<StreamReport>,
+}
+
+/// Verifies `streams` against `pinned`. Blocking.
+pub fn streams(
+    log: &AuditLog,
+    streams: &[Stream],
+    pinned: &VerifyingKey,
+) -> Result<Report, StoreError> {
+    let streams = streams
+        .iter()
+        .map(|s| stream(log, *s, pinned))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Report {
+        ok: streams.iter().all(|r| r.broken.is_none()),
+        alg: digest::ALGORITHM,
+        public_key: hex(pinned.as_bytes()),
+        key_fingerprint: digest::fingerprint(pinned),
+        streams,
+    })
+}
+
+/// Verifies every stream of a data directory that no server is using (a copy, a backup):
+/// `seawall audit verify`. Digests are checked against `pinned`, or against the directory's
+/// own signing key, which only proves anything if its fingerprint matches the one recorded
+/// off the machine. Blocking.
+pub fn data_dir(
+    data_dir: &std::path::Path,
+    origin: &str,
+    pinned: Option<VerifyingKey>,
+) -> Result<Report, StoreError> {
+    let signing = data_dir.join("keys").join("signing.key");
+    if !signing.is_file() {
+        return Err(StoreError::Corrupt(format!(
+            "{} is missing: is {} a seawall data directory?",
+            signing.display(),
+            data_dir.display()
+        )));
+    }
+    let config = crate::config::StoreConfig {
+        data_dir: data_dir.to_path_buf(),
+        cache_capacity_bytes: 64 << 20,
+    };
+    let store = crate::store::Store::open(&config)?;
+    let keyring = crate::audit::keys::Keyring::open(data_dir)
+        .map_err(|e| StoreError::Corrupt(format!("audit keys: {e}")))?;
+    let pinned = pinned.unwrap_or_else(|| keyring.signing_key().verifying_key());
+    let log = AuditLog::open(&store, std::sync::Arc::new(keyring), origin)?;
+    streams(&log, &Stream::ALL, &pinned)
+}
 
 /// The result of checking one stream.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -21,80 +88,247 @@ pub struct StreamReport {
     pub last_seq: Option<u64>,
     /// Hex of the chain value after the last event: what a backup must reproduce.
     pub head: String,
-    /// The first problem, if any.
+    /// Sealed parts still present, and dropped (erased or expired; their digests remain).
+    pub parts_present: u64,
+    pub parts_dropped: u64,
+    /// Digests checked, and the last sequence number a valid digest covers.
+    pub digests: u64,
+    pub signed_through: Option<u64>,
+    /// Events after the newest valid digest: nothing on this machine proves they were not cut
+    /// off or rewritten; an external copy of a later digest does.
+    pub unanchored_tail: u64,
+    /// The first problem by sequence number, if any.
     pub broken: Option<Break>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Break {
     pub seq: u64,
-    /// `gap`, `header`, `part`, `leaf` or `chain`.
+    /// Records: `gap` (missing), `order` (out of place), `header` (header altered), `digest`
+    /// (a part's stored digest altered), `ciphertext` (sealed bytes altered), `leaf`, `chain`.
+    /// Digests: `signature` (not signed by the pinned key), `digest_link` (the digest chain is
+    /// broken), `head` (the chain value it signed differs: history was rewritten somewhere in
+    /// its range, reported at its first event), `truncated` (it covers events that are gone).
     pub kind: &'static str,
+    /// The digest number, for digest problems.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<u64>,
 }
 
-/// Verifies `stream` from its anchor (or genesis) to its newest record. Blocking.
-pub fn stream(log: &AuditLog, stream: Stream) -> Result<StreamReport, StoreError> {
-    let (mut expected_seq, mut previous) = match log.anchor(stream)? {
+impl Break {
+    fn record(seq: u64, kind: &'static str) -> Break {
+        Break {
+            seq,
+            kind,
+            digest: None,
+        }
+    }
+}
+
+/// Verifies `stream` from its anchor (or genesis) to its newest record, and its digests
+/// against `pinned`. Blocking.
+pub fn stream(
+    log: &AuditLog,
+    stream: Stream,
+    pinned: &VerifyingKey,
+) -> Result<StreamReport, StoreError> {
+    let anchor = log.anchor(stream)?;
+    let (start_seq, start_chain) = match &anchor {
         Some(anchor) => (anchor.pruned_through + 1, anchor.chain),
         None => (0, event::genesis(&log.origin, stream)),
     };
+    let digests = digest::list(log, stream, 0)?;
+    let wanted: BTreeSet<u64> = digests
+        .iter()
+        .flatten()
+        .filter_map(|d| d.next_seq.checked_sub(1))
+        .collect();
+    let mut chains: HashMap<u64, Hash> = HashMap::new();
     let mut report = StreamReport {
         stream,
         events: 0,
         first_seq: None,
         last_seq: None,
-        head: hex(&previous),
+        head: hex(&start_chain),
+        parts_present: 0,
+        parts_dropped: 0,
+        digests: 0,
+        signed_through: None,
+        unanchored_tail: 0,
         broken: None,
     };
-    for item in log.events(stream) {
+    let (mut expected_seq, mut previous) = (start_seq, start_chain);
+    let mut records = log.events(stream).peekable();
+    while let Some(item) = records.next() {
         let (position, record) = item?;
         // The header's number is the one the chain commits to; a record that lost it is
         // reported where it is stored.
         let Some(seq) = record.header_value().get("seq").and_then(|s| s.as_u64()) else {
-            report.broken = Some(Break {
-                seq: position,
-                kind: "header",
-            });
-            return Ok(report);
+            report.broken = Some(Break::record(position, "header"));
+            break;
         };
         // A bucket retention has anchored but not yet dropped (a run that was interrupted).
         if seq < expected_seq && report.events == 0 {
             continue;
         }
         let problem = if seq != expected_seq {
-            Some("gap")
-        } else if record.parts.iter().any(|p| {
-            p.sealed
-                .as_ref()
-                .is_some_and(|s| event::part_digest(s) != p.digest)
-        }) {
-            Some("part")
-        } else {
-            let digests: Vec<Hash> = record.parts.iter().map(|p| p.digest).collect();
-            if event::leaf(&event::header_hash(&record.header), &digests) != record.leaf {
-                Some("leaf")
-            } else if event::chain(&previous, &record.leaf) != record.chain {
-                Some("chain")
+            let missing_follows = matches!(
+                records.peek(),
+                Some(Ok((_, next))) if next.header_value().get("seq").and_then(|s| s.as_u64()) == Some(expected_seq)
+            );
+            Some(if seq < expected_seq || missing_follows {
+                "order"
             } else {
-                None
-            }
+                "gap"
+            })
+        } else {
+            record_problem(&record, &previous)
         };
         if let Some(kind) = problem {
             // For a gap, the first missing number; otherwise the record's own.
-            report.broken = Some(Break {
-                seq: expected_seq.min(seq),
-                kind,
-            });
-            return Ok(report);
+            report.broken = Some(Break::record(expected_seq.min(seq), kind));
+            break;
+        }
+        for part in &record.parts {
+            if part.sealed.is_some() {
+                report.parts_present += 1;
+            } else {
+                report.parts_dropped += 1;
+            }
         }
         report.first_seq.get_or_insert(seq);
         report.last_seq = Some(seq);
         report.events += 1;
         previous = record.chain;
+        if wanted.contains(&seq) {
+            chains.insert(seq, previous);
+        }
         expected_seq = seq + 1;
     }
     report.head = hex(&previous);
+    let checked_until = report.broken.as_ref().map_or(expected_seq, |b| b.seq);
+    if let Some(found) = check_digests(
+        &digests,
+        pinned,
+        |next_seq| {
+            if next_seq == start_seq {
+                Some(start_chain)
+            } else {
+                chains.get(&(next_seq - 1)).copied()
+            }
+        },
+        start_seq,
+        expected_seq,
+        checked_until,
+        &mut report,
+    ) && report.broken.as_ref().is_none_or(|b| found.seq < b.seq)
+    {
+        report.broken = Some(found);
+    }
     Ok(report)
+}
+
+/// What is wrong with a record at its expected place, if anything.
+fn record_problem(record: &Record, previous: &Hash) -> Option<&'static str> {
+    let digests: Vec<Hash> = record.parts.iter().map(|p| p.digest).collect();
+    let leaf = event::leaf(&event::header_hash(&record.header), &digests);
+    let altered_part = record.parts.iter().any(|p| {
+        p.sealed
+            .as_ref()
+            .is_some_and(|s| event::part_digest(s) != p.digest)
+    });
+    if altered_part {
+        // The stored digests still produce the leaf: the sealed bytes changed, not the digest.
+        return Some(if leaf == record.leaf {
+            "ciphertext"
+        } else {
+            "digest"
+        });
+    }
+    if leaf != record.leaf {
+        // The stored leaf still chains: what it was computed from changed.
+        return Some(if event::chain(previous, &record.leaf) == record.chain {
+            "header"
+        } else {
+            "leaf"
+        });
+    }
+    (event::chain(previous, &record.leaf) != record.chain).then_some("chain")
+}
+
+/// Checks the digests in order; returns the first problem. `chain_at(next_seq)` is the
+/// verified chain value before event `next_seq`, when the records pass reached it.
+#[allow(clippy::too_many_arguments)]
+fn check_digests(
+    digests: &[Result<Digest, u64>],
+    pinned: &VerifyingKey,
+    chain_at: impl Fn(u64) -> Option<Hash>,
+    start_seq: u64,
+    stored_next: u64,
+    checked_until: u64,
+    report: &mut StreamReport,
+) -> Option<Break> {
+    let mut previous: Option<&Digest> = None;
+    let mut signed_next = None;
+    let mut found = None;
+    for item in digests {
+        let digest = match item {
+            Ok(digest) => digest,
+            Err(number) => {
+                found = Some(Break {
+                    seq: previous.map_or(start_seq, |p| p.next_seq),
+                    kind: "signature",
+                    digest: Some(*number),
+                });
+                break;
+            }
+        };
+        let at = |kind| Break {
+            seq: digest.from_seq.min(digest.next_seq.saturating_sub(1)),
+            kind,
+            digest: Some(digest.number),
+        };
+        if !digest.signed_by(pinned) {
+            found = Some(at("signature"));
+            break;
+        }
+        let linked = match previous {
+            Some(p) => {
+                digest.number == p.number + 1
+                    && digest.prev_digest.as_deref() == Some(hex(&p.hash()).as_str())
+                    && digest.from_seq == p.next_seq
+            }
+            // The oldest kept digest: its predecessors went with retention.
+            None => digest.number == 0 || digest.next_seq <= start_seq,
+        };
+        if !linked {
+            found = Some(at("digest_link"));
+            break;
+        }
+        if digest.next_seq > stored_next {
+            found = Some(Break {
+                seq: stored_next,
+                kind: "truncated",
+                digest: Some(digest.number),
+            });
+            break;
+        }
+        if digest.next_seq >= start_seq && digest.next_seq <= checked_until {
+            match chain_at(digest.next_seq) {
+                Some(chain) if hex(&chain) == digest.chain_head => {}
+                _ => {
+                    found = Some(at("head"));
+                    break;
+                }
+            }
+        }
+        report.digests += 1;
+        signed_next = Some(digest.next_seq);
+        previous = Some(digest);
+    }
+    report.signed_through = signed_next.and_then(|n| n.checked_sub(1));
+    report.unanchored_tail = stored_next - signed_next.unwrap_or(start_seq).min(stored_next);
+    found
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::audit::DigestPolicy;
+use crate::audit::digest::{self, Coverage, Digest};
 use crate::audit::event::{self, Draft, Hash, KeyClass, Record, StoredPart, Stream, Subject};
 use crate::audit::keys::{self, DataKey, Pseudonym};
 use crate::audit::log::{self, AuditLog, KeyRecord};
@@ -29,6 +31,10 @@ pub struct Writer {
     keys: HashMap<KeySlot, ([u8; 16], DataKey)>,
     indexed: HashSet<(Pseudonym, Stream, u32)>,
     pseudonyms: HashMap<Subject, Pseudonym>,
+    /// Alias links known to be stored.
+    linked: HashSet<(Pseudonym, Pseudonym)>,
+    /// Per stream: the newest digest and when it was signed.
+    signed: HashMap<Stream, (Option<Digest>, SystemTime)>,
     /// The origin as a JSON string, the same in every header.
     origin_json: String,
     /// The log's generation the caches were filled at.
@@ -78,14 +84,22 @@ struct Pending {
     heads: HashMap<Stream, (u64, Hash)>,
     new_keys: HashMap<KeySlot, ([u8; 16], DataKey)>,
     new_index: HashSet<(Pseudonym, Stream, u32)>,
+    new_links: HashSet<(Pseudonym, Pseudonym)>,
 }
 
 impl Writer {
     /// A writer continuing from what is stored. Blocking.
     pub fn new(log: Arc<AuditLog>) -> Result<Writer, StoreError> {
         let mut heads = HashMap::new();
+        let mut signed = HashMap::new();
         for stream in Stream::ALL {
             heads.insert(stream, log.head(stream)?);
+            let last = digest::last(&log, stream)?;
+            let time = last
+                .as_ref()
+                .and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.time).ok())
+                .map_or_else(SystemTime::now, SystemTime::from);
+            signed.insert(stream, (last, time));
         }
         let day = log.newest_day().unwrap_or(0);
         let generation = log.generation();
@@ -97,6 +111,8 @@ impl Writer {
             keys: HashMap::new(),
             indexed: HashSet::new(),
             pseudonyms: HashMap::new(),
+            linked: HashSet::new(),
+            signed,
             generation,
             day,
         })
@@ -114,10 +130,13 @@ impl Writer {
 
     /// Seals, chains and writes `drafts` (in order) as of `now`. Blocking.
     pub fn commit(&mut self, drafts: Vec<Draft>, now: SystemTime) -> Result<usize, StoreError> {
-        let generation = self.log.generation();
+        let log = self.log.clone();
+        let _keys = log.lock_keys();
+        let generation = log.generation();
         if generation != self.generation {
             self.keys.clear();
             self.indexed.clear();
+            self.linked.clear();
             self.generation = generation;
         }
         self.day = self.day.max(log::day_of(now));
@@ -154,7 +173,56 @@ impl Writer {
             self.indexed.clear();
         }
         self.indexed.extend(pending.new_index);
+        if self.linked.len() + pending.new_links.len() > INDEX_CACHE {
+            self.linked.clear();
+        }
+        self.linked.extend(pending.new_links);
         Ok(count)
+    }
+
+    /// Signs the digests that are due as of `now` (research/audit.md §4.2): after
+    /// `policy.every` new events, `policy.interval` after the last digest when there are new
+    /// events, and `policy.idle` after it in any case. Blocking.
+    pub fn sign_due(
+        &mut self,
+        now: SystemTime,
+        policy: &DigestPolicy,
+    ) -> Result<usize, StoreError> {
+        let mut signed = 0;
+        for stream in Stream::ALL {
+            let (next_seq, head) = self.heads[&stream];
+            let (last, last_time) = &self.signed[&stream];
+            let from_seq = match last {
+                Some(last) => last.next_seq,
+                None => match self.log.anchor(stream)? {
+                    Some(anchor) => anchor.pruned_through + 1,
+                    None => 0,
+                },
+            };
+            let new = next_seq - from_seq.min(next_seq);
+            let age = now.duration_since(*last_time).unwrap_or_default();
+            let due =
+                new >= policy.every || (new > 0 && age >= policy.interval) || age >= policy.idle;
+            if !due {
+                continue;
+            }
+            let coverage = Coverage {
+                origin: &self.log.origin,
+                stream,
+                from_seq,
+                next_seq,
+                chain_head: &head,
+                time: event::rfc3339_nanos(now),
+            };
+            let digest = Digest::sign(self.log.keyring.signing_key(), coverage, last.as_ref());
+            {
+                let _writing = self.log.store.writing();
+                digest::store(&self.log, &digest)?;
+            }
+            self.signed.insert(stream, (Some(digest), now));
+            signed += 1;
+        }
+        Ok(signed)
     }
 
     fn prepare(&mut self, draft: Draft, day: u32, pending: &mut Pending) -> Result<(), StoreError> {
@@ -212,7 +280,7 @@ impl Writer {
             self.index(pseudonym, stream, day, pending);
             for alias in &part.aliases {
                 let alias = self.pseudonym(alias);
-                self.index(alias, stream, day, pending);
+                self.link(alias, pseudonym, pending);
             }
         }
         let digests: Vec<Hash> = parts.iter().map(|p| p.digest).collect();
@@ -258,6 +326,17 @@ impl Writer {
         pending
             .subjects
             .insert(log::subject_index_key(&pseudonym, stream, day), &[]);
+    }
+
+    /// Records that `alias` names the subject `pseudonym` (whose keys hold the parts).
+    fn link(&self, alias: Pseudonym, pseudonym: Pseudonym, pending: &mut Pending) {
+        let entry = (alias, pseudonym);
+        if alias == pseudonym || self.linked.contains(&entry) || !pending.new_links.insert(entry) {
+            return;
+        }
+        pending
+            .subjects
+            .insert(log::subject_link_key(&alias, &pseudonym), &[]);
     }
 
     /// The data key for a subject's data in this stream and period, created when needed.

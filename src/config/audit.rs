@@ -2,7 +2,7 @@
 //! stream, and the ordered request rules.
 
 use crate::audit::policy::Rule;
-use crate::audit::{AuditConfig, Level, Stream, StreamRetention};
+use crate::audit::{AuditConfig, DigestPolicy, ErasureAction, Level, Stream, StreamRetention};
 use crate::config::ConfigError;
 use crate::config::raw::{RawAudit, RawAuditRule, RawRouteAudit};
 use crate::config::validate::Validator;
@@ -68,7 +68,68 @@ impl Validator<'_> {
             .enumerate()
             .map(|(i, rule)| self.audit_rule(&format!("audit.rules[{i}]"), rule, route_names))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut erasure = AuditConfig::default_erasure();
+        for (name, section) in &raw.erasure {
+            let at = format!("audit.erasure.{name}");
+            let stream = Stream::parse(name).ok_or_else(|| {
+                self.error(&at, format!("{name:?} is not a stream (expected security, access, data_change, gdpr or system)"))
+            })?;
+            let action = match section.action.as_deref() {
+                None => erasure[&stream].clone(),
+                Some("shred") => ErasureAction::Shred,
+                Some("retain") => {
+                    let basis = section.basis.clone().unwrap_or_default();
+                    if basis.trim().is_empty() || basis.len() > 500 {
+                        return Err(self.error(
+                            &format!("{at}.basis"),
+                            "a retained stream needs its legal basis (1-500 characters), e.g. \"Art 17(3)(e): legal claims\"".to_string(),
+                        ));
+                    }
+                    ErasureAction::Retain { basis }
+                }
+                Some(other) => {
+                    return Err(self.error(
+                        &format!("{at}.action"),
+                        format!(
+                            "{other:?} is not an erasure action (expected \"shred\" or \"retain\")"
+                        ),
+                    ));
+                }
+            };
+            if matches!(action, ErasureAction::Shred) && section.basis.is_some() {
+                return Err(self.error(
+                    &format!("{at}.basis"),
+                    "only a retained stream has a basis".to_string(),
+                ));
+            }
+            erasure.insert(stream, action);
+        }
         Ok(AuditConfig {
+            digests: DigestPolicy {
+                every: self.range("audit.digest_every", raw.digest_every, 1_000, 1, 1_000_000)?,
+                interval: self.millis(
+                    "audit.digest_interval_ms",
+                    raw.digest_interval_ms,
+                    60_000,
+                    10,
+                    3_600_000,
+                )?,
+                idle: self.millis(
+                    "audit.digest_idle_ms",
+                    raw.digest_idle_ms,
+                    3_600_000,
+                    10,
+                    86_400_000,
+                )?,
+            },
+            kek_rotation_interval: self.millis(
+                "audit.kek_rotation_interval_ms",
+                raw.kek_rotation_interval_ms,
+                86_400_000,
+                1_000,
+                30 * 86_400_000,
+            )?,
+            erasure,
             origin,
             flush_interval: self.millis(
                 "audit.flush_interval_ms",

@@ -150,6 +150,19 @@ pub struct RawAudit {
     pub retention: BTreeMap<String, RawRetention>,
     #[serde(default)]
     pub rules: Vec<RawAuditRule>,
+    pub digest_every: Option<u64>,
+    pub digest_interval_ms: Option<u64>,
+    pub digest_idle_ms: Option<u64>,
+    pub kek_rotation_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub erasure: BTreeMap<String, RawErasure>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawErasure {
+    pub action: Option<String>,
+    pub basis: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

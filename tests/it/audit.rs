@@ -79,7 +79,8 @@ impl Stored {
     }
 
     fn intact(&self, stream: Stream) -> verify::StreamReport {
-        let report = verify::stream(&self.log, stream).unwrap();
+        let pinned = self.log.keyring.signing_key().verifying_key();
+        let report = verify::stream(&self.log, stream, &pinned).unwrap();
         assert_eq!(report.broken, None, "{} chain", stream.as_str());
         report
     }

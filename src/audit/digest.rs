@@ -1,0 +1,231 @@
+//! Signed digests of the chains (research/audit.md §4.2, after CloudTrail's digest files).
+//!
+//! Each stream's writer signs a [`Digest`] every so many events or seconds, and at least every
+//! idle interval when nothing happens (proving inactivity). A digest names the range of
+//! sequence numbers it covers, the chain value after the last of them, and the digest before
+//! it, and is signed with the Ed25519 key in `keys/signing.key`. Copied off the machine (the
+//! `GET /admin/audit/digests` feed), digests let an outside party prove that nothing was
+//! rewritten or cut off the end. Checking them is `verify`'s job; deciding when to sign is the
+//! writer's.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::audit::event::{Hash, Stream};
+use crate::audit::log::AuditLog;
+use crate::audit::verify::hex;
+use crate::store::StoreError;
+
+pub const ALGORITHM: &str = "Ed25519";
+
+/// One signed digest. Text fields only, so any JSON client can check it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Digest {
+    pub alg: String,
+    pub origin: String,
+    pub stream: Stream,
+    /// Per stream, from 0, without gaps.
+    pub number: u64,
+    /// The events covered: `from_seq..next_seq` (empty for an idle digest).
+    pub from_seq: u64,
+    pub next_seq: u64,
+    /// Hex chain value after event `next_seq - 1` (the anchor's or genesis when none).
+    pub chain_head: String,
+    pub time: String,
+    /// Hex SHA-256 of the previous digest's signing string and signature.
+    pub prev_digest: Option<String>,
+    pub key_fingerprint: String,
+    /// Hex Ed25519 signature of [`Digest::signing_string`].
+    pub signature: String,
+}
+
+/// What a new digest covers.
+pub struct Coverage<'a> {
+    pub origin: &'a str,
+    pub stream: Stream,
+    pub from_seq: u64,
+    pub next_seq: u64,
+    pub chain_head: &'a Hash,
+    pub time: String,
+}
+
+impl Digest {
+    /// Signs `coverage` as the digest after `previous`.
+    pub fn sign(key: &SigningKey, coverage: Coverage<'_>, previous: Option<&Digest>) -> Digest {
+        let mut digest = Digest {
+            alg: ALGORITHM.to_string(),
+            origin: coverage.origin.to_string(),
+            stream: coverage.stream,
+            number: previous.map_or(0, |p| p.number + 1),
+            from_seq: coverage.from_seq,
+            next_seq: coverage.next_seq,
+            chain_head: hex(coverage.chain_head),
+            time: coverage.time,
+            prev_digest: previous.map(|p| hex(&p.hash())),
+            key_fingerprint: fingerprint(&key.verifying_key()),
+            signature: String::new(),
+        };
+        digest.signature = hex(&key.sign(digest.signing_string().as_bytes()).to_bytes());
+        digest
+    }
+
+    /// The newline-joined fields the signature covers, in this order.
+    pub fn signing_string(&self) -> String {
+        [
+            "seawall-audit-digest-v1",
+            &self.alg,
+            &self.origin,
+            self.stream.as_str(),
+            &self.number.to_string(),
+            &self.from_seq.to_string(),
+            &self.next_seq.to_string(),
+            &self.chain_head,
+            &self.time,
+            self.prev_digest.as_deref().unwrap_or("-"),
+            &self.key_fingerprint,
+        ]
+        .join("\n")
+    }
+
+    /// What the next digest's `prev_digest` names.
+    pub fn hash(&self) -> Hash {
+        let mut hasher = Sha256::new();
+        hasher.update(self.signing_string().as_bytes());
+        hasher.update(b"\n");
+        hasher.update(self.signature.as_bytes());
+        hasher.finalize().into()
+    }
+
+    /// Whether `key` signed exactly these fields.
+    pub fn signed_by(&self, key: &VerifyingKey) -> bool {
+        let Some(bytes) = unhex(&self.signature) else {
+            return false;
+        };
+        let Ok(signature) = Signature::from_slice(&bytes) else {
+            return false;
+        };
+        self.alg == ALGORITHM
+            && self.key_fingerprint == fingerprint(key)
+            && key
+                .verify(self.signing_string().as_bytes(), &signature)
+                .is_ok()
+    }
+}
+
+/// Hex of the first 16 bytes of SHA-256 over the public key.
+pub fn fingerprint(key: &VerifyingKey) -> String {
+    hex(&Sha256::digest(key.as_bytes())[..16])
+}
+
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A public key from its hex form.
+pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
+    let bytes: [u8; 32] = unhex(text)?.try_into().ok()?;
+    VerifyingKey::from_bytes(&bytes).ok()
+}
+
+fn storage_key(stream: Stream, number: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = stream.code();
+    key[1..].copy_from_slice(&number.to_be_bytes());
+    key
+}
+
+pub fn store(log: &AuditLog, digest: &Digest) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(digest).expect("digests serialize");
+    log.digests
+        .insert(storage_key(digest.stream, digest.number), bytes)?;
+    Ok(())
+}
+
+/// The digests of `stream` numbered `from` or later, oldest first; an undecodable one is
+/// returned as `Err(number)` so verification can report it.
+pub fn list(
+    log: &AuditLog,
+    stream: Stream,
+    from: u64,
+) -> Result<Vec<Result<Digest, u64>>, StoreError> {
+    let mut out = Vec::new();
+    for item in log
+        .digests
+        .range(storage_key(stream, from)..=storage_key(stream, u64::MAX))
+    {
+        let (key, value) = item?;
+        let number = u64::from_be_bytes(key[1..9].try_into().expect("nine-byte keys"));
+        out.push(serde_json::from_slice(&value).map_err(|_| number));
+    }
+    Ok(out)
+}
+
+/// The newest digest of `stream`.
+pub fn last(log: &AuditLog, stream: Stream) -> Result<Option<Digest>, StoreError> {
+    let range = storage_key(stream, 0)..=storage_key(stream, u64::MAX);
+    match log.digests.range(range).next_back() {
+        Some(item) => Ok(serde_json::from_slice(&item?.1).ok()),
+        None => Ok(None),
+    }
+}
+
+/// Removes the digests that only cover events retention has removed (`next_seq` at or below
+/// `pruned_through`), keeping the newest of them, which links the remaining ones to the cut.
+pub fn prune(log: &AuditLog, stream: Stream, pruned_through: u64) -> Result<usize, StoreError> {
+    let mut covered = Vec::new();
+    for digest in list(log, stream, 0)? {
+        match digest {
+            Ok(d) if d.next_seq <= pruned_through => covered.push(d.number),
+            _ => break,
+        }
+    }
+    covered.pop();
+    let mut batch = sled::Batch::default();
+    for number in &covered {
+        batch.remove(&storage_key(stream, *number));
+    }
+    log.digests.apply_batch(batch)?;
+    Ok(covered.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coverage(head: &Hash) -> Coverage<'_> {
+        Coverage {
+            origin: "seawall",
+            stream: Stream::Access,
+            from_seq: 0,
+            next_seq: 10,
+            chain_head: head,
+            time: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn a_digest_verifies_only_unaltered_and_under_its_key() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let first = Digest::sign(&key, coverage(&[1; 32]), None);
+        assert!(first.signed_by(&key.verifying_key()));
+        let second = Digest::sign(&key, coverage(&[2; 32]), Some(&first));
+        assert_eq!(second.number, 1);
+        assert_eq!(second.prev_digest, Some(hex(&first.hash())));
+        let mut altered = second.clone();
+        altered.next_seq = 9;
+        assert!(!altered.signed_by(&key.verifying_key()));
+        let other = SigningKey::from_bytes(&[8; 32]);
+        let forged = Digest::sign(&other, coverage(&[2; 32]), Some(&first));
+        assert!(!forged.signed_by(&key.verifying_key()));
+        assert!(parse_public_key(&hex(key.verifying_key().as_bytes())).is_some());
+        assert_eq!(unhex("0aff"), Some(vec![10, 255]));
+        assert_eq!(unhex("0g"), None);
+    }
+}
