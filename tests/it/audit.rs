@@ -23,7 +23,7 @@ use crate::support::{
     ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, assert_error, full, get, send,
 };
 
-fn config(backend: &Backend, extra: &str) -> String {
+pub(crate) fn config(backend: &Backend, extra: &str) -> String {
     format!(
         r#"
 [server]
@@ -48,13 +48,13 @@ strip_prefix = "/api"
 }
 
 /// The stored trail of a stopped seawall, read with the library.
-struct Stored {
-    log: AuditLog,
+pub(crate) struct Stored {
+    pub(crate) log: AuditLog,
     _store: Store,
 }
 
 impl Stored {
-    fn open(data_dir: &Path) -> Stored {
+    pub(crate) fn open(data_dir: &Path) -> Stored {
         let config = StoreConfig {
             data_dir: data_dir.to_path_buf(),
             cache_capacity_bytes: 16 << 20,
@@ -65,7 +65,7 @@ impl Stored {
         Stored { log, _store: store }
     }
 
-    fn records(&self, stream: Stream) -> Vec<(u64, Record)> {
+    pub(crate) fn records(&self, stream: Stream) -> Vec<(u64, Record)> {
         self.log.events(stream).map(Result::unwrap).collect()
     }
 
@@ -78,7 +78,7 @@ impl Stored {
             .collect()
     }
 
-    fn intact(&self, stream: Stream) -> verify::StreamReport {
+    pub(crate) fn intact(&self, stream: Stream) -> verify::StreamReport {
         let pinned = self.log.keyring.signing_key().verifying_key();
         let report = verify::stream(&self.log, stream, &pinned).unwrap();
         assert_eq!(report.broken, None, "{} chain", stream.as_str());
@@ -86,7 +86,7 @@ impl Stored {
     }
 }
 
-async fn admin(
+pub(crate) async fn admin(
     seawall: &Seawall,
     method: Method,
     path: &str,
@@ -136,7 +136,7 @@ async fn await_events(seawall: &Seawall, route: &str, count: usize) -> Vec<Value
     }
 }
 
-async fn query_all(seawall: &Seawall, filter: &str) -> Vec<Value> {
+pub(crate) async fn query_all(seawall: &Seawall, filter: &str) -> Vec<Value> {
     let mut events = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -156,7 +156,7 @@ async fn query_all(seawall: &Seawall, filter: &str) -> Vec<Value> {
 }
 
 /// Every file under `dir`, as bytes.
-fn all_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn all_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -169,7 +169,7 @@ fn all_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
@@ -647,7 +647,7 @@ async fn twenty_online_backups_verify_and_one_restores() {
     assert!(report["audit"]["access"]["events"].as_u64().unwrap() >= events[19]);
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+pub(crate) fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

@@ -16,6 +16,7 @@ mod features;
 mod flag_spec;
 mod flags;
 mod fly;
+mod gdpr;
 mod health_metrics;
 mod ofrep;
 mod postgres;
