@@ -100,7 +100,9 @@ fn main() {
     timed("write (with digests)", &mut results, || {
         let mut n = 0;
         while n < events {
-            let batch: Vec<Draft> = (n..(n + BATCH).min(events)).map(|n| event(n, subjects)).collect();
+            let batch: Vec<Draft> = (n..(n + BATCH).min(events))
+                .map(|n| event(n, subjects))
+                .collect();
             n += batch.len();
             writer.commit(batch, SystemTime::now()).unwrap();
             writer.sign_due(SystemTime::now(), &config.digests).unwrap();

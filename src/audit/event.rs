@@ -484,6 +484,17 @@ impl Record {
     pub fn header_value(&self) -> Value {
         serde_json::from_str(&self.header).unwrap_or(Value::Null)
     }
+
+    /// The header's sequence number, without building the whole JSON tree.
+    pub fn header_seq(&self) -> Option<u64> {
+        #[derive(Deserialize)]
+        struct Seq {
+            seq: u64,
+        }
+        serde_json::from_str::<Seq>(&self.header)
+            .ok()
+            .map(|s| s.seq)
+    }
 }
 
 /// The AEAD associated data of a part: the header it belongs to and its role.

@@ -163,7 +163,7 @@ pub fn stream(
         let (position, record) = item?;
         // The header's number is the one the chain commits to; a record that lost it is
         // reported where it is stored.
-        let Some(seq) = record.header_value().get("seq").and_then(|s| s.as_u64()) else {
+        let Some(seq) = record.header_seq() else {
             report.broken = Some(Break::record(position, "header"));
             break;
         };
@@ -174,7 +174,7 @@ pub fn stream(
         let problem = if seq != expected_seq {
             let missing_follows = matches!(
                 records.peek(),
-                Some(Ok((_, next))) if next.header_value().get("seq").and_then(|s| s.as_u64()) == Some(expected_seq)
+                Some(Ok((_, next))) if next.header_seq() == Some(expected_seq)
             );
             Some(if seq < expected_seq || missing_follows {
                 "order"

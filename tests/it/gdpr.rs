@@ -224,6 +224,40 @@ async fn d1_e1_e3_e4_export_and_erase_one_subject_among_others() {
         "the record is the running configuration"
     );
 
+    // Legal holds: Bob's data_change events survive an erasure request while held.
+    let held = admin(
+        &seawall,
+        Method::POST,
+        "/admin/gdpr/holds",
+        json!({"identifiers": bob(), "streams": ["data_change"], "case": "CASE-7"}),
+        &[],
+    )
+    .await;
+    assert_eq!(held.status, 201, "{}", held.text());
+    let hold_id = held.json()["id"].as_str().unwrap().to_string();
+    let listed = admin_get(&seawall, "/admin/gdpr/holds").await.json();
+    assert_eq!(listed["holds"][0]["case"], "CASE-7");
+    assert_eq!(listed["holds"][0]["subject_pseudonyms"], 1);
+    let planned = erase(&seawall, bob(), true, None).await;
+    assert_eq!(
+        planned["plan"]["data_change"]["basis"],
+        format!("Art 17(3)(e): legal hold {hold_id}")
+    );
+    let bad_stream = admin(
+        &seawall,
+        Method::POST,
+        "/admin/gdpr/holds",
+        json!({"identifiers": bob(), "streams": ["nope"], "case": "C"}),
+        &[],
+    )
+    .await;
+    assert_error(&bad_stream, 400, "VALIDATION_FAILED");
+    let path = format!("/admin/gdpr/holds/{hold_id}");
+    let removed = admin(&seawall, Method::DELETE, &path, json!({}), &[]).await;
+    assert_eq!(removed.status, 200, "{}", removed.text());
+    let again = admin(&seawall, Method::DELETE, &path, json!({}), &[]).await;
+    assert_eq!(again.status, 404);
+
     // E3: identifiers sent only to the GDPR endpoints.
     export(&seawall, json!([{"type": "email", "value": GDPR_ONLY}])).await;
     erase(
@@ -327,7 +361,7 @@ fn subject_keys(stored: &Stored) -> Vec<([u8; 16], KeyRecord)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d2_d3_erased_data_is_gone_from_the_files_and_stays_gone_after_a_restore() {
     let backend = Backend::start().await;
-    let configuration = config(&backend, "");
+    let configuration = config(&backend, "\n[audit]\ndigest_every = 5\n");
     let mut seawall = Seawall::start(&configuration);
     record_events(&seawall).await;
     let backup = admin(
@@ -443,5 +477,44 @@ async fn d2_d3_erased_data_is_gone_from_the_files_and_stays_gone_after_a_restore
     assert!(
         !data_dir.join("keys/kek.1").exists(),
         "the restored KEK was rotated away"
+    );
+    drop(stored);
+
+    // The offline verifier agrees, and rejects digests checked against another key.
+    let offline = |pubkey: Option<String>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_seawall"));
+        command.args(["audit", "verify", "--data"]).arg(&data_dir);
+        if let Some(key) = pubkey {
+            command.args(["--pubkey", &key]);
+        }
+        let output = command.env_clear().output().unwrap();
+        let report: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+        (output.status.code(), report)
+    };
+    let (status, report) = offline(None);
+    assert_eq!((status, &report["ok"]), (Some(0), &json!(true)), "{report}");
+    let digests: u64 = report["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["digests"].as_u64().unwrap())
+        .sum();
+    assert!(digests > 0, "{report}");
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+    let hex: String = stranger
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (status, report) = offline(Some(hex));
+    assert_eq!(status, Some(1), "{report}");
+    assert!(
+        report["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["broken"]["kind"] == "signature"),
+        "{report}"
     );
 }
