@@ -151,6 +151,14 @@ impl AdminService {
             "On-disk size of the sled store, as of the latest store health check.",
             state.store_size.get() as f64,
         );
+        if let Some(seconds) = crate::backup::last_success(&state.store) {
+            out.single(
+                "seawall_backup_last_success_timestamp_seconds",
+                "gauge",
+                "When the newest verified backup finished (Unix time).",
+                seconds as f64,
+            );
+        }
         process_metrics::render(&mut out);
         let mut response = Response::new(body::full(out.finish()));
         response.headers_mut().insert(

@@ -126,6 +126,7 @@ pub fn online(
     drop(paused);
     let paused_ms = pause_started.elapsed().as_millis() as u64;
     let audit = check_copy(to, &trees, &heads, &log.origin)?;
+    record_success(store, SystemTime::now())?;
     Ok(BackupReport {
         path: to.to_path_buf(),
         bytes,
@@ -134,6 +135,32 @@ pub fn online(
         paused_ms,
         total_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+const LAST_SUCCESS: &[u8] = b"backup_last_success_unix";
+
+/// Notes a verified backup in the store, for the backup-stale alert.
+fn record_success(store: &Store, now: SystemTime) -> Result<(), StoreError> {
+    let seconds = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let _writing = store.writing();
+    store
+        .tree(crate::store::trees::META)?
+        .insert(LAST_SUCCESS, &seconds.to_be_bytes())?;
+    store.flush()?;
+    Ok(())
+}
+
+/// When the newest verified backup of this store finished (Unix seconds), if any.
+pub fn last_success(store: &Store) -> Option<u64> {
+    let bytes = store
+        .tree(crate::store::trees::META)
+        .ok()?
+        .get(LAST_SUCCESS)
+        .ok()??;
+    Some(u64::from_be_bytes(bytes.as_ref().try_into().ok()?))
 }
 
 /// Backs up the data directory of a stopped server into `to` (any path). Blocking.

@@ -6,6 +6,7 @@ mod backend;
 mod support;
 
 mod admin_auth;
+mod alerts;
 mod audit;
 mod breakers;
 mod chroma;
