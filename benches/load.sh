@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Load comparison, side by side in one run: the same small upstream (nginx answering a fixed
-# 200) reached directly, through seawall as a plain proxy (a route with auditing off), and
-# through seawall with every request audited at metadata level. Loopback only, bounded in time.
+# Load comparison, side by side in one run, against the same small upstream (nginx answering a
+# fixed 200), loopback only, bounded in time:
+#
+#   direct       the upstream itself
+#   nginx        nginx as a plain reverse proxy with upstream keep-alive
+#   seawall      seawall as a plain proxy, all four features off
+#   all          seawall with all four features on: a flag gating the route, rate limits high
+#                enough never to refuse, the breaker closed, auditing at metadata level
+#   all-noaudit  the same seawall and features on a route audited at level none
 #
 #   benches/load.sh [seconds per run, default 10] [connections, default 32]
 #
-# Prints requests/s and latency percentiles (wrk --latency) for each, the ratios, the audit
-# events written and dropped, and seawall's peak resident memory. wrk, nginx and seawall share the machine's cores, so absolute numbers
-# say more about the machine than about seawall; the ratio is the figure to compare.
+# Each target runs three times, alternating, and the median run (by requests/s) is reported:
+# requests/s and p50, p99, p99.9 latency (wrk's Lua summary), the ratios against nginx, audited
+# against unaudited, audit events written and dropped, and each seawall's peak resident memory.
+# wrk, nginx and seawall share the machine's cores, so the ratios are the figures to compare.
 set -euo pipefail
 
 duration=${1:-10}
@@ -37,107 +44,159 @@ wait_http() {
 
 cargo build --release --quiet
 
+# --- the upstream and nginx as a proxy ---------------------------------------------------
 upstream_port=$(free_port)
+nginx_port=$(free_port)
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
+worker_processes auto;
 daemon off;
 error_log stderr warn;
 pid $work/nginx/nginx.pid;
-events { worker_connections 1024; }
+events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  upstream app {
+    server 127.0.0.1:$upstream_port;
+    keepalive 256;
+  }
   server {
     listen 127.0.0.1:$upstream_port;
     location / { return 200 "hello from the upstream\n"; }
+  }
+  server {
+    listen 127.0.0.1:$nginx_port;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
   }
 }
 NGINX
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
 pids+=($!)
 wait_http "http://127.0.0.1:$upstream_port/"
+wait_http "http://127.0.0.1:$nginx_port/"
 
-proxy_port=$(free_port)
-admin_port=$(free_port)
-cat > "$work/seawall.toml" <<TOML
+# --- two seawalls: features off, and all four on ---------------------------------------
+start_seawall() {
+  local name=$1 features=$2
+  local proxy_port admin_port
+  proxy_port=$(free_port)
+  admin_port=$(free_port)
+  cat > "$work/$name.toml" <<TOML
 [server]
 listen = "127.0.0.1:$proxy_port"
 admin_listen = "127.0.0.1:$admin_port"
 
 [store]
-data_dir = "$work/data"
+data_dir = "$work/$name-data"
 
 [features]
-audit_trail = true
+$features
+
+[ratelimit.levels.medium]
+quota = 10000000
+window_s = 1
 
 [upstreams.app]
 url = "http://127.0.0.1:$upstream_port"
 max_connections = 256
 
 [[routes]]
-name = "plain"
-match = "/plain/*"
+name = "gated"
+match = "/gated/*"
 upstream = "app"
-strip_prefix = "/plain"
-audit = { level = "none" }
+strip_prefix = "/gated"
+flag = "load-gate"
+audit = { level = "metadata" }
 
 [[routes]]
-name = "audited"
-match = "/audited/*"
+name = "noaudit"
+match = "/noaudit/*"
 upstream = "app"
-strip_prefix = "/audited"
-audit = { level = "metadata" }
+strip_prefix = "/noaudit"
+flag = "load-gate"
+audit = { level = "none" }
 TOML
-RUST_LOG=warn target/release/seawall --config "$work/seawall.toml" >"$work/seawall.log" 2>&1 &
-seawall_pid=$!
-pids+=($seawall_pid)
-wait_http "http://127.0.0.1:$proxy_port/health/ready"
+  FF_LOAD_GATE=true RUST_LOG=warn target/release/seawall --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+  local pid=$!
+  pids+=($pid)
+  wait_http "http://127.0.0.1:$proxy_port/health/ready"
+  echo "$pid $proxy_port $admin_port"
+}
+read -r plain_pid plain_port plain_admin < <(start_seawall plain "")
+read -r all_pid all_port all_admin < <(start_seawall all "circuit_breaker = true
+enhanced_pooling = true
+prioritized_rate_limit = true
+audit_trail = true")
 
-# One line per run: name rps p50 p90 p99 (latencies in ms).
+declare -A url=(
+  [direct]="http://127.0.0.1:$upstream_port/"
+  [nginx]="http://127.0.0.1:$nginx_port/"
+  [seawall]="http://127.0.0.1:$plain_port/gated/"
+  [all]="http://127.0.0.1:$all_port/gated/"
+  [all-noaudit]="http://127.0.0.1:$all_port/noaudit/"
+)
+targets=(direct nginx seawall all all-noaudit)
+
+# Every target must answer 200 before anything is measured (the gate flag, the quotas).
+for target in "${targets[@]}"; do
+  status=$(curl -s -o /dev/null -w '%{http_code}' "${url[$target]}")
+  [ "$status" = 200 ] || { echo "load.sh: $target answered $status" >&2; exit 1; }
+done
+
+cat > "$work/summary.lua" <<'LUA'
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.status + summary.errors.timeout
+  io.write(string.format("RESULT %.0f %.3f %.3f %.3f %d\n",
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    latency:percentile(99.9) / 1000, errors))
+end
+LUA
+
+# One line per run: target rps p50 p99 p99.9 errors (latencies in ms).
 measure() {
-  local name=$1 url=$2
-  wrk -t2 -c"$connections" -d"${duration}s" --latency "$url" >"$work/$name.wrk" 2>&1
-  awk -v name="$name" '
-    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-    /Requests\/sec/ { rps = $2 }
-    /^ +50%/ { p50 = ms($2) } /^ +90%/ { p90 = ms($2) } /^ +99%/ { p99 = ms($2) }
-    /Non-2xx/ { bad = $NF }
-    END { printf "%s %.0f %.3f %.3f %.3f %s\n", name, rps, p50, p90, p99, (bad == "" ? 0 : bad) }
-  ' "$work/$name.wrk"
+  local target=$1
+  wrk -t2 -c"$connections" -d"${duration}s" -s "$work/summary.lua" "${url[$target]}" \
+    | awk -v t="$target" '/^RESULT/ { print t, $2, $3, $4, $5, $6 }'
 }
 
-# Warm both paths (connection pools, page cache) before measuring.
-wrk -t1 -c4 -d1s "http://127.0.0.1:$upstream_port/" >/dev/null
-wrk -t1 -c4 -d1s "http://127.0.0.1:$proxy_port/plain/" >/dev/null
-wrk -t1 -c4 -d1s "http://127.0.0.1:$proxy_port/audited/" >/dev/null
-
-direct=$(measure direct "http://127.0.0.1:$upstream_port/")
-# Plain and audited alternate three times and the median run of each is reported, so a
-# noisy neighbour on a shared machine does not decide the comparison.
-median() { sort -k2 -n | sed -n 2p; }
-plain_runs=() audited_runs=()
+for target in "${targets[@]}"; do
+  wrk -t1 -c4 -d1s "${url[$target]}" >/dev/null
+done
+declare -A runs=()
 for round in 1 2 3; do
-  plain_runs+=("$(measure seawall "http://127.0.0.1:$proxy_port/plain/")")
-  audited_runs+=("$(measure audited "http://127.0.0.1:$proxy_port/audited/")")
+  for target in "${targets[@]}"; do
+    runs[$target]+="$(measure "$target")"$'\n'
+  done
 done
-through=$(printf '%s\n' "${plain_runs[@]}" | median)
-audited=$(printf '%s\n' "${audited_runs[@]}" | median)
-peak_kib=$(awk '/VmHWM/ { print $2 }' "/proc/$seawall_pid/status")
+declare -A row=()
+for target in "${targets[@]}"; do
+  row[$target]=$(printf '%s' "${runs[$target]}" | sort -k2 -n | sed -n 2p)
+done
+peak() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
-echo "load: ${duration}s per run (seawall and audited: median of 3 alternating runs), $connections connections, wrk -t2, $(nproc) cores shared by wrk, nginx and seawall"
-printf '%-10s %12s %10s %10s %10s %10s\n' target "requests/s" "p50 ms" "p90 ms" "p99 ms" non-2xx
-for row in "$direct" "$through" "$audited"; do
-  set -- $row
-  printf '%-10s %12s %10s %10s %10s %10s\n' "$1" "$2" "$3" "$4" "$5" "$6"
+echo "load: ${duration}s per run, median of 3 alternating runs per target, $connections connections, wrk -t2; $(nproc) cores shared by wrk, nginx and seawall"
+printf '%-12s %12s %9s %9s %9s %8s\n' target "requests/s" "p50 ms" "p99 ms" "p99.9 ms" errors
+for target in "${targets[@]}"; do
+  set -- ${row[$target]}
+  printf '%-12s %12s %9s %9s %9s %8s\n' "$1" "$2" "$3" "$4" "$5" "$6"
 done
-set -- $direct; d_rps=$2; d_p99=$5
-set -- $through; s_rps=$2; s_p99=$5
-set -- $audited; a_rps=$2; a_p99=$5
-awk -v a="$s_rps" -v b="$d_rps" -v c="$s_p99" -v d="$d_p99" \
-  'BEGIN { printf "seawall/direct: throughput %.2fx, p99 %.2fx\n", a / b, c / d }'
-awk -v a="$a_rps" -v b="$s_rps" -v c="$a_p99" -v d="$s_p99" \
-  'BEGIN { printf "audited/unaudited: throughput %.2fx, p99 %.2fx\n", a / b, c / d }'
-metrics=$(curl -sf "http://127.0.0.1:$admin_port/metrics")
+for target in seawall all; do
+  set -- ${row[$target]}; t_rps=$2 t_p99=$4
+  set -- ${row[nginx]}
+  awk -v t="$target" -v a="$t_rps" -v b="$2" -v c="$t_p99" -v d="$4" \
+    'BEGIN { printf "%-11s vs nginx: requests/s %.2fx, p99 %.2fx\n", t, a / b, c / d }'
+done
+set -- ${row[all]}; a_rps=$2 a_p99=$4
+set -- ${row[all-noaudit]}
+awk -v a="$a_rps" -v b="$2" -v c="$a_p99" -v d="$4" \
+  'BEGIN { printf "audited vs unaudited (all features on): requests/s %.2fx, p99 %.2fx\n", a / b, c / d }'
+metrics=$(curl -sf "http://127.0.0.1:$all_admin/metrics")
 echo "audit events written: $(awk '/^seawall_audit_events_written_total/ { print $2 }' <<<"$metrics"), dropped: $(awk '/^seawall_audit_events_dropped_total/ { print $2 }' <<<"$metrics")"
-echo "seawall peak resident memory: $((peak_kib / 1024)) MiB"
+echo "peak resident memory: seawall (features off) $(peak "$plain_pid") MiB, seawall (all features) $(peak "$all_pid") MiB"

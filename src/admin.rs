@@ -45,6 +45,7 @@ pub enum Endpoint {
     Audit,
     Gdpr,
     Backup,
+    OpenApi,
     Unknown,
 }
 
@@ -73,6 +74,7 @@ impl Endpoint {
             "/admin/stats" => Endpoint::Stats,
             "/admin/config" => Endpoint::Config,
             "/admin/backup" => Endpoint::Backup,
+            OPENAPI_PATH => Endpoint::OpenApi,
             _ => Endpoint::Unknown,
         }
     }
@@ -89,6 +91,7 @@ impl Endpoint {
             Endpoint::Audit => "admin.audit",
             Endpoint::Gdpr => "admin.gdpr",
             Endpoint::Backup => "admin.backup",
+            Endpoint::OpenApi => "openapi",
             Endpoint::Unknown => "admin.unmatched",
         }
     }
@@ -112,6 +115,10 @@ impl Endpoint {
         }
     }
 }
+
+/// The OpenAPI document of the admin and OFREP APIs, served without a token like `/metrics`.
+pub const OPENAPI: &str = include_str!("openapi.yaml");
+const OPENAPI_PATH: &str = "/admin/openapi.yaml";
 
 pub struct AdminService {
     state: Arc<AppState>,
@@ -214,7 +221,11 @@ impl Service for AdminService {
         endpoint: Endpoint,
     ) -> Result<Response<Body>, Error> {
         let path = request.uri().path();
-        if path.starts_with("/admin/") && !self.state.admin_token.authorizes(request.headers()) {
+        let public = matches!(endpoint, Endpoint::OpenApi);
+        if path.starts_with("/admin/")
+            && !public
+            && !self.state.admin_token.authorizes(request.headers())
+        {
             return Err(Error::Unauthorized);
         }
         if matches!(endpoint, Endpoint::Unknown) {
@@ -237,6 +248,14 @@ impl Service for AdminService {
             Endpoint::Gdpr => return admin_gdpr::handle(&self.state, request).await,
             Endpoint::Backup => return backup(&self.state, request).await,
             Endpoint::Metrics => self.metrics(),
+            Endpoint::OpenApi => {
+                let mut response = Response::new(body::full(OPENAPI));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/yaml"),
+                );
+                response
+            }
             Endpoint::Health(health) => health.respond(&self.state),
             Endpoint::Stats => body::json(StatusCode::OK, &self.state.stats.percentiles()),
             Endpoint::Config => {

@@ -25,6 +25,14 @@ use crate::flags::model::{Flag, State};
 use crate::flags::store::{Record, WriteError};
 use crate::state::AppState;
 
+/// What a flag name needs encoded in a path segment: everything but RFC 3986's unreserved
+/// characters, so `new-checkout` stays readable.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 enum Route {
     Collection,
     Import,
@@ -96,7 +104,7 @@ pub async fn handle(
                 .unwrap_or_default();
             let location = format!(
                 "/admin/flags/{}",
-                percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+                percent_encoding::utf8_percent_encode(name, PATH_SEGMENT)
             );
             if let Ok(value) = HeaderValue::from_str(&location) {
                 response.headers_mut().insert(header::LOCATION, value);

@@ -277,3 +277,155 @@ fn sections_idle_while_their_feature_is_off_are_warned_about() {
     .unwrap();
     assert!(on.warnings.is_empty(), "{:?}", on.warnings);
 }
+
+/// Fuzzing the parser and validator: documents built from seawall's own sections and keys with
+/// values of every type and range, plus environment variables, never panic, and every refusal
+/// names what is wrong.
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SECTIONS: &[&str] = &[
+        "[server]",
+        "[store]",
+        "[features]",
+        "[health]",
+        "[postgres]",
+        "[postgres.breaker]",
+        "[ofrep]",
+        "[ratelimit]",
+        "[ratelimit.levels.medium]",
+        "[ratelimit.policies.burst]",
+        "[audit]",
+        "[audit.retention.access]",
+        "[audit.erasure.security]",
+        "[upstreams.app]",
+        "[upstreams.app.breaker]",
+        "[[routes]]",
+        "[[audit.rules]]",
+        "[nonsense]",
+    ];
+
+    const KEYS: &[&str] = &[
+        "listen",
+        "admin_listen",
+        "data_dir",
+        "cache_capacity_mb",
+        "audit_trail",
+        "circuit_breaker",
+        "circuit_breaker_percentage",
+        "url",
+        "max_connections",
+        "timeout_ms",
+        "name",
+        "match",
+        "upstream",
+        "strip_prefix",
+        "flag",
+        "methods",
+        "priority",
+        "audit",
+        "quota",
+        "window_s",
+        "mode",
+        "max_in_flight",
+        "header_days",
+        "payload_days",
+        "action",
+        "basis",
+        "digest_every",
+        "kek_rotation_interval_ms",
+        "flush_interval_ms",
+        "level",
+        "routes",
+        "event",
+        "stream",
+        "window",
+        "window_size",
+        "minimum_calls",
+        "keys",
+        "trusted_proxies",
+        "pool_max",
+        "postgres",
+        "params",
+        "max_body_bytes",
+        "unknown_key",
+    ];
+
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            (0u64..200_000).prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            "[a-z0-9:/._*{}-]{0,24}".prop_map(|s| format!("{s:?}")),
+            any::<String>().prop_map(|s| format!("{s:?}")),
+            Just("\"http://127.0.0.1:3000\"".to_string()),
+            Just("\"/api/*\"".to_string()),
+            Just("[\"GET\", \"POST\"]".to_string()),
+            Just("{ level = \"request\" }".to_string()),
+            Just("1.5".to_string()),
+            Just("[]".to_string()),
+        ]
+    }
+
+    fn document() -> impl Strategy<Value = String> {
+        let line =
+            (proptest::sample::select(KEYS), value()).prop_map(|(k, v)| format!("{k} = {v}"));
+        let section = (
+            proptest::sample::select(SECTIONS),
+            proptest::collection::vec(line, 0..6),
+        )
+            .prop_map(|(header, lines)| format!("{header}\n{}\n", lines.join("\n")));
+        proptest::collection::vec(section, 0..8).prop_map(|sections| sections.concat())
+    }
+
+    fn environment() -> impl Strategy<Value = Vec<(String, String)>> {
+        let name = proptest::sample::select(
+            &[
+                "FF_ENABLE_AUDIT_TRAIL",
+                "FF_ENABLE_CIRCUIT_BREAKER_PERCENTAGE",
+                "FF_NEW_CHECKOUT_USERS",
+                "FF_NEW_CHECKOUT_IPS",
+                "SEAWALL_LISTEN",
+                "SEAWALL_ADMIN_TOKEN",
+                "SEAWALL_DATA_DIR",
+                "PORT",
+                "SEAWALL_OFREP_KEYS",
+            ][..],
+        );
+        proptest::collection::vec((name, "[ -~]{0,20}"), 0..4)
+            .prop_map(|pairs| pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    fn check(text: &str, pairs: &[(String, String)]) {
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        match load(text, &pairs) {
+            Ok(config) => {
+                let json = config.to_masked_json();
+                assert!(json.starts_with('{'), "{json}");
+            }
+            Err(e) => assert!(
+                !e.to_string().trim().is_empty(),
+                "an empty message for {text:?}"
+            ),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn structured_documents_never_panic(text in document(), pairs in environment()) {
+            check(&text, &pairs);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in any::<String>()) {
+            check(&text, &[]);
+        }
+    }
+}

@@ -20,6 +20,7 @@ mod fly;
 mod gdpr;
 mod health_metrics;
 mod ofrep;
+mod openapi;
 mod postgres;
 mod proxying;
 mod ratelimit;

@@ -1,0 +1,137 @@
+//! The OpenAPI document of the admin and OFREP APIs (`src/openapi.yaml`): valid OpenAPI, served
+//! by the admin listener without a token, every documented operation routed, and a bounded
+//! property-based fuzz run (schemathesis) against a live seawall that finds no server error and
+//! no crash.
+
+use std::path::Path;
+use std::process::Command;
+
+use http::Method;
+
+use crate::support::{ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, full, get, required_env, send};
+
+fn document() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/openapi.yaml")
+}
+
+/// The documented operations, after the document passed `openapi-spec-validator`.
+fn operations() -> Vec<(Method, String)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi_operations.py");
+    let out = Command::new(required_env("SEAWALL_TEST_PYTHON"))
+        .arg(script)
+        .arg(document())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .map(|line| {
+            let (method, path) = line.split_once(' ').unwrap();
+            (method.parse().unwrap(), path.to_string())
+        })
+        .collect()
+}
+
+const CONFIG: &str = "[features]\naudit_trail = true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_document_is_valid_served_and_every_operation_is_routed() {
+    let seawall = Seawall::start(CONFIG);
+    let served = get(&seawall.admin_url("/admin/openapi.yaml")).await;
+    assert_eq!(served.status, 200);
+    assert_eq!(served.header("content-type"), Some("application/yaml"));
+    assert_eq!(served.text(), std::fs::read_to_string(document()).unwrap());
+
+    let operations = operations();
+    assert!(operations.len() >= 35, "{operations:?}");
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    for (method, path) in operations {
+        let concrete = path
+            .replace("{action}", "reset")
+            .replace("{policy}", "medium")
+            .replace(['{', '}'], "");
+        let url = if concrete.starts_with("/ofrep/") {
+            seawall.proxy_url(&concrete)
+        } else {
+            seawall.admin_url(&concrete)
+        };
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let reply = send(method.clone(), &url, &headers, full("{}")).await;
+        assert_ne!(
+            reply.status, 405,
+            "{method} {path} is documented but not routed"
+        );
+        assert!(
+            reply.status.as_u16() < 500,
+            "{method} {path}: {} {}",
+            reply.status,
+            reply.text()
+        );
+        if !path.contains('{') {
+            assert_ne!(reply.status, 404, "{method} {path}: {}", reply.text());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_fuzz_run_finds_no_server_error() {
+    let mut seawall = Seawall::start(CONFIG);
+    let schema = seawall.admin_url("/admin/openapi.yaml");
+    let work = tempfile::TempDir::new().unwrap();
+    let auth = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    let admin_base = seawall.admin_url("");
+    let proxy_base = seawall.proxy_url("");
+    let runs: [(&str, &[&str]); 2] = [
+        (admin_base.as_str(), &["--exclude-tag", "ofrep"]),
+        (proxy_base.as_str(), &["--include-tag", "ofrep"]),
+    ];
+    for (base, filter) in runs {
+        let out = Command::new(required_env("SEAWALL_TEST_SCHEMATHESIS"))
+            .args(["run", &schema, "--url", base, "-H", &auth])
+            .args(["--checks", "not_a_server_error", "--max-examples", "12"])
+            .args(["--seed", "20261127", "--workers", "2", "--no-shrink"])
+            .args(["--request-timeout", "30"])
+            .args(filter)
+            .current_dir(work.path())
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "schemathesis against {base} failed:\n{report}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(report.contains("passed"), "{report}");
+    }
+    // Still serving, and still able to shut down cleanly: nothing crashed.
+    assert_eq!(get(&seawall.proxy_url("/health/live")).await.status, 200);
+    seawall.signal("TERM");
+    assert!(seawall.wait_exit(PROCESS_TIMEOUT).success());
+}
+
+#[test]
+fn the_api_reference_is_rendered_from_the_document() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(required_env("SEAWALL_TEST_PYTHON"))
+        .arg(root.join("tests/openapi_markdown.py"))
+        .arg(document())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
+    assert!(
+        committed == String::from_utf8_lossy(&out.stdout),
+        "docs/api.md is out of date: run tests/openapi_markdown.py src/openapi.yaml > docs/api.md"
+    );
+}
