@@ -79,7 +79,7 @@ pub async fn handle(
                     code: "ILLEGAL_TRANSITION",
                     message: e.to_string(),
                 }),
-                Err(ManualError::Store(e)) => Err(Error::Internal(e.to_string())),
+                Err(ManualError::Store(e)) => Err(Error::StoreUnavailable(e.to_string())),
             }
         }
         (["breakers", _, _], _) => Err(Error::MethodNotAllowed {

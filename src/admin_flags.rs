@@ -250,6 +250,6 @@ fn write_error(error: WriteError) -> Error {
             code: "NO_CONFIGURATION",
             message: e.to_string(),
         },
-        WriteError::Store(e) => Error::Internal(e.to_string()),
+        WriteError::Store(e) => Error::StoreUnavailable(e.to_string()),
     }
 }

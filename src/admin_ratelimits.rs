@@ -82,6 +82,6 @@ async fn updated(
             what: "rate-limit policy",
             name: name.to_string(),
         }),
-        Err(e) => Err(Error::Internal(e.to_string())),
+        Err(e) => Err(Error::StoreUnavailable(e.to_string())),
     }
 }

@@ -66,6 +66,9 @@ pub enum Error {
     Overloaded { level: Level, retry_after: u64 },
     #[error("request not answered within {0:?}")]
     RequestTimeout(Duration),
+    /// The store refused a write (a full or failing volume): nothing was changed.
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -86,7 +89,8 @@ impl Error {
             Error::UpstreamBusy { .. }
             | Error::CircuitOpen { .. }
             | Error::DatabaseUnavailable(_)
-            | Error::DatabaseBusy => StatusCode::SERVICE_UNAVAILABLE,
+            | Error::DatabaseBusy
+            | Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::QueryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::QueryRejected { conflict: true, .. } => StatusCode::CONFLICT,
             Error::QueryRejected {
@@ -129,6 +133,7 @@ impl Error {
             Error::RateLimited(_) => "RATE_LIMIT_EXCEEDED",
             Error::Overloaded { .. } => "SERVICE_OVERLOADED",
             Error::RequestTimeout(_) => "GATEWAY_TIMEOUT",
+            Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -201,6 +206,10 @@ impl Error {
                 format!(
                     "'{breaker}' is failing and its circuit breaker is open; retry after the Retry-After delay."
                 )
+            }
+            Error::StoreUnavailable(_) => {
+                "seawall's store cannot be written (is its volume full?); nothing was changed."
+                    .to_string()
             }
             Error::Internal(_) => "Something went wrong inside seawall.".to_string(),
         }

@@ -9,6 +9,7 @@ mod admin_auth;
 mod alerts;
 mod audit;
 mod breakers;
+mod chaos;
 mod chroma;
 mod config_errors;
 mod crash_recovery;

@@ -234,6 +234,19 @@ pub fn full(bytes: impl Into<Bytes>) -> TestBody {
 
 /// Sends a request with a streamed or complete body and collects the answer.
 pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: TestBody) -> Reply {
+    try_send(method, url, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("request reaches seawall: {e}"))
+}
+
+/// [`send`] for tests that expect the server to go away: `Err` when the connection fails or
+/// no answer comes within `PROCESS_TIMEOUT`.
+pub async fn try_send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: TestBody,
+) -> Result<Reply, String> {
     let mut builder = Request::builder().method(method).uri(url);
     for (k, v) in headers {
         builder = builder.header(*k, *v);
@@ -243,15 +256,19 @@ pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Tes
         client().request(builder.body(body).unwrap()),
     )
     .await
-    .expect("answer within the test timeout")
-    .expect("request reaches seawall");
+    .map_err(|_| "no answer within the test timeout".to_string())?
+    .map_err(|e| format!("{e:?}"))?;
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body arrives").to_bytes();
-    Reply {
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e:?}"))?
+        .to_bytes();
+    Ok(Reply {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
+    })
 }
 
 pub async fn get(url: &str) -> Reply {
