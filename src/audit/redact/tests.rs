@@ -192,3 +192,88 @@ fn json_numbers_that_are_card_numbers_are_redacted() {
         json!({"n": "[REDACTED:pan]", "id": 1760203033267281057u64})
     );
 }
+
+/// A9 as a property: arbitrary bytes under arbitrary content types and encodings never panic,
+/// and a secret planted in any position of a JSON or form body never comes out.
+mod fuzz {
+    use super::*;
+
+    const SECRET: &str = "planted-secret-6c1f";
+
+    fn content_type() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("application/json".to_string())),
+            Just(Some("application/problem+json; charset=utf-8".to_string())),
+            Just(Some("application/x-www-form-urlencoded".to_string())),
+            Just(Some("text/plain".to_string())),
+            "[ -~]{0,40}".prop_map(Some),
+        ]
+    }
+
+    fn encoding() -> impl Strategy<Value = Option<String>> {
+        prop_oneof![
+            3 => Just(None),
+            1 => Just(Some("identity".to_string())),
+            1 => Just(Some("gzip".to_string())),
+            1 => "[a-z]{0,8}".prop_map(Some),
+        ]
+    }
+
+    /// A body holding the secret where redaction must find it: under a sensitive key (JSON or
+    /// form), as a bearer token or URL credential inside a string.
+    fn planted() -> impl Strategy<Value = (Vec<u8>, Option<String>)> {
+        let key = prop_oneof![
+            Just("password"),
+            Just("Access-Token"),
+            Just("client_secret"),
+            Just("apiKey"),
+            Just("Authorization"),
+        ];
+        (key, "[a-z]{1,8}", 0usize..4).prop_map(|(key, other, shape)| match shape {
+            0 => (
+                format!(r#"{{"{other}":1,"{key}":"{SECRET}"}}"#).into_bytes(),
+                Some("application/json".to_string()),
+            ),
+            1 => (
+                format!(r#"[{{"{other}":{{"{key}":["{SECRET}"]}}}}]"#).into_bytes(),
+                Some("application/json".to_string()),
+            ),
+            2 => (
+                format!("{other}=1&{key}={SECRET}").into_bytes(),
+                Some("application/x-www-form-urlencoded".to_string()),
+            ),
+            _ => (
+                format!(
+                    r#"{{"{other}":"see https://u:{SECRET}@db.example/x and Bearer {SECRET}"}}"#
+                )
+                .into_bytes(),
+                Some("application/json".to_string()),
+            ),
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn a9_arbitrary_bodies_never_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            content_type in content_type(),
+            encoding in encoding(),
+        ) {
+            let mut notes = Notes::default();
+            let _ = body(&bytes, content_type.as_deref(), encoding.as_deref(), &mut notes);
+        }
+
+        #[test]
+        fn a9_planted_secrets_never_come_out((bytes, content_type) in planted(), encoding in encoding()) {
+            let mut notes = Notes::default();
+            let out = body(&bytes, content_type.as_deref(), encoding.as_deref(), &mut notes);
+            if let Body::Captured(value) = out {
+                let text = value.to_string();
+                prop_assert!(!text.contains(SECRET), "{} came out as {}", String::from_utf8_lossy(&bytes), text);
+            }
+        }
+    }
+}
