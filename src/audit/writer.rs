@@ -45,8 +45,11 @@ pub struct Writer {
 }
 
 /// Records are grouped up to about this many bytes: large enough that sled does one insert per
-/// few dozen events, small enough that its nodes stay inline rather than becoming blob files.
-const GROUP_BYTES: usize = 16 * 1024;
+/// several events, small enough that its nodes stay inline rather than becoming blob files.
+/// Measured under audited load: 16 KiB groups held about 30 MB more resident memory than 4 KiB
+/// ones (sled keeps replaced values until its epoch-based reclamation catches up) for the same
+/// throughput; 2 KiB saved little more.
+const GROUP_BYTES: usize = 4 * 1024;
 
 /// Splits consecutive records (the first numbered `first`) into groups of about
 /// [`GROUP_BYTES`], each with its first sequence number.
