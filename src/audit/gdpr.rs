@@ -149,19 +149,24 @@ impl Found {
         log: &AuditLog,
         mut visit: impl FnMut(Stream, u64, &Record) -> bool,
     ) -> Result<(), StoreError> {
+        let kids: Vec<[u8; 16]> = self.keys.keys().copied().collect();
+        let mut going = true;
         for (stream, day) in self.days() {
-            if !log.has_bucket(stream, day) {
-                continue;
-            }
-            for item in log.bucket_events(stream, day, 0) {
-                let (seq, record) = item?;
-                let theirs = record
-                    .parts
-                    .iter()
-                    .any(|p| p.kid.is_some_and(|kid| self.keys.contains_key(&kid)));
-                if theirs && !visit(stream, seq, &record) {
-                    return Ok(());
+            log.groups_with_kids(stream, day, &kids, |_, _, first, records| {
+                for (seq, record) in (first..).zip(records) {
+                    let theirs = record
+                        .parts
+                        .iter()
+                        .any(|p| p.kid.is_some_and(|kid| self.keys.contains_key(&kid)));
+                    if theirs && !visit(stream, seq, &record) {
+                        going = false;
+                        return Ok(false);
+                    }
                 }
+                Ok(true)
+            })?;
+            if !going {
+                break;
             }
         }
         Ok(())

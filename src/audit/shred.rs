@@ -92,19 +92,10 @@ fn drop_parts(
     day: u32,
     kids: &BTreeSet<[u8; 16]>,
 ) -> Result<u64, StoreError> {
-    if !log.has_bucket(stream, day) {
-        return Ok(0);
-    }
-    let tree = log.bucket(stream, day)?;
+    let wanted: Vec<[u8; 16]> = kids.iter().copied().collect();
     let mut dropped = 0;
-    for item in tree.iter() {
-        let (key, value) = item?;
-        let Some(mut records) = log::decode_group(&value) else {
-            return Err(StoreError::Corrupt(format!(
-                "audit stream {} has an undecodable record group",
-                stream.as_str()
-            )));
-        };
+    let mut swaps = Vec::new();
+    log.groups_with_kids(stream, day, &wanted, |key, value, _, mut records| {
         let mut changed = 0;
         for part in records.iter_mut().flat_map(|r| r.parts.iter_mut()) {
             if part.kid.is_some_and(|kid| kids.contains(&kid)) {
@@ -113,17 +104,24 @@ fn drop_parts(
                 changed += 1;
             }
         }
-        if changed == 0 {
-            continue;
+        if changed > 0 {
+            swaps.push((key.clone(), value.clone(), log::encode_group(&records)));
+            dropped += changed;
         }
+        Ok(true)
+    })?;
+    if swaps.is_empty() {
+        return Ok(0);
+    }
+    let tree = log.bucket(stream, day)?;
+    for (key, old, new) in swaps {
         let _writing = log.store.writing();
         // Only this module rewrites groups, under the maintenance lock; the swap still makes
         // sure nothing else changed the group in between.
-        tree.compare_and_swap(&key, Some(&value), Some(log::encode_group(&records)))?
+        tree.compare_and_swap(&key, Some(&old), Some(new))?
             .map_err(|_| {
                 StoreError::Corrupt("an audit record group changed during an erasure".into())
             })?;
-        dropped += changed;
     }
     Ok(dropped)
 }
