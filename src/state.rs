@@ -142,7 +142,7 @@ impl AppState {
     }
 
     /// Starts the tasks that run for the life of the process: health probes, the breaker
-    /// recorder, audit retention and KEK rotation. Abort the handles to stop them. The audit writer starts
+    /// recorder, audit retention, KEK rotation and verification. Abort the handles to stop them. The audit writer starts
     /// here too but is not among them: it stops after [`AppState::close`] has drained it.
     pub fn start_background(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         self.audit.start();
@@ -151,6 +151,7 @@ impl AppState {
             self.ratelimiter.spawn_sweeper(),
             self.audit.spawn_retention(),
             self.audit.spawn_kek_rotation(),
+            self.audit.spawn_verification(),
         ];
         if let Some(transitions) = self.transitions.lock().expect("state lock").take() {
             tasks.push(self.breakers.spawn_recorder(transitions));

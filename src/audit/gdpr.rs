@@ -509,7 +509,7 @@ pub fn processing_record(config: &AuditConfig) -> Value {
                 .to_string() + &format_duration(config.kek_rotation_interval) + " (Art 32(1)(a))",
             "integrity": "a SHA-256 hash chain per stream with Ed25519-signed digests (Art 32(1)(b))",
             "availability": "verified online backups; an erasure ledger replayed on restore (Art 32(1)(c))",
-            "testing": "GET /admin/audit/verify and `seawall audit verify` recompute every chain and signature (Art 32(1)(d))",
+            "testing": "every chain and signature is recomputed every ".to_string() + &format_duration(config.verify_interval) + " in the background, and on demand by GET /admin/audit/verify and `seawall audit verify` (Art 32(1)(d))",
         }),
     );
     Value::Object(record)

@@ -84,6 +84,9 @@ pub struct AuditConfig {
     /// How often the key-encryption key is replaced (what makes erasures physical).
     #[serde(serialize_with = "crate::config::millis")]
     pub kek_rotation_interval: Duration,
+    /// How often every chain and digest is verified in the background (Art 32(1)(d)).
+    #[serde(serialize_with = "crate::config::millis")]
+    pub verify_interval: Duration,
     /// What an erasure request does to each stream.
     pub erasure: BTreeMap<Stream, ErasureAction>,
 }
@@ -391,6 +394,70 @@ impl AuditTrail {
         };
         self.record(draft.important()).await;
         result
+    }
+
+    /// Verifies every stream every `verify_interval`, the first time one interval after start,
+    /// recording `integrity.verified` or `integrity.failure`.
+    pub fn spawn_verification(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let trail = self.clone();
+        tokio::spawn(async move {
+            let period = trail.config.verify_interval;
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let _ = trail.verify_against(None, trail.public_key(), true).await;
+            }
+        })
+    }
+
+    /// Verifies `streams` (all when `None`) against `pinned`. A failure is recorded as
+    /// `integrity.failure` with the breaks; a success as `integrity.verified` with the counts
+    /// when `record_success` (the scheduled runs; an admin call is its own `audit.read`).
+    pub async fn verify_against(
+        &self,
+        streams: Option<Vec<Stream>>,
+        pinned: ed25519_dalek::VerifyingKey,
+        record_success: bool,
+    ) -> Result<verify::Report, StoreError> {
+        let log = self.log.clone();
+        let streams = streams.unwrap_or_else(|| Stream::ALL.to_vec());
+        let report = tokio::task::spawn_blocking(move || verify::streams(&log, &streams, &pinned))
+            .await
+            .expect("verification does not panic")?;
+        if report.ok && !record_success {
+            return Ok(report);
+        }
+        let id = crate::request_context::new_request_id();
+        let draft = if report.ok {
+            let events: u64 = report.streams.iter().map(|s| s.events).sum();
+            Draft::new(
+                Stream::System,
+                "integrity.verified",
+                "success",
+                &id,
+                SystemTime::now(),
+            )
+            .field("events", json!(events))
+        } else {
+            let breaks: Vec<_> = report
+                .streams
+                .iter()
+                .filter_map(|r| Some(json!({"stream": r.stream, "break": r.broken.as_ref()?})))
+                .collect();
+            tracing::error!(?breaks, key = %report.key_fingerprint, "audit trail verification failed");
+            Draft::new(
+                Stream::System,
+                "integrity.failure",
+                "failure",
+                &id,
+                SystemTime::now(),
+            )
+            .field("breaks", json!(breaks))
+            .field("key_fingerprint", json!(report.key_fingerprint))
+        };
+        self.record(draft.important()).await;
+        Ok(report)
     }
 
     /// Rotates the KEK whenever the current one is `kek_rotation_interval` old.

@@ -129,6 +129,13 @@ impl Validator<'_> {
                 1_000,
                 30 * 86_400_000,
             )?,
+            verify_interval: self.millis(
+                "audit.verify_interval_ms",
+                raw.verify_interval_ms,
+                86_400_000,
+                100,
+                30 * 86_400_000,
+            )?,
             erasure,
             origin,
             flush_interval: self.millis(

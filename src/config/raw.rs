@@ -154,6 +154,7 @@ pub struct RawAudit {
     pub digest_interval_ms: Option<u64>,
     pub digest_idle_ms: Option<u64>,
     pub kek_rotation_interval_ms: Option<u64>,
+    pub verify_interval_ms: Option<u64>,
     #[serde(default)]
     pub erasure: BTreeMap<String, RawErasure>,
 }

@@ -516,3 +516,33 @@ async fn d2_d3_erased_data_is_gone_from_the_files_and_stays_gone_after_a_restore
         "{report}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_verification_records_its_result() {
+    let backend = Backend::start().await;
+    let seawall = Seawall::start(&config(
+        &backend,
+        "\n[audit]\nverify_interval_ms = 200\ndigest_every = 1\n",
+    ));
+    record_events(&seawall).await;
+    let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        let verified = query_all(&seawall, "type=integrity.verified").await;
+        if let Some(event) = verified.last()
+            && event["events"].as_u64().unwrap_or(0) >= 5
+        {
+            assert_eq!(event["stream"], "system");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no integrity.verified event covering the application events"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        query_all(&seawall, "type=integrity.failure")
+            .await
+            .is_empty()
+    );
+}

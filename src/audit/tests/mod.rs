@@ -50,6 +50,7 @@ fn config() -> AuditConfig {
             idle: Duration::from_secs(3600),
         },
         kek_rotation_interval: Duration::from_secs(86_400),
+        verify_interval: Duration::from_secs(86_400),
         erasure: AuditConfig::default_erasure(),
     }
 }
