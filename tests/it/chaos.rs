@@ -195,7 +195,7 @@ params = ["id"]
     let seen = load.finish().await;
     let (open, recovered) = open_and_recovery(&seen, fault, back);
     report(&format!(
-        "postgres killed under load ({} requests): breaker open after {} ms; first success {} ms after PostgreSQL was started again (it answered a probe after {} ms)",
+        "postgres stopped abruptly (pg_ctl -m immediate) under load ({} requests): breaker open after {} ms; first success {} ms after PostgreSQL was started again (it answered a probe after {} ms)",
         seen.len(),
         open.as_millis(),
         recovered.as_millis(),
