@@ -122,16 +122,21 @@ flag = "load-gate"
 audit = { level = "none" }
 TOML
   FF_LOAD_GATE=true RUST_LOG=warn target/release/seawall --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
-  local pid=$!
-  pids+=($pid)
+  started_pid=$!
+  pids+=($started_pid)
   wait_http "http://127.0.0.1:$proxy_port/health/ready"
-  echo "$pid $proxy_port $admin_port"
+  started_ports="$proxy_port $admin_port"
 }
-read -r plain_pid plain_port plain_admin < <(start_seawall plain "")
-read -r all_pid all_port all_admin < <(start_seawall all "circuit_breaker = true
+# Called in this shell (not a subshell), so the cleanup trap knows every PID.
+start_seawall plain ""
+plain_pid=$started_pid
+read -r plain_port plain_admin <<<"$started_ports"
+start_seawall all "circuit_breaker = true
 enhanced_pooling = true
 prioritized_rate_limit = true
-audit_trail = true")
+audit_trail = true"
+all_pid=$started_pid
+read -r all_port all_admin <<<"$started_ports"
 
 declare -A url=(
   [direct]="http://127.0.0.1:$upstream_port/"
