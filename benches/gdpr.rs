@@ -16,7 +16,7 @@ use seawall::audit::keys::Keyring;
 use seawall::audit::ledger::Ledger;
 use seawall::audit::log::AuditLog;
 use seawall::audit::writer::Writer;
-use seawall::audit::{AuditConfig, DigestPolicy, gdpr, shred, verify};
+use seawall::audit::{AuditConfig, gdpr, shred, verify};
 use seawall::config::StoreConfig;
 use seawall::store::Store;
 use serde_json::json;
@@ -56,20 +56,7 @@ fn address(n: usize) -> String {
 fn config() -> AuditConfig {
     AuditConfig {
         origin: "bench".into(),
-        flush_interval: Duration::from_millis(100),
-        queue_capacity: 65_536,
-        retention: AuditConfig::default_retention(),
-        body_days: 7,
-        retention_interval: Duration::from_secs(3600),
-        rules: Vec::new(),
-        digests: DigestPolicy {
-            every: 1000,
-            interval: Duration::from_secs(60),
-            idle: Duration::from_secs(3600),
-        },
-        kek_rotation_interval: Duration::from_secs(86_400),
-        verify_interval: Duration::from_secs(86_400),
-        erasure: AuditConfig::default_erasure(),
+        ..AuditConfig::default()
     }
 }
 

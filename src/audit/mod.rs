@@ -114,6 +114,30 @@ pub enum ErasureAction {
     Retain { basis: String },
 }
 
+/// The documented defaults (README, configuration reference); `config` validates overrides
+/// against them.
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            origin: "seawall".to_string(),
+            flush_interval: Duration::from_millis(100),
+            queue_capacity: 65_536,
+            retention: AuditConfig::default_retention(),
+            body_days: 7,
+            retention_interval: Duration::from_secs(3_600),
+            rules: Vec::new(),
+            digests: DigestPolicy {
+                every: 1_000,
+                interval: Duration::from_secs(60),
+                idle: Duration::from_secs(3_600),
+            },
+            kek_rotation_interval: Duration::from_secs(86_400),
+            verify_interval: Duration::from_secs(86_400),
+            erasure: AuditConfig::default_erasure(),
+        }
+    }
+}
+
 impl AuditConfig {
     /// Security events are kept for legal claims and the GDPR stream as the record of
     /// compliance; the rest is shredded (research/audit.md §3.4 and §7, open point 1).
@@ -318,15 +342,9 @@ impl AuditTrail {
         if dropped == 0 {
             return;
         }
-        let notice = Draft::new(
-            Stream::System,
-            "sys.audit.events_dropped",
-            "failure",
-            &crate::request_context::new_request_id(),
-            SystemTime::now(),
-        )
-        .field("reason", json!("queue_full"))
-        .field("dropped", json!(dropped));
+        let notice = system_draft("sys.audit.events_dropped", "failure")
+            .field("reason", json!("queue_full"))
+            .field("dropped", json!(dropped));
         if self.tx.try_send(Command::Event(Box::new(notice))).is_err() {
             self.unreported_drops.fetch_add(dropped, Ordering::Relaxed);
         }
@@ -334,15 +352,7 @@ impl AuditTrail {
 
     /// Records a lifecycle event of seawall itself (`sys.startup`, `sys.shutdown`).
     pub async fn system_event(&self, event_type: &str) {
-        let id = crate::request_context::new_request_id();
-        let draft = Draft::new(
-            Stream::System,
-            event_type,
-            "success",
-            &id,
-            SystemTime::now(),
-        )
-        .field(
+        let draft = system_draft(event_type, "success").field(
             "service",
             json!({"name": "seawall", "version": env!("CARGO_PKG_VERSION")}),
         );
@@ -370,29 +380,8 @@ impl AuditTrail {
             tokio::task::spawn_blocking(move || retention::run(&log, &config, now, usize::MAX))
                 .await
                 .expect("retention does not panic");
-        let id = crate::request_context::new_request_id();
-        let draft = match &result {
-            Ok(report) => Draft::new(
-                Stream::System,
-                "sys.retention.run",
-                "success",
-                &id,
-                SystemTime::now(),
-            )
-            .field("retention", json!(report)),
-            Err(e) => {
-                tracing::error!(error = %e, "audit retention run failed");
-                Draft::new(
-                    Stream::System,
-                    "sys.retention.run",
-                    "failure",
-                    &id,
-                    SystemTime::now(),
-                )
-                .field("reason", json!("store_error"))
-            }
-        };
-        self.record(draft.important()).await;
+        self.record_job("sys.retention.run", "retention", &result)
+            .await;
         result
     }
 
@@ -428,17 +417,9 @@ impl AuditTrail {
         if report.ok && !record_success {
             return Ok(report);
         }
-        let id = crate::request_context::new_request_id();
         let draft = if report.ok {
             let events: u64 = report.streams.iter().map(|s| s.events).sum();
-            Draft::new(
-                Stream::System,
-                "integrity.verified",
-                "success",
-                &id,
-                SystemTime::now(),
-            )
-            .field("events", json!(events))
+            system_draft("integrity.verified", "success").field("events", json!(events))
         } else {
             let breaks: Vec<_> = report
                 .streams
@@ -446,15 +427,9 @@ impl AuditTrail {
                 .filter_map(|r| Some(json!({"stream": r.stream, "break": r.broken.as_ref()?})))
                 .collect();
             tracing::error!(?breaks, key = %report.key_fingerprint, "audit trail verification failed");
-            Draft::new(
-                Stream::System,
-                "integrity.failure",
-                "failure",
-                &id,
-                SystemTime::now(),
-            )
-            .field("breaks", json!(breaks))
-            .field("key_fingerprint", json!(report.key_fingerprint))
+            system_draft("integrity.failure", "failure")
+                .field("breaks", json!(breaks))
+                .field("key_fingerprint", json!(report.key_fingerprint))
         };
         self.record(draft.important()).await;
         Ok(report)
@@ -486,30 +461,27 @@ impl AuditTrail {
         let result = tokio::task::spawn_blocking(move || shred::rotate_kek(&log))
             .await
             .expect("rotation does not panic");
-        let id = crate::request_context::new_request_id();
-        let draft = match &result {
-            Ok(rotation) => Draft::new(
-                Stream::System,
-                "sys.key_rotation",
-                "success",
-                &id,
-                SystemTime::now(),
-            )
-            .field("rotation", json!(rotation)),
+        self.record_job("sys.key_rotation", "rotation", &result)
+            .await;
+        result
+    }
+
+    /// Records the outcome of a maintenance job (retention, KEK rotation) as a system event:
+    /// its report under `field`, or the failure, logged, with reason `store_error`.
+    async fn record_job<T: Serialize>(
+        &self,
+        event_type: &str,
+        field: &'static str,
+        result: &Result<T, StoreError>,
+    ) {
+        let draft = match result {
+            Ok(report) => system_draft(event_type, "success").field(field, json!(report)),
             Err(e) => {
-                tracing::error!(error = %e, "KEK rotation failed");
-                Draft::new(
-                    Stream::System,
-                    "sys.key_rotation",
-                    "failure",
-                    &id,
-                    SystemTime::now(),
-                )
-                .field("reason", json!("store_error"))
+                tracing::error!(error = %e, job = event_type, "audit maintenance job failed");
+                system_draft(event_type, "failure").field("reason", json!("store_error"))
             }
         };
         self.record(draft.important()).await;
-        result
     }
 
     /// When the next KEK rotation is due: by then, erased data is physically unreadable.
@@ -535,36 +507,36 @@ impl AuditTrail {
     }
 
     pub fn render_metrics(&self, out: &mut Exposition) {
-        out.single(
-            "seawall_audit_events_written_total",
-            "counter",
-            "Audit events written to the store.",
-            self.metrics.appended.get() as f64,
-        );
-        out.single(
-            "seawall_audit_events_dropped_total",
-            "counter",
-            "Ordinary audit events dropped because the queue was full.",
-            self.metrics.dropped.get() as f64,
-        );
-        out.single(
-            "seawall_audit_write_errors_total",
-            "counter",
-            "Audit batches the store refused.",
-            self.metrics.write_errors.get() as f64,
-        );
-        out.single(
-            "seawall_audit_flushes_total",
-            "counter",
-            "Flushes of audit batches to disk.",
-            self.metrics.flushes.get() as f64,
-        );
-        out.single(
-            "seawall_audit_digests_signed_total",
-            "counter",
-            "Signed chain digests written.",
-            self.metrics.digests.get() as f64,
-        );
+        let counters = [
+            (
+                "seawall_audit_events_written_total",
+                "Audit events written to the store.",
+                &self.metrics.appended,
+            ),
+            (
+                "seawall_audit_events_dropped_total",
+                "Ordinary audit events dropped because the queue was full.",
+                &self.metrics.dropped,
+            ),
+            (
+                "seawall_audit_write_errors_total",
+                "Audit batches the store refused.",
+                &self.metrics.write_errors,
+            ),
+            (
+                "seawall_audit_flushes_total",
+                "Flushes of audit batches to disk.",
+                &self.metrics.flushes,
+            ),
+            (
+                "seawall_audit_digests_signed_total",
+                "Signed chain digests written.",
+                &self.metrics.digests,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            out.single(name, "counter", help, counter.get() as f64);
+        }
         let depth = self.config.queue_capacity - self.tx.capacity();
         out.single(
             "seawall_audit_queue_depth",
@@ -573,6 +545,17 @@ impl AuditTrail {
             depth as f64,
         );
     }
+}
+
+/// A system-stream event of `event_type` with `outcome`, as of now.
+fn system_draft(event_type: &str, outcome: &str) -> Draft {
+    Draft::new(
+        Stream::System,
+        event_type,
+        outcome,
+        &crate::request_context::new_request_id(),
+        SystemTime::now(),
+    )
 }
 
 /// The writer: takes batches from the queue, commits them, and flushes at least every

@@ -19,7 +19,10 @@ impl Validator<'_> {
         raw: &RawAudit,
         route_names: &[String],
     ) -> Result<AuditConfig, ConfigError> {
-        let origin = raw.origin.clone().unwrap_or_else(|| "seawall".to_string());
+        let origin = raw
+            .origin
+            .clone()
+            .unwrap_or_else(|| AuditConfig::default().origin);
         let printable = origin.bytes().all(|b| b.is_ascii_graphic());
         if origin.is_empty() || origin.len() > 128 || !printable {
             return Err(self.error(
@@ -104,20 +107,27 @@ impl Validator<'_> {
             }
             erasure.insert(stream, action);
         }
+        let defaults = AuditConfig::default();
         Ok(AuditConfig {
             digests: DigestPolicy {
-                every: self.range("audit.digest_every", raw.digest_every, 1_000, 1, 1_000_000)?,
+                every: self.range(
+                    "audit.digest_every",
+                    raw.digest_every,
+                    defaults.digests.every,
+                    1,
+                    1_000_000,
+                )?,
                 interval: self.millis(
                     "audit.digest_interval_ms",
                     raw.digest_interval_ms,
-                    60_000,
+                    defaults.digests.interval.as_millis() as u64,
                     10,
                     3_600_000,
                 )?,
                 idle: self.millis(
                     "audit.digest_idle_ms",
                     raw.digest_idle_ms,
-                    3_600_000,
+                    defaults.digests.idle.as_millis() as u64,
                     10,
                     86_400_000,
                 )?,
@@ -125,14 +135,14 @@ impl Validator<'_> {
             kek_rotation_interval: self.millis(
                 "audit.kek_rotation_interval_ms",
                 raw.kek_rotation_interval_ms,
-                86_400_000,
+                defaults.kek_rotation_interval.as_millis() as u64,
                 1_000,
                 30 * 86_400_000,
             )?,
             verify_interval: self.millis(
                 "audit.verify_interval_ms",
                 raw.verify_interval_ms,
-                86_400_000,
+                defaults.verify_interval.as_millis() as u64,
                 100,
                 30 * 86_400_000,
             )?,
@@ -141,23 +151,29 @@ impl Validator<'_> {
             flush_interval: self.millis(
                 "audit.flush_interval_ms",
                 raw.flush_interval_ms,
-                100,
+                defaults.flush_interval.as_millis() as u64,
                 1,
                 10_000,
             )?,
             queue_capacity: self.range(
                 "audit.queue_capacity",
                 raw.queue_capacity,
-                65_536,
+                defaults.queue_capacity as u64,
                 16,
                 4_194_304,
             )? as usize,
             retention,
-            body_days: self.range("audit.body_days", raw.body_days, 7, 1, MAX_DAYS)? as u32,
+            body_days: self.range(
+                "audit.body_days",
+                raw.body_days,
+                defaults.body_days as u64,
+                1,
+                MAX_DAYS,
+            )? as u32,
             retention_interval: self.millis(
                 "audit.retention_interval_ms",
                 raw.retention_interval_ms,
-                3_600_000,
+                defaults.retention_interval.as_millis() as u64,
                 1_000,
                 86_400_000,
             )?,

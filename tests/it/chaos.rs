@@ -136,6 +136,72 @@ fn open_and_recovery(seen: &[Seen], fault: Instant, back: Instant) -> (Duration,
     (open, recovered)
 }
 
+/// A dependency a test can take down and bring back.
+trait Dependency {
+    fn take_down(&mut self);
+    async fn bring_back(&mut self);
+}
+
+impl Dependency for &Pg {
+    /// `pg_ctl stop -m immediate`: no checkpoint, every client connection cut at once.
+    fn take_down(&mut self) {
+        self.stop();
+    }
+
+    async fn bring_back(&mut self) {
+        self.start_again();
+    }
+}
+
+impl Dependency for &mut Chroma {
+    /// `kill -9`.
+    fn take_down(&mut self) {
+        self.kill();
+    }
+
+    async fn bring_back(&mut self) {
+        self.launch().await;
+    }
+}
+
+/// What an outage under load showed.
+struct Outage {
+    requests: usize,
+    /// From the fault to the first `CIRCUIT_OPEN`.
+    open: Duration,
+    /// From bringing the dependency back to the first success the load saw,
+    recovered: Duration,
+    /// and to the first success of a probe request.
+    healthy: Duration,
+}
+
+/// Sends load to `url`, takes `dependency` down, brings it back 3 s later, and waits until
+/// `url` succeeds again; the breaker must have opened within 10 s.
+async fn outage_under_load(url: &str, mut dependency: impl Dependency) -> Outage {
+    assert_eq!(get(url).await.status, 200);
+    let load = Load::start(url.to_string(), 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fault = Instant::now();
+    dependency.take_down();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let back = Instant::now();
+    dependency.bring_back().await;
+    let healthy = until(Duration::from_secs(60), "recovery", async || {
+        get(url).await.status == 200
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = load.finish().await;
+    let (open, recovered) = open_and_recovery(&seen, fault, back);
+    assert!(open < Duration::from_secs(10), "{open:?}");
+    Outage {
+        requests: seen.len(),
+        open,
+        recovered,
+        healthy,
+    }
+}
+
 const BREAKER_ON: [(&str, &str); 2] = [
     ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
     ("FF_ENABLE_ENHANCED_POOLING", "true"),
@@ -177,31 +243,14 @@ params = ["id"]
         pg.url()
     );
     let seawall = Seawall::start_in(Arc::new(TempDir::new().unwrap()), &config, &BREAKER_ON);
-    let url = seawall.proxy_url("/pets/1");
-    assert_eq!(get(&url).await.status, 200);
-    let load = Load::start(url, 4);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // `pg_ctl stop -m immediate`: no checkpoint, every client connection cut at once.
-    let fault = Instant::now();
-    pg.stop();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let back = Instant::now();
-    pg.start_again();
-    let healthy = until(Duration::from_secs(60), "recovery", async || {
-        get(&seawall.proxy_url("/pets/1")).await.status == 200
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen = load.finish().await;
-    let (open, recovered) = open_and_recovery(&seen, fault, back);
+    let outage = outage_under_load(&seawall.proxy_url("/pets/1"), &pg).await;
     report(&format!(
         "postgres stopped abruptly (pg_ctl -m immediate) under load ({} requests): breaker open after {} ms; first success {} ms after PostgreSQL was started again (it answered a probe after {} ms)",
-        seen.len(),
-        open.as_millis(),
-        recovered.as_millis(),
-        healthy.as_millis()
+        outage.requests,
+        outage.open.as_millis(),
+        outage.recovered.as_millis(),
+        outage.healthy.as_millis()
     ));
-    assert!(open < Duration::from_secs(10), "{open:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,29 +281,14 @@ strip_prefix = "/chroma"
     );
     let seawall = Seawall::start_in(Arc::new(TempDir::new().unwrap()), &config, &BREAKER_ON);
     let url = seawall.proxy_url("/chroma/api/v2/heartbeat");
-    assert_eq!(get(&url).await.status, 200);
-    let load = Load::start(url.clone(), 4);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let fault = Instant::now();
-    chroma.kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let back = Instant::now();
-    chroma.launch().await;
-    let healthy = until(Duration::from_secs(60), "recovery", async || {
-        get(&url).await.status == 200
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen = load.finish().await;
-    let (open, recovered) = open_and_recovery(&seen, fault, back);
+    let outage = outage_under_load(&url, &mut chroma).await;
     report(&format!(
         "chromadb killed (-9) under load ({} requests): breaker open after {} ms; first success {} ms after ChromaDB was started again ({} ms after it was healthy)",
-        seen.len(),
-        open.as_millis(),
-        recovered.as_millis(),
-        healthy.as_millis()
+        outage.requests,
+        outage.open.as_millis(),
+        outage.recovered.as_millis(),
+        outage.healthy.as_millis()
     ));
-    assert!(open < Duration::from_secs(10), "{open:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

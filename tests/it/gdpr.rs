@@ -3,9 +3,8 @@
 //! that must not bring erased data back (D3), the export's JSON Schema (E1), identifiers that
 //! are never stored (E3), and reads of the trail that are audited themselves (E4).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use http::Method;
 use seawall::audit::event::Stream;
@@ -16,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::audit::{Stored, admin, all_bytes, config, contains, copy_tree, query_all};
 use crate::backend::Backend;
-use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, assert_error, required_env};
+use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, assert_error, assert_python_check};
 
 const A_ID: &str = "alice-canary-70331";
 const A_MAIL: &str = "Alice.Canary.70331@example.org";
@@ -75,27 +74,13 @@ async fn erase(seawall: &Seawall, identifiers: Value, dry_run: bool, key: Option
 
 /// Validates an export against `tests/schemas/gdpr-export.schema.json`.
 fn assert_schema(document: &Value) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut child = Command::new(required_env("SEAWALL_TEST_PYTHON"))
-        .arg(root.join("tests/json_schema.py"))
-        .arg(root.join("tests/schemas/gdpr-export.schema.json"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(document.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the export does not validate:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let schema =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemas/gdpr-export.schema.json");
+    assert_python_check(
+        "json_schema.py",
+        &[schema.as_os_str()],
+        &document.to_string(),
+        "the export does not validate",
     );
 }
 

@@ -1,41 +1,21 @@
 //! OFREP over HTTP: single and bulk evaluation, errors, ETag/304 and evaluation keys; every
 //! answer is validated against the schemas of `../shared/specs/ofrep/openapi.yaml`.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use bytes::Bytes;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN_TOKEN, Reply, Seawall, full, required_env, send};
+use crate::support::{ADMIN_TOKEN, Reply, Seawall, assert_python_check, full, send};
 
 /// Validates `document` against component `schema` of the OFREP OpenAPI document.
 fn assert_schema(document: &Value, schema: &str) {
     let openapi =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/specs/ofrep/openapi.yaml");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ofrep_schema.py");
-    let mut child = Command::new(required_env("SEAWALL_TEST_PYTHON"))
-        .arg(script)
-        .arg(openapi)
-        .arg(schema)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(document.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{document} does not validate as {schema}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    assert_python_check(
+        "ofrep_schema.py",
+        &[openapi.as_os_str(), schema.as_ref()],
+        &document.to_string(),
+        &format!("{document} does not validate as {schema}"),
     );
 }
 

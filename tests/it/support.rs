@@ -536,3 +536,31 @@ fn run(command: &mut Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs one of the Python checkers in `tests/` (with the test tools' Python) on `document`,
+/// given on its standard input, and panics with its report unless it exits 0.
+pub fn assert_python_check(script: &str, args: &[&std::ffi::OsStr], document: &str, what: &str) {
+    use std::io::Write;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(required_env("SEAWALL_TEST_PYTHON"))
+        .arg(root.join("tests").join(script))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(document.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -38,20 +38,8 @@ fn fixture() -> Fixture {
 fn config() -> AuditConfig {
     AuditConfig {
         origin: "test".into(),
-        flush_interval: Duration::from_millis(100),
         queue_capacity: 1024,
-        retention: AuditConfig::default_retention(),
-        body_days: 7,
-        retention_interval: Duration::from_secs(3600),
-        rules: Vec::new(),
-        digests: super::DigestPolicy {
-            every: 1000,
-            interval: Duration::from_secs(60),
-            idle: Duration::from_secs(3600),
-        },
-        kek_rotation_interval: Duration::from_secs(86_400),
-        verify_interval: Duration::from_secs(86_400),
-        erasure: AuditConfig::default_erasure(),
+        ..AuditConfig::default()
     }
 }
 
