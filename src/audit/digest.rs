@@ -179,17 +179,22 @@ pub fn last(log: &AuditLog, stream: Stream) -> Result<Option<Digest>, StoreError
 /// Removes the digests that only cover events retention has removed (`next_seq` at or below
 /// `pruned_through`), keeping the newest of them, which links the remaining ones to the cut.
 pub fn prune(log: &AuditLog, stream: Stream, pruned_through: u64) -> Result<usize, StoreError> {
+    // Oldest first, stopping at the first digest that still covers a kept event.
     let mut covered = Vec::new();
-    for digest in list(log, stream, 0)? {
-        match digest {
-            Ok(d) if d.next_seq <= pruned_through => covered.push(d.number),
+    for item in log
+        .digests
+        .range(storage_key(stream, 0)..=storage_key(stream, u64::MAX))
+    {
+        let (key, value) = item?;
+        match serde_json::from_slice::<Digest>(&value) {
+            Ok(d) if d.next_seq <= pruned_through => covered.push(key),
             _ => break,
         }
     }
     covered.pop();
     let mut batch = sled::Batch::default();
-    for number in &covered {
-        batch.remove(&storage_key(stream, *number));
+    for key in &covered {
+        batch.remove(key);
     }
     log.digests.apply_batch(batch)?;
     Ok(covered.len())

@@ -123,13 +123,7 @@ pub struct Found {
 pub fn find(log: &AuditLog, subjects: &[Subject]) -> Result<Found, StoreError> {
     let pseudonyms = log.resolve(subjects)?;
     let keys = log.subject_keys(&pseudonyms)?;
-    let mut index = BTreeSet::new();
-    for pseudonym in &pseudonyms {
-        let one = BTreeSet::from([*pseudonym]);
-        for (stream, day) in log.subject_days(&one)? {
-            index.insert((*pseudonym, stream, day));
-        }
-    }
+    let index = log.subject_index(&pseudonyms)?;
     Ok(Found {
         pseudonyms,
         keys,

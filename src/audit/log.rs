@@ -370,22 +370,22 @@ impl AuditLog {
         Ok(out)
     }
 
-    /// The buckets that hold events of these subjects.
-    pub fn subject_days(
+    /// The index entries of these subjects: (pseudonym, stream, day) of every bucket that
+    /// holds their events.
+    pub fn subject_index(
         &self,
         pseudonyms: &BTreeSet<Pseudonym>,
-    ) -> Result<BTreeSet<(Stream, u32)>, StoreError> {
+    ) -> Result<BTreeSet<(Pseudonym, Stream, u32)>, StoreError> {
         let mut out = BTreeSet::new();
         for pseudonym in pseudonyms {
             for item in self.subjects.scan_prefix(pseudonym) {
                 let (key, _) = item?;
+                // Alias links share the prefix; only index entries are 21 bytes long.
                 if key.len() == 21
                     && let Some(stream) = Stream::from_code(key[16])
                 {
-                    out.insert((
-                        stream,
-                        u32::from_be_bytes(key[17..21].try_into().expect("4 bytes")),
-                    ));
+                    let day = u32::from_be_bytes(key[17..21].try_into().expect("4 bytes"));
+                    out.insert((*pseudonym, stream, day));
                 }
             }
         }
