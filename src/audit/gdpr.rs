@@ -316,8 +316,10 @@ pub fn export(
     found: &Found,
     now: SystemTime,
 ) -> Result<Result<Value, usize>, StoreError> {
+    // Only the streams the subject has events in: digests are many on a busy machine.
+    let streams: BTreeSet<Stream> = found.index.iter().map(|(_, s, _)| *s).collect();
     let mut digests: BTreeMap<Stream, Vec<(u64, u64)>> = BTreeMap::new();
-    for stream in Stream::ALL {
+    for stream in streams {
         let ranges = digest::list(log, stream, 0)?
             .into_iter()
             .flatten()
@@ -382,9 +384,9 @@ fn exported(
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map_or(0, |t| log::day_of(SystemTime::from(t)));
-    let digest = digests[&stream]
-        .iter()
-        .find(|(next_seq, _)| *next_seq > seq)
+    let digest = digests
+        .get(&stream)
+        .and_then(|ranges| ranges.iter().find(|(next_seq, _)| *next_seq > seq))
         .map(|(_, number)| *number);
     let mut event = json!({
         "time": header["time"],
