@@ -241,11 +241,18 @@ impl Writer {
                 KeyClass::Body => "body",
                 KeyClass::Identity => "identity",
             };
-            let comma = if i > 0 { "," } else { "" };
-            declared.push_str(&format!(
-                "{comma}{{\"class\":\"{class}\",\"role\":\"{}\"}}",
-                part.role.as_str()
-            ));
+            if i > 0 {
+                declared.push(',');
+            }
+            for piece in [
+                "{\"class\":\"",
+                class,
+                "\",\"role\":\"",
+                part.role.as_str(),
+                "\"}",
+            ] {
+                declared.push_str(piece);
+            }
         }
         declared.push(']');
         let version = event::VERSION.to_string();
