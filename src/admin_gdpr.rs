@@ -270,23 +270,9 @@ async fn erase(
     let slot = idempotency.as_deref().map(gdpr::idempotency_slot);
     let request_hash = gdpr::idempotency_slot(&String::from_utf8_lossy(&raw));
     if let Some(slot) = slot
-        && let Some(stored) = state
-            .audit
-            .log
-            .store
-            .tree(crate::store::trees::GDPR_REQUESTS)
-            .and_then(|t| Ok(t.get(slot)?))
-            .map_err(|e| Error::Internal(format!("erasure requests: {e}")))?
+        && let Some(answer) = answered(state, &slot, &request_hash)?
     {
-        let stored: Value = serde_json::from_slice(&stored)
-            .map_err(|_| Error::Internal("an undecodable erasure request".to_string()))?;
-        if stored["request_hash"] != json!(hex(&request_hash)) {
-            return Err(Error::Conflict {
-                code: "IDEMPOTENCY_KEY_REUSED",
-                message: "This Idempotency-Key was used for a different request.".to_string(),
-            });
-        }
-        return Ok(body::json(StatusCode::OK, &stored["answer"]));
+        return Ok(body::json(StatusCode::OK, &answer));
     }
     let id = new_request_id();
     let log = state.audit.log.clone();
@@ -340,19 +326,58 @@ async fn erase(
         )
         .await;
         if let Some(slot) = slot {
-            let stored = json!({"request_hash": hex(&request_hash), "answer": answer});
-            let tree = state
-                .audit
-                .log
-                .store
-                .tree(crate::store::trees::GDPR_REQUESTS)
-                .map_err(|e| Error::Internal(format!("erasure requests: {e}")))?;
-            let _writing = state.audit.log.store.writing();
-            tree.insert(slot, serde_json::to_vec(&stored).expect("JSON"))
-                .map_err(|e| Error::Internal(format!("erasure requests: {e}")))?;
+            remember(state, &slot, &request_hash, &answer)?;
         }
     }
     Ok(body::json(StatusCode::OK, &answer))
+}
+
+fn requests_tree(state: &AppState) -> Result<sled::Tree, Error> {
+    state
+        .audit
+        .log
+        .store
+        .tree(crate::store::trees::GDPR_REQUESTS)
+        .map_err(|e| Error::Internal(format!("erasure requests: {e}")))
+}
+
+/// The stored answer of an executed erasure with this idempotency key; 409 when the key was
+/// used for a different request body.
+fn answered(
+    state: &AppState,
+    slot: &[u8; 32],
+    request_hash: &[u8; 32],
+) -> Result<Option<Value>, Error> {
+    let Some(stored) = requests_tree(state)?
+        .get(slot)
+        .map_err(|e| Error::Internal(format!("erasure requests: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let stored: Value = serde_json::from_slice(&stored)
+        .map_err(|_| Error::Internal("an undecodable erasure request".to_string()))?;
+    if stored["request_hash"] != json!(hex(request_hash)) {
+        return Err(Error::Conflict {
+            code: "IDEMPOTENCY_KEY_REUSED",
+            message: "This Idempotency-Key was used for a different request.".to_string(),
+        });
+    }
+    Ok(Some(stored["answer"].clone()))
+}
+
+/// Keeps an executed erasure's answer under its idempotency key.
+fn remember(
+    state: &AppState,
+    slot: &[u8; 32],
+    request_hash: &[u8; 32],
+    answer: &Value,
+) -> Result<(), Error> {
+    let stored = json!({"request_hash": hex(request_hash), "answer": answer});
+    let tree = requests_tree(state)?;
+    let _writing = state.audit.log.store.writing();
+    tree.insert(slot, serde_json::to_vec(&stored).expect("JSON"))
+        .map_err(|e| Error::Internal(format!("erasure requests: {e}")))?;
+    Ok(())
 }
 
 async fn list_holds(state: &AppState) -> Result<Response<Body>, Error> {
