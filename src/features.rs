@@ -2,11 +2,9 @@
 //! "is feature X on for this client?".
 //!
 //! Each feature is the flag `seawall.<name>`, defined by `FF_ENABLE_*` / `[features]` (off by
-//! default) and changeable at runtime like any flag. It is evaluated with the client's key as
+//! default) and changeable at runtime like any flag. It is evaluated with the request's
+//! [`flag_context`](crate::request_context::RequestContext::flag_context), whose client key is
 //! the stickiness id, so a percentage puts the same clients, always, behind the feature.
-
-use crate::flags::Context;
-use crate::request_context::RequestContext;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feature {
@@ -32,16 +30,6 @@ impl Feature {
             Feature::PrioritizedRateLimit => "seawall.prioritized-rate-limit",
             Feature::AuditTrail => "seawall.audit-trail",
         }
-    }
-}
-
-/// The evaluation context seawall uses for its own decisions about a request (feature flags,
-/// route flags): the client key as `userId`, the client address as `remoteAddress`.
-pub fn client_context(ctx: &RequestContext) -> Context {
-    Context {
-        user_id: Some(ctx.client_key.clone()),
-        remote_address: Some(ctx.client_ip.to_string()),
-        ..Context::default()
     }
 }
 

@@ -17,16 +17,30 @@ use crate::upstream::{CallOptions, Upstream, UpstreamError};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
 /// non-standard ones that proxies conventionally treat the same way.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Forwarding headers only a trusted proxy may send: the client's own are dropped.
+const CLIENT_FORWARDING: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    HeaderName::from_static("fly-client-ip"),
+    header::FORWARDED,
 ];
 
 /// Sends `request` to `upstream` for `route` and returns the upstream's response.
@@ -90,34 +104,28 @@ fn rewrite_request_headers(headers: &mut HeaderMap, ctx: &RequestContext) {
     let original_host = headers.remove(header::HOST);
     if !ctx.peer_trusted {
         // Only a trusted proxy may tell the upstream who the client is.
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "fly-client-ip",
-            "forwarded",
-        ] {
+        for name in &CLIENT_FORWARDING {
             headers.remove(name);
         }
     }
     let peer = ctx.peer.ip().to_canonical().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(chain) => format!("{chain}, {peer}"),
         None => peer,
     };
-    set(headers, "x-forwarded-for", &forwarded_for);
-    set(headers, "x-forwarded-proto", ctx.scheme);
+    set(headers, X_FORWARDED_FOR, &forwarded_for);
+    set(headers, X_FORWARDED_PROTO, ctx.scheme);
     if let Some(host) = original_host
-        && !headers.contains_key("x-forwarded-host")
+        && !headers.contains_key(&X_FORWARDED_HOST)
     {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
-    set(headers, "x-request-id", &ctx.request_id);
+    set(headers, X_REQUEST_ID, &ctx.request_id);
 }
 
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), value);
+        headers.insert(name, value);
     }
 }
 
@@ -133,7 +141,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }

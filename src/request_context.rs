@@ -12,6 +12,8 @@ use http::HeaderMap;
 use ipnet::IpNet;
 use sha2::Digest;
 
+use crate::flags::Context;
+
 /// The longest client-supplied request id that is propagated rather than replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -28,6 +30,10 @@ pub struct RequestContext {
     /// The client's stickiness and quota key: its IPv4 address, or its IPv6 /56 network (one
     /// subscriber's allocation), so one client cannot spread over many keys.
     pub client_key: String,
+    /// What seawall's own flag decisions about this request see (feature flags, route flags):
+    /// the client key as `userId`, the client address as `remoteAddress`. Built once, since a
+    /// request asks several flags.
+    pub flag_context: Context,
     pub started: Instant,
 }
 
@@ -43,10 +49,12 @@ impl RequestContext {
         } else {
             (peer_ip, "http")
         };
+        let client_key = address_key(client_ip);
         RequestContext {
             request_id: request_id(headers),
             peer,
-            client_key: address_key(client_ip),
+            flag_context: flag_context(&client_key, client_ip),
+            client_key,
             client_ip,
             scheme,
             peer_trusted,
@@ -72,8 +80,17 @@ impl RequestContext {
                     .map(|b| format!("{b:02x}"))
                     .collect::<String>()
             );
+            self.flag_context = flag_context(&self.client_key, self.client_ip);
         }
         self
+    }
+}
+
+fn flag_context(client_key: &str, client_ip: IpAddr) -> Context {
+    Context {
+        user_id: Some(client_key.to_string()),
+        remote_address: Some(client_ip.to_string()),
+        ..Context::default()
     }
 }
 

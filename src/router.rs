@@ -17,7 +17,6 @@ use crate::body::{Body, Guarded, RequestBody};
 use crate::config::RouteTarget;
 use crate::error::Error;
 use crate::features::Feature;
-use crate::features::client_context;
 use crate::ofrep;
 use crate::path_pattern::Params;
 use crate::proxy;
@@ -155,7 +154,7 @@ impl Service for ProxyService {
             Target::Ofrep(_) => (Some(self.state.config.ratelimit.ofrep_priority), &[][..]),
             Target::Route(route, _) => {
                 if let Some(flag) = &route.config.flag
-                    && !self.state.flags.is_on(flag, &client_context(ctx))
+                    && !self.state.flags.is_on(flag, &ctx.flag_context)
                 {
                     return Err(Error::NotFound);
                 }

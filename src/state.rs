@@ -16,7 +16,7 @@ use crate::audit::AuditTrail;
 use crate::breaker::Transition;
 use crate::breakers::Breakers;
 use crate::config::Config;
-use crate::features::{self, Feature};
+use crate::features::Feature;
 use crate::flags::store::FlagStore;
 use crate::health::{Health, Probe, StoreProbe};
 use crate::metrics::Gauge;
@@ -175,8 +175,7 @@ impl AppState {
 
     /// Whether one of seawall's own features is on for this request's client.
     pub fn feature_on(&self, feature: Feature, ctx: &RequestContext) -> bool {
-        self.flags
-            .is_on(feature.flag(), &features::client_context(ctx))
+        self.flags.is_on(feature.flag(), &ctx.flag_context)
     }
 
     /// The upstream call switches for this request.

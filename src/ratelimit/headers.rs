@@ -7,6 +7,7 @@
 //! (whole seconds, rounded up, equal to the refusing policy's `t`), `X-RateLimit-Priority` and
 //! `Cache-Control: no-store`.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue};
@@ -47,42 +48,36 @@ pub fn limited(level: Level, checked: &[Checked], now: SystemTime) -> Fields {
 }
 
 fn common(checked: &[Checked], now: SystemTime) -> Fields {
-    let policy: Vec<String> = checked
-        .iter()
-        .map(|c| format!("\"{}\";q={};w={}", c.policy, c.quota, c.window_s))
-        .collect();
-    let state: Vec<String> = checked
-        .iter()
-        .map(|c| {
-            let r = c.verdict.remaining;
+    let mut policy = String::with_capacity(32 * checked.len());
+    let mut state = String::with_capacity(32 * checked.len());
+    for (i, c) in checked.iter().enumerate() {
+        if i > 0 {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let r = c.verdict.remaining;
+        // Writing into a String cannot fail.
+        let _ = write!(policy, "\"{}\";q={};w={}", c.policy, c.quota, c.window_s);
+        let _ = write!(state, "\"{}\";r={r}", c.policy);
+        if r < c.quota {
             let t = if c.verdict.admitted {
                 c.verdict.next_unit
             } else {
                 c.verdict.retry_after
             };
-            if r >= c.quota {
-                format!("\"{}\";r={r}", c.policy)
-            } else {
-                format!("\"{}\";r={r};t={}", c.policy, whole_seconds(t))
-            }
-        })
-        .collect();
+            let _ = write!(state, ";t={}", whole_seconds(t));
+        }
+    }
     let tightest = checked
         .iter()
         .min_by_key(|c| (c.verdict.remaining, c.quota))
         .expect("at least one policy");
     let epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let reset = epoch + whole_seconds(tightest.verdict.reset);
-    let value = |text: String| HeaderValue::from_str(&text).expect("policy names are header-safe");
+    let value = |text: String| HeaderValue::try_from(text).expect("policy names are header-safe");
     vec![
-        (
-            HeaderName::from_static("ratelimit-policy"),
-            value(policy.join(", ")),
-        ),
-        (
-            HeaderName::from_static("ratelimit"),
-            value(state.join(", ")),
-        ),
+        (HeaderName::from_static("ratelimit-policy"), value(policy)),
+        (HeaderName::from_static("ratelimit"), value(state)),
         (
             HeaderName::from_static("x-ratelimit-limit"),
             HeaderValue::from(tightest.quota),
