@@ -19,7 +19,6 @@
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::body::{self, Body, RequestBody};
@@ -150,7 +149,10 @@ fn bulk(
         })
         .collect();
     let bytes = serde_json::to_vec(&json!({ "flags": flags })).expect("JSON serializes");
-    let etag = format!("\"{}\"", hex(&Sha256::digest(&bytes)[..16]));
+    let etag = format!(
+        "\"{}\"",
+        hex(&ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()[..16])
+    );
     let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
     if none_match(headers, &etag) {
         let mut response = Response::new(body::empty());

@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use http::HeaderMap;
 use ipnet::IpNet;
-use sha2::Digest;
 
 use crate::flags::Context;
 
@@ -72,10 +71,10 @@ impl RequestContext {
             .map(|v| v.as_bytes())
             .filter(|k| !k.is_empty())
         {
-            let digest = sha2::Sha256::digest(key);
+            let digest = ring::digest::digest(&ring::digest::SHA256, key);
             self.client_key = format!(
                 "key:{}",
-                digest[..8]
+                digest.as_ref()[..8]
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect::<String>()

@@ -10,9 +10,8 @@
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
-use crate::audit::event::{Hash, Stream};
+use crate::audit::event::{self, Hash, Stream};
 use crate::audit::log::AuditLog;
 use crate::audit::verify::hex;
 use crate::store::StoreError;
@@ -90,11 +89,11 @@ impl Digest {
 
     /// What the next digest's `prev_digest` names.
     pub fn hash(&self) -> Hash {
-        let mut hasher = Sha256::new();
-        hasher.update(self.signing_string().as_bytes());
-        hasher.update(b"\n");
-        hasher.update(self.signature.as_bytes());
-        hasher.finalize().into()
+        event::sha256(&[
+            self.signing_string().as_bytes(),
+            b"\n",
+            self.signature.as_bytes(),
+        ])
     }
 
     /// Whether `key` signed exactly these fields.
@@ -115,7 +114,7 @@ impl Digest {
 
 /// Hex of the first 16 bytes of SHA-256 over the public key.
 pub fn fingerprint(key: &VerifyingKey) -> String {
-    hex(&Sha256::digest(key.as_bytes())[..16])
+    hex(&event::sha256(&[key.as_bytes()])[..16])
 }
 
 pub fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -11,7 +11,6 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 /// Schema major version of the header.
 pub const VERSION: u64 = 1;
@@ -403,12 +402,17 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
 
 pub type Hash = [u8; 32];
 
-fn sha256(parts: &[&[u8]]) -> Hash {
-    let mut hasher = Sha256::new();
+/// SHA-256 over the concatenation of `parts`.
+pub fn sha256(parts: &[&[u8]]) -> Hash {
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
     for part in parts {
         hasher.update(part);
     }
-    hasher.finalize().into()
+    hasher
+        .finish()
+        .as_ref()
+        .try_into()
+        .expect("SHA-256 is 32 bytes")
 }
 
 /// The digest of a sealed part, kept when the part itself is erased.
@@ -422,12 +426,10 @@ pub fn leaf(header_hash: &Hash, digests: &[Hash]) -> Hash {
     let payload = if digests.is_empty() {
         [0u8; 32]
     } else {
-        let mut hasher = Sha256::new();
-        hasher.update([0x03]);
-        for d in digests {
-            hasher.update(d);
-        }
-        hasher.finalize().into()
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(digests.len() + 1);
+        parts.push(&[0x03]);
+        parts.extend(digests.iter().map(|d| &d[..]));
+        sha256(&parts)
     };
     sha256(&[&[0x00], header_hash, &payload])
 }

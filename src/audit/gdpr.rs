@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::audit::event::{Hash, Record, Stream, Subject};
+use crate::audit::event::{self, Hash, Record, Stream, Subject};
 use crate::audit::keys::Pseudonym;
 use crate::audit::ledger::Ledger;
 use crate::audit::log::{self, AuditLog, KeyRecord};
@@ -522,6 +522,5 @@ fn format_duration(duration: Duration) -> String {
 
 /// Hash of an idempotency key, so the key itself is never stored.
 pub fn idempotency_slot(key: &str) -> Hash {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(key.as_bytes()).into()
+    event::sha256(&[key.as_bytes()])
 }

@@ -22,8 +22,6 @@ use std::sync::RwLock;
 use chacha20poly1305::aead::{Aead, Payload};
 use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use ed25519_dalek::SigningKey;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 pub type DataKey = [u8; 32];
 pub type Pseudonym = [u8; 16];
@@ -34,8 +32,8 @@ pub struct Keyring {
     dir: PathBuf,
     /// The current epoch and its KEK; older epochs are loaded on demand while they exist.
     kek: RwLock<(u32, DataKey)>,
-    /// HMAC keyed with the pseudonym key, cloned per use so the key schedule runs once.
-    pseudonym_mac: Hmac<Sha256>,
+    /// HMAC-SHA256 keyed with the pseudonym key (its key schedule computed once).
+    pseudonym_mac: ring::hmac::Key,
     signing: SigningKey,
 }
 
@@ -48,8 +46,7 @@ impl Keyring {
         let epoch = current_epoch(&dir)?.unwrap_or(1);
         let kek = load_or_create(&dir.join(format!("kek.{epoch}")))?;
         let pseudonym_key = load_or_create(&dir.join("pseudonym.key"))?;
-        let pseudonym_mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&pseudonym_key)
-            .expect("any key length works");
+        let pseudonym_mac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &pseudonym_key);
         let signing = SigningKey::from_bytes(&load_or_create(&dir.join("signing.key"))?);
         Ok(Keyring {
             dir,
@@ -105,12 +102,13 @@ impl Keyring {
     /// The keyed-hash pseudonym of an identifier: stable for the same (kind, value), useless
     /// without the key.
     pub fn pseudonym(&self, kind: &str, value: &str) -> Pseudonym {
-        let mut mac = self.pseudonym_mac.clone();
+        let mut mac = ring::hmac::Context::with_key(&self.pseudonym_mac);
         mac.update(kind.as_bytes());
         mac.update(&[0]);
         mac.update(value.as_bytes());
-        let digest = mac.finalize().into_bytes();
-        digest[..16].try_into().expect("16 of 32 bytes")
+        mac.sign().as_ref()[..16]
+            .try_into()
+            .expect("16 of 32 bytes")
     }
 
     /// Wraps a data key under the current KEK: (epoch, nonce || ciphertext).
