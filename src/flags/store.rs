@@ -335,21 +335,12 @@ impl FlagStore {
                 )));
             }
             check(snap, &flag, &[])?;
-            let before = Some(current.clone());
-            let meta = FlagMeta {
-                overridden: true,
-                updated_at: now.clone(),
-                updated_by: actor.to_string(),
-                ..record.meta.clone()
-            };
-            Ok(single(
+            Ok(overridden(
                 name,
-                Some(Record {
-                    flag: Some(flag),
-                    meta,
-                }),
+                current,
+                record,
+                flag,
                 Action::Replaced,
-                before,
                 now,
                 actor,
             ))
@@ -380,21 +371,12 @@ impl FlagStore {
                 )));
             }
             check(snap, &flag, &[])?;
-            let before = Some(current.clone());
-            let meta = FlagMeta {
-                overridden: true,
-                updated_at: now.clone(),
-                updated_by: actor.to_string(),
-                ..record.meta.clone()
-            };
-            Ok(single(
+            Ok(overridden(
                 name,
-                Some(Record {
-                    flag: Some(flag),
-                    meta,
-                }),
+                current,
+                record,
+                flag,
                 Action::Patched,
-                before,
                 now,
                 actor,
             ))
@@ -833,6 +815,36 @@ fn history_entry(
         before,
         after,
     }
+}
+
+/// A new definition for an existing flag, marked as overriding its configured one.
+fn overridden(
+    name: &str,
+    current: &Flag,
+    record: &Record,
+    flag: Flag,
+    action: Action,
+    now: &str,
+    actor: &str,
+) -> Plan {
+    let meta = FlagMeta {
+        overridden: true,
+        updated_at: now.to_string(),
+        updated_by: actor.to_string(),
+        ..record.meta.clone()
+    };
+    let record = Record {
+        flag: Some(flag),
+        meta,
+    };
+    single(
+        name,
+        Some(record),
+        action,
+        Some(current.clone()),
+        now,
+        actor,
+    )
 }
 
 fn single(
