@@ -9,16 +9,18 @@
 #                enough never to refuse, the breaker closed, auditing at metadata level
 #   all-noaudit  the same seawall and features on a route audited at level none
 #
-#   benches/load.sh [seconds per run, default 10] [connections, default 32]
+#   benches/load.sh [seconds per run, default 10] [connections, default 32] [soak seconds, default 120]
 #
 # Each target runs three times, alternating, and the median run (by requests/s) is reported:
 # requests/s and p50, p99, p99.9 latency (wrk's Lua summary), the ratios against nginx, audited
-# against unaudited, audit events written and dropped, and each seawall's peak resident memory.
+# against unaudited, audit events written and dropped, and each seawall's peak resident memory;
+# then the all-features route alone for the soak time, and the peak memory and store size after it.
 # wrk, nginx and seawall share the machine's cores, so the ratios are the figures to compare.
 set -euo pipefail
 
 duration=${1:-10}
 connections=${2:-32}
+soak=${3:-120}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 work=$(mktemp -d "${TMPDIR:-/tmp}/seawall-load.XXXXXX")
@@ -205,3 +207,10 @@ awk -v a="$a_rps" -v b="$2" -v c="$a_p99" -v d="$4" \
 metrics=$(curl -sf "http://127.0.0.1:$all_admin/metrics")
 echo "audit events written: $(awk '/^seawall_audit_events_written_total/ { print $2 }' <<<"$metrics"), dropped: $(awk '/^seawall_audit_events_dropped_total/ { print $2 }' <<<"$metrics")"
 echo "peak resident memory: seawall (features off) $(peak "$plain_pid") MiB, seawall (all features) $(peak "$all_pid") MiB"
+
+# Memory under sustained audited load: sled's caches and write buffers keep growing for a
+# minute or more, longer than the runs above.
+if [ "$soak" -gt 0 ]; then
+  wrk -t2 -c"$connections" -d"${soak}s" -s "$work/summary.lua" "${url[all]}" >/dev/null
+  echo "after ${soak}s more of audited load: seawall (all features) peak $(peak "$all_pid") MiB, store $(du -sm "$work/all-data/store" | cut -f1) MB on disk"
+fi
