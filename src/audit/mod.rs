@@ -372,7 +372,9 @@ impl AuditTrail {
         })
     }
 
-    /// One whole retention run as of `now`, recorded as a `sys.retention.run` event.
+    /// One whole retention run as of `now`, recorded as a `sys.retention.run` event; a run
+    /// refused because the clock is behind the stored events is recorded as a failure with
+    /// reason `clock_behind`.
     pub async fn run_retention(&self, now: SystemTime) -> Result<retention::RunReport, StoreError> {
         let log = self.log.clone();
         let config = self.config.clone();
@@ -380,8 +382,22 @@ impl AuditTrail {
             tokio::task::spawn_blocking(move || retention::run(&log, &config, now, usize::MAX))
                 .await
                 .expect("retention does not panic");
-        self.record_job("sys.retention.run", "retention", &result)
-            .await;
+        match &result {
+            Ok(report) if report.refused.is_some() => {
+                tracing::warn!(
+                    refused = ?report.refused,
+                    "retention refused: the clock is behind the stored audit events"
+                );
+                let draft = system_draft("sys.retention.run", "failure")
+                    .field("reason", json!("clock_behind"))
+                    .field("retention", json!(report));
+                self.record(draft.important()).await;
+            }
+            _ => {
+                self.record_job("sys.retention.run", "retention", &result)
+                    .await
+            }
+        }
         result
     }
 

@@ -8,6 +8,11 @@
 //! accepts a bucket that is anchored but not yet dropped. The request path never waits for a
 //! run: the writer is only held off for one batch at a time.
 //!
+//! A run refuses to prune when the clock is behind the stored events (a bucket exists for a
+//! later day than today): a clock that went back, or went forward and was corrected, cannot be
+//! trusted to say what has expired (research/audit.md §6, D6). The writer never moves to an
+//! earlier day either, so new events keep landing in the newest bucket meanwhile.
+//!
 //! Legal holds win over retention: a held subject's keys are kept, and a stream's pruning
 //! stops at the first bucket holding a held subject's events (pruning stays a prefix, so the
 //! chain stays verifiable from its anchor).
@@ -31,8 +36,18 @@ const KEY_BATCH: usize = 1_000;
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RunReport {
     pub streams: BTreeMap<&'static str, StreamRun>,
-    /// False when the run stopped at its batch limit; the next run continues.
+    /// False when the run stopped at its batch limit (the next run continues) or was refused.
     pub complete: bool,
+    /// Set when the run removed nothing because the clock is behind the stored events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<ClockBehind>,
+}
+
+/// The clock's day against the newest day holding events, as days since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClockBehind {
+    pub today: u32,
+    pub newest_event_day: u32,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -55,6 +70,13 @@ pub fn run(
     let _maintenance = log.lock_maintenance();
     let today = log::day_of(now);
     let mut report = RunReport::default();
+    if let Some(newest_event_day) = log.newest_day().filter(|&newest| newest > today) {
+        report.refused = Some(ClockBehind {
+            today,
+            newest_event_day,
+        });
+        return Ok(report);
+    }
     let mut batches = 0;
     let holds = gdpr::holds(log)?;
     let destroyed = expire_keys(

@@ -269,6 +269,80 @@ fn retention_expires_each_class_at_its_own_age_and_is_idempotent() {
 }
 
 #[test]
+fn a_clock_behind_the_stored_events_prunes_nothing_until_it_catches_up() {
+    let mut f = fixture();
+    let config = config();
+    f.writer
+        .commit(
+            vec![request_event(Stream::Access, "10.5.0.1", true)],
+            day0(),
+        )
+        .unwrap();
+    f.writer
+        .commit(
+            vec![request_event(Stream::Access, "10.5.0.2", true)],
+            at(400),
+        )
+        .unwrap();
+
+    // Day 399 is before the newest bucket: everything of day 0 has expired by then, but the
+    // clock cannot be trusted, so nothing goes.
+    let behind = retention::run(&f.log, &config, at(399), usize::MAX).unwrap();
+    assert_eq!(
+        behind.refused,
+        Some(retention::ClockBehind {
+            today: day_of(at(399)),
+            newest_event_day: day_of(at(400)),
+        })
+    );
+    assert!(!behind.complete && behind.streams.is_empty());
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 2);
+    assert_eq!(opened(&f.log, Stream::Access), vec![2, 2]);
+
+    let caught_up = retention::run(&f.log, &config, at(400), usize::MAX).unwrap();
+    assert!(caught_up.complete && caught_up.refused.is_none());
+    assert_eq!(caught_up.streams["access"].events_pruned, 1);
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 1);
+    assert_eq!(check(&f.log, Stream::Access).broken, None);
+}
+
+#[tokio::test]
+async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
+    let f = fixture();
+    let tomorrow = SystemTime::now() + Duration::from_secs(2 * DAY);
+    let mut writer = Writer::new(f.log.clone()).unwrap();
+    writer
+        .commit(
+            vec![request_event(Stream::Access, "10.6.0.1", false)],
+            tomorrow,
+        )
+        .unwrap();
+    drop(writer);
+    let store = f.log.store.clone();
+    let trail = Arc::new(super::AuditTrail::open(&store, f.dir.path(), config()).unwrap());
+    let writer_thread = trail.start();
+
+    let report = trail.run_retention(SystemTime::now()).await.unwrap();
+    assert!(report.refused.is_some());
+    trail.flush().await;
+    let headers: Vec<String> = trail
+        .log
+        .events(Stream::System)
+        .map(|item| item.unwrap().1.header)
+        .collect();
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.contains(r#""type":"sys.retention.run""#)
+                && h.contains(r#""outcome":"failure""#)
+                && h.contains(r#""reason":"clock_behind""#)),
+        "{headers:?}"
+    );
+    drop(trail);
+    writer_thread.join().unwrap();
+}
+
+#[test]
 fn an_interrupted_run_leaves_a_consistent_store() {
     let mut f = fixture();
     let config = config();
