@@ -3,7 +3,8 @@
 //! `server` owns sockets and connections: binding, the cap on open connections, hyper's
 //! HTTP/1.1 connection settings (keep-alive, header-read timeout), and the frame around every
 //! request (request id, client address, the request timeout, metrics, the access log, turning
-//! an [`Error`] into its JSON answer). What a request means is decided by a [`Service`]:
+//! an [`Error`] into its JSON answer, and a panicking handler into a 500 on a connection that
+//! stays open). What a request means is decided by a [`Service`]:
 //! `router::ProxyService` on the proxy listener, `admin::AdminService` on the admin listener.
 //!
 //! Shutdown runs in a fixed order: readiness answers 503, the listeners keep accepting for
@@ -13,7 +14,9 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, Request, Response, header};
@@ -244,13 +247,17 @@ async fn exchange<S: Service>(
     };
     let span = tracing::info_span!("request", id = %ctx.request_id);
     let timeout = state.config.server.request_timeout;
-    let outcome = tokio::time::timeout(timeout, service.call(request, &ctx, target))
-        .instrument(span.clone())
-        .await;
+    let called = tokio::time::timeout(timeout, service.call(request, &ctx, target));
+    let outcome = catch_panic(called).instrument(span.clone()).await;
+    let panicked = outcome.is_err();
     let mut response = match outcome {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => answer_error(&error, &ctx, &span),
-        Err(_) => answer_error(&Error::RequestTimeout(timeout), &ctx, &span),
+        Ok(Ok(Ok(response))) => response,
+        Ok(Ok(Err(error))) => answer_error(&error, &ctx, &span),
+        Ok(Err(_)) => answer_error(&Error::RequestTimeout(timeout), &ctx, &span),
+        Err(panic) => {
+            span.in_scope(|| tracing::error!(panic = %panic, "request handler panicked"));
+            answer_error(&Error::Internal(format!("panic: {panic}")), &ctx, &span)
+        }
     };
     let headers = response.headers_mut();
     if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
@@ -260,7 +267,11 @@ async fn exchange<S: Service>(
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Some(audit) = audit {
-        response = audit.answer(response).await;
+        response = if panicked {
+            audit.answer_panicked(response).await
+        } else {
+            audit.answer(response).await
+        };
     }
     let status = response.status().as_u16();
     let elapsed = tracker.finish(status);
@@ -277,6 +288,31 @@ async fn exchange<S: Service>(
         )
     });
     response
+}
+
+/// Runs `future`, turning a panic inside it into `Err` with the panic's message. The future is
+/// not polled again after it panicked.
+async fn catch_panic<F: Future>(future: F) -> Result<F::Output, String> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
+        }
+    })
+    .await
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(text), _) => text.to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".to_string(),
+    }
 }
 
 fn answer_error(error: &Error, ctx: &RequestContext, span: &tracing::Span) -> Response<Body> {
@@ -329,6 +365,125 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if !self.done {
             self.finish(499);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+
+    use super::*;
+    use crate::audit::event::Stream;
+    use crate::audit::policy;
+    use crate::config::{Config, MapEnv};
+
+    /// Every request panics; audited at the default level like a proxied route.
+    struct Panicking {
+        state: Arc<AppState>,
+    }
+
+    impl Service for Panicking {
+        type Target = ();
+        const LISTENER: Listener = Listener::Proxy;
+
+        fn state(&self) -> &Arc<AppState> {
+            &self.state
+        }
+
+        fn classify(&self, _: &Request<Incoming>) -> (Arc<str>, ()) {
+            (Arc::from("broken"), ())
+        }
+
+        fn audit_plan(
+            &self,
+            route: &Arc<str>,
+            _: &(),
+            request: &Request<Incoming>,
+            _: &RequestContext,
+        ) -> Option<Plan<'_>> {
+            Some(Plan {
+                decision: policy::decide(&[], None, route, request.method()),
+                route: route.clone(),
+                important: false,
+                durable: false,
+                admin_actor: None,
+                api_key_header: None,
+            })
+        }
+
+        async fn call(
+            &self,
+            _: Request<RequestBody>,
+            _: &RequestContext,
+            _: (),
+        ) -> Result<Response<Body>, Error> {
+            panic!("the handler broke")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_on_a_connection_that_stays_open_and_is_audited() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let env: MapEnv = [(
+            "SEAWALL_DATA_DIR".to_string(),
+            dir.path().to_string_lossy().into_owned(),
+        )]
+        .into();
+        let config = Config::from_toml("", &env).unwrap();
+        let state = tokio::task::spawn_blocking(move || AppState::build(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let state = Arc::new(state);
+        state.audit.start();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let service = Arc::new(Panicking {
+            state: state.clone(),
+        });
+        let graceful = GracefulShutdown::new();
+        let serving = accept_loop(listener, service, 4, &graceful, stopped);
+        let exercise = async {
+            exercise(addr).await;
+            stop.send_replace(true);
+        };
+        tokio::join!(serving, exercise);
+
+        state.audit.flush().await;
+        let panics = Stream::ALL
+            .into_iter()
+            .flat_map(|stream| state.audit.log.events(stream))
+            .map(|item| item.unwrap().1.header)
+            .filter(|header| {
+                header.contains(r#""reason":"panic""#) && header.contains(r#""status_code":500"#)
+            })
+            .count();
+        assert_eq!(panics, 2);
+    }
+
+    /// Two requests on one connection: both answered 500.
+    async fn exercise(addr: SocketAddr) {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        for _ in 0..2 {
+            let request = Request::get(format!("http://{addr}/anything"))
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response = client.send_request(request).await.unwrap();
+            assert_eq!(response.status(), 500);
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(body["error"], "INTERNAL_ERROR");
+            assert!(
+                !body.to_string().contains("the handler broke"),
+                "a panic's message is not sent to the client: {body}"
+            );
         }
     }
 }

@@ -222,7 +222,7 @@ impl RequestAudit {
     /// the others are handed to the response body, which records them when it ends.
     pub async fn answer(mut self, response: Response<Body>) -> Response<Body> {
         if self.pending.as_ref().is_some_and(|p| p.durable) {
-            self.finish_before_answer(&response).await;
+            self.finish_before_answer(&response, None).await;
             return response;
         }
         let pending = self.pending.take().expect("answered once");
@@ -246,13 +246,24 @@ impl RequestAudit {
         })
     }
 
+    /// Completes the answer to a request whose handler panicked: the event (reason `panic`)
+    /// is on disk before the 500 is sent, whatever the plan.
+    pub async fn answer_panicked(mut self, response: Response<Body>) -> Response<Body> {
+        self.finish_before_answer(&response, Some("panic")).await;
+        response
+    }
+
     /// Records the event of a complete answer and waits until it is on disk: admin changes
     /// are durable before the client hears of them.
-    async fn finish_before_answer(&mut self, response: &Response<Body>) {
+    async fn finish_before_answer(
+        &mut self,
+        response: &Response<Body>,
+        reason: Option<&'static str>,
+    ) {
         let pending = self.pending.take().expect("answered once");
         let size = response.body().size_hint().exact().unwrap_or(0);
         let trail = pending.trail.clone();
-        let draft = pending.draft(response.status().as_u16(), size, None, None);
+        let draft = pending.draft(response.status().as_u16(), size, None, reason);
         trail.record(draft).await;
         trail.flush().await;
     }
