@@ -2,15 +2,18 @@
 //!
 //! Events come stream by stream (security, access, data_change, gdpr, system), each in
 //! sequence order; the cursor is the position of the next event. Only headers are returned:
-//! they hold no personal data, so reading the trail does not disclose anyone. Every page is
+//! they hold no personal data, so reading the trail does not disclose anyone. With
+//! `integrity=true` each also carries its part digests, leaf and chain value, from which a
+//! client recomputes the chain itself (docs/audit-format.md). Every page is
 //! bounded twice: by `limit` results and by [`MAX_SCAN`] records read, so a filter that
 //! matches nothing cannot keep the store busy; such a page ends early with a cursor.
 
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::audit::event::{self, Stream};
 use crate::audit::log::{self, AuditLog};
+use crate::audit::verify::hex;
 use crate::store::StoreError;
 
 /// Records read per page at most.
@@ -34,6 +37,9 @@ pub struct Query {
     pub actor_kind: Option<String>,
     pub limit: usize,
     pub cursor: Option<(Stream, u64)>,
+    /// Adds each event's part digests, leaf and chain value (`integrity=true`), so that a
+    /// client can recompute the chain (docs/audit-format.md).
+    pub integrity: bool,
 }
 
 /// One page of results.
@@ -83,7 +89,12 @@ impl Query {
                     q.limit = value.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| bad(format!("{value:?} is not a number from 1 to {MAX_LIMIT}")))?
                 }
                 "cursor" => q.cursor = Some(cursor(&value).ok_or_else(|| bad(format!("{value:?} is not a cursor from an earlier page")))?),
-                _ => return Err(bad("is not a filter (from, to, stream, type, route, status, outcome, actor_kind, limit, cursor)".to_string())),
+                "integrity" => match value.as_str() {
+                    "true" => q.integrity = true,
+                    "false" => q.integrity = false,
+                    _ => return Err(bad(format!("{value:?} is not true or false"))),
+                },
+                _ => return Err(bad("is not a filter (from, to, stream, type, route, status, outcome, actor_kind, limit, cursor, integrity)".to_string())),
             }
         }
         if let (Some(from), Some(to)) = (&q.from, &q.to)
@@ -205,8 +216,15 @@ pub fn run(log: &AuditLog, query: &Query) -> Result<Page, StoreError> {
                     return Ok(page);
                 }
                 page.scanned += 1;
-                let header = record.header_value();
+                let mut header = record.header_value();
                 if query.matches(&header) {
+                    if query.integrity {
+                        header["integrity"] = json!({
+                            "part_digests": record.parts.iter().map(|p| hex(&p.digest)).collect::<Vec<_>>(),
+                            "leaf": hex(&record.leaf),
+                            "chain": hex(&record.chain),
+                        });
+                    }
                     page.events.push(header);
                 }
             }
@@ -234,6 +252,7 @@ mod tests {
             ("from=yesterday", "from"),
             ("colour=red", "colour"),
             ("cursor=x", "cursor"),
+            ("integrity=yes", "integrity"),
             ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "to"),
         ] {
             assert_eq!(Query::parse(Some(bad)).unwrap_err().0, field, "{bad}");

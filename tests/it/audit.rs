@@ -124,7 +124,7 @@ async fn barrier(seawall: &Seawall) {
 
 /// Polls the query API until `route` has `count` events (they are written once each response
 /// body has gone out, a moment after the client has it).
-async fn await_events(seawall: &Seawall, route: &str, count: usize) -> Vec<Value> {
+pub(crate) async fn await_events(seawall: &Seawall, route: &str, count: usize) -> Vec<Value> {
     let deadline = Instant::now() + PROCESS_TIMEOUT;
     loop {
         barrier(seawall).await;

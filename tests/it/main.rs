@@ -8,6 +8,7 @@ mod support;
 mod admin_auth;
 mod alerts;
 mod audit;
+mod audit_format;
 mod breakers;
 mod chaos;
 mod chroma;

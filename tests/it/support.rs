@@ -540,6 +540,13 @@ fn run(command: &mut Command) {
 /// Runs one of the Python checkers in `tests/` (with the test tools' Python) on `document`,
 /// given on its standard input, and panics with its report unless it exits 0.
 pub fn assert_python_check(script: &str, args: &[&std::ffi::OsStr], document: &str, what: &str) {
+    let (passed, report) = python_check(script, args, document);
+    assert!(passed, "{what}:\n{report}");
+}
+
+/// Runs one of the Python checkers in `tests/` on `document` (its standard input): whether it
+/// exited 0, and what it printed.
+pub fn python_check(script: &str, args: &[&std::ffi::OsStr], document: &str) -> (bool, String) {
     use std::io::Write;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut child = Command::new(required_env("SEAWALL_TEST_PYTHON"))
@@ -557,10 +564,10 @@ pub fn assert_python_check(script: &str, args: &[&std::ffi::OsStr], document: &s
         .write_all(document.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{what}:\n{}{}",
+    let report = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), report)
 }

@@ -1,0 +1,138 @@
+"""An independent verifier of seawall's audit trail, written from docs/audit-format.md alone.
+
+    verify_audit.py < FETCHED.json
+
+Standard input holds what the document says to fetch:
+{"public_key": hex, "streams": {name: {"events": [...], "digests": [...]}}}.
+Prints one line per stream and exits 0 when every stream verifies, 1 at the first break
+(printed as "break: <stream> <what> <where>").
+"""
+
+import hashlib
+import json
+import sys
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+class Break(Exception):
+    pass
+
+
+def sha256(*parts):
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def jcs(value):
+    # RFC 8785 for what headers hold: no floats, so Python's integer and string forms match.
+    if isinstance(value, float):
+        raise Break(f"a header holds a float ({value!r})")
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda k: k.encode("utf-16-be"))
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + jcs(value[k]) for k in keys) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(jcs(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
+def genesis(origin, stream):
+    return sha256(b"audit-chain-v1", origin.encode(), b"\x00", stream.encode())
+
+
+def signing_string(d):
+    fields = [
+        "seawall-audit-digest-v1", d["alg"], d["origin"], d["stream"], str(d["number"]),
+        str(d["from_seq"]), str(d["next_seq"]), d["chain_head"], d["time"],
+        d["prev_digest"] if d["prev_digest"] is not None else "-", d["key_fingerprint"],
+    ]
+    return "\n".join(fields)
+
+
+def check_chain(stream, events):
+    """The chain value after each seq, checking every leaf and link."""
+    chains = {}
+    previous = None
+    expected_seq = None
+    for event in events:
+        integrity = event["integrity"]
+        header = {k: v for k, v in event.items() if k != "integrity"}
+        seq = header["seq"]
+        if header["stream"] != stream:
+            raise Break(f"stream: seq {seq} says {header['stream']}")
+        if expected_seq is None:
+            if seq != 0:
+                raise Break(f"pruned stream: first seq {seq} (this verifier starts at genesis)")
+            previous = genesis(header["origin"], stream)
+        elif seq != expected_seq:
+            raise Break(f"gap or order: seq {seq} where {expected_seq} was due")
+        digests = [bytes.fromhex(d) for d in integrity["part_digests"]]
+        payload = sha256(b"\x03", *digests) if digests else bytes(32)
+        leaf = sha256(b"\x00", sha256(jcs(header).encode()), payload)
+        if leaf.hex() != integrity["leaf"]:
+            raise Break(f"leaf: seq {seq}")
+        chain = sha256(b"\x02", previous, leaf)
+        if chain.hex() != integrity["chain"]:
+            raise Break(f"chain: seq {seq}")
+        chains[seq] = chain
+        previous = chain
+        expected_seq = seq + 1
+    return chains
+
+
+def check_digests(stream, digests, chains, origin, public_key):
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
+    fingerprint = sha256(bytes.fromhex(public_key))[:16].hex()
+    previous = None
+    for d in digests:
+        n = d["number"]
+        if d["alg"] != "Ed25519" or d["stream"] != stream or d["key_fingerprint"] != fingerprint:
+            raise Break(f"digest {n}: alg, stream or key fingerprint")
+        text = signing_string(d)
+        try:
+            key.verify(bytes.fromhex(d["signature"]), text.encode())
+        except InvalidSignature:
+            raise Break(f"digest {n}: signature")
+        if previous is None:
+            if n != 0 or d["prev_digest"] is not None:
+                raise Break(f"digest {n}: the first digest listed is not number 0")
+        else:
+            prev_text, prev = previous
+            link = sha256(prev_text.encode(), b"\n", prev["signature"].encode()).hex()
+            if n != prev["number"] + 1 or d["prev_digest"] != link or d["from_seq"] != prev["next_seq"]:
+                raise Break(f"digest {n}: link to digest {prev['number']}")
+        next_seq = d["next_seq"]
+        if next_seq == 0:
+            head = genesis(origin, stream) if origin is not None else None
+        else:
+            head = chains.get(next_seq - 1)
+        if head is None:
+            raise Break(f"digest {n}: covers seq {next_seq - 1}, which is not stored")
+        if head.hex() != d["chain_head"]:
+            raise Break(f"digest {n}: chain_head differs from the chain after seq {next_seq - 1}")
+        previous = (text, d)
+    return previous[1]["next_seq"] if previous else 0
+
+
+def main():
+    fetched = json.load(sys.stdin)
+    ok = True
+    for stream, data in sorted(fetched["streams"].items()):
+        events, digests = data["events"], data["digests"]
+        try:
+            chains = check_chain(stream, events)
+            origin = events[0]["origin"] if events else (digests[0]["origin"] if digests else None)
+            signed = check_digests(stream, digests, chains, origin, fetched["public_key"])
+            print(f"{stream}: {len(events)} events chained, {len(digests)} digests verified, "
+                  f"{signed} events signed for")
+        except Break as e:
+            print(f"break: {stream} {e}")
+            ok = False
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
