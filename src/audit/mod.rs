@@ -373,8 +373,7 @@ impl AuditTrail {
     }
 
     /// One whole retention run as of `now`, recorded as a `sys.retention.run` event; a run
-    /// refused because the clock is behind the stored events is recorded as a failure with
-    /// reason `clock_behind`.
+    /// refused because the clock is behind the store is recorded as `sys.retention.refused`.
     pub async fn run_retention(&self, now: SystemTime) -> Result<retention::RunReport, StoreError> {
         let log = self.log.clone();
         let config = self.config.clone();
@@ -388,7 +387,7 @@ impl AuditTrail {
                     refused = ?report.refused,
                     "retention refused: the clock is behind the stored audit events"
                 );
-                let draft = system_draft("sys.retention.run", "failure")
+                let draft = system_draft("sys.retention.refused", "failure")
                     .field("reason", json!("clock_behind"))
                     .field("retention", json!(report));
                 self.record(draft.important()).await;

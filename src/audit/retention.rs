@@ -8,17 +8,18 @@
 //! accepts a bucket that is anchored but not yet dropped. The request path never waits for a
 //! run: the writer is only held off for one batch at a time.
 //!
-//! A run refuses to prune when the clock is behind the stored events (a bucket exists for a
-//! later day than today): a clock that went back, or went forward and was corrected, cannot be
-//! trusted to say what has expired (research/audit.md §6, D6). The writer never moves to an
-//! earlier day either, so new events keep landing in the newest bucket meanwhile.
+//! A run refuses to prune when the clock is behind what the store has seen (a bucket for a
+//! later day than today, or a digest signed later than now): a clock that went back, or went
+//! forward and was corrected, cannot be trusted to say what has expired (research/audit.md
+//! §2.3 "clock safety", §6 D6). The writer never moves to an earlier day either, so new events
+//! keep landing in the newest bucket meanwhile.
 //!
 //! Legal holds win over retention: a held subject's keys are kept, and a stream's pruning
 //! stops at the first bucket holding a held subject's events (pruning stays a prefix, so the
 //! chain stays verifiable from its anchor).
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -43,11 +44,12 @@ pub struct RunReport {
     pub refused: Option<ClockBehind>,
 }
 
-/// The clock's day against the newest day holding events, as days since the Unix epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+/// The clock against the newest time the store has seen (RFC 3339, UTC).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClockBehind {
-    pub today: u32,
-    pub newest_event_day: u32,
+    pub now: String,
+    /// The start of the newest day holding events, or the newest digest's signing time.
+    pub stored: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -70,11 +72,8 @@ pub fn run(
     let _maintenance = log.lock_maintenance();
     let today = log::day_of(now);
     let mut report = RunReport::default();
-    if let Some(newest_event_day) = log.newest_day().filter(|&newest| newest > today) {
-        report.refused = Some(ClockBehind {
-            today,
-            newest_event_day,
-        });
+    if let Some(behind) = clock_behind(log, now)? {
+        report.refused = Some(behind);
         return Ok(report);
     }
     let mut batches = 0;
@@ -115,6 +114,29 @@ pub fn run(
     prune_index(log, &dropped)?;
     report.complete = true;
     Ok(report)
+}
+
+/// Whether `now` is behind the newest day holding events or the newest digest.
+fn clock_behind(log: &AuditLog, now: SystemTime) -> Result<Option<ClockBehind>, StoreError> {
+    let now_text = event::rfc3339_nanos(now);
+    let day_start = |day: u32| UNIX_EPOCH + Duration::from_secs(u64::from(day) * 86_400);
+    let mut stored = log
+        .newest_day()
+        .filter(|&day| day > log::day_of(now))
+        .map(|day| event::rfc3339_nanos(day_start(day)));
+    // Digest times are RFC 3339 in UTC with nanoseconds, so they compare as text.
+    for stream in Stream::ALL {
+        if let Some(digest) = digest::last(log, stream)?
+            && digest.time > now_text
+            && stored.as_ref().is_none_or(|s| digest.time > *s)
+        {
+            stored = Some(digest.time);
+        }
+    }
+    Ok(stored.map(|stored| ClockBehind {
+        now: now_text,
+        stored,
+    }))
 }
 
 /// Phase A. `Ok(true)` when every expired key is gone, `Ok(false)` at the batch limit.

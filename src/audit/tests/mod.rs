@@ -291,8 +291,8 @@ fn a_clock_behind_the_stored_events_prunes_nothing_until_it_catches_up() {
     assert_eq!(
         behind.refused,
         Some(retention::ClockBehind {
-            today: day_of(at(399)),
-            newest_event_day: day_of(at(400)),
+            now: "2027-04-13T00:00:00.000000000Z".into(),
+            stored: "2027-04-14T00:00:00.000000000Z".into(),
         })
     );
     assert!(!behind.complete && behind.streams.is_empty());
@@ -304,6 +304,33 @@ fn a_clock_behind_the_stored_events_prunes_nothing_until_it_catches_up() {
     assert_eq!(caught_up.streams["access"].events_pruned, 1);
     assert_eq!(f.log.count(Stream::Access).unwrap(), 1);
     assert_eq!(check(&f.log, Stream::Access).broken, None);
+}
+
+#[test]
+fn a_clock_behind_the_newest_digest_prunes_nothing() {
+    let mut f = fixture();
+    let config = config();
+    f.writer
+        .commit(
+            vec![request_event(Stream::Access, "10.5.1.1", true)],
+            day0(),
+        )
+        .unwrap();
+    // The writer's digest clock starts at the real time; sign two hours after it. Retention an
+    // hour earlier than that signature would prune day 0's event (over 180 days old).
+    let signed = SystemTime::now() + Duration::from_secs(2 * 3600);
+    assert_eq!(f.writer.sign_due(signed, &config.digests).unwrap(), 5);
+    let earlier = signed - Duration::from_secs(3600);
+    let behind = retention::run(&f.log, &config, earlier, usize::MAX).unwrap();
+    assert_eq!(
+        behind.refused.map(|r| r.stored),
+        Some(super::event::rfc3339_nanos(signed))
+    );
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 1);
+    let later = signed + Duration::from_secs(3600);
+    let after = retention::run(&f.log, &config, later, usize::MAX).unwrap();
+    assert!(after.complete && after.refused.is_none());
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 0);
 }
 
 #[tokio::test]
@@ -333,7 +360,7 @@ async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
     assert!(
         headers
             .iter()
-            .any(|h| h.contains(r#""type":"sys.retention.run""#)
+            .any(|h| h.contains(r#""type":"sys.retention.refused""#)
                 && h.contains(r#""outcome":"failure""#)
                 && h.contains(r#""reason":"clock_behind""#)),
         "{headers:?}"
