@@ -52,25 +52,39 @@ def signing_string(d):
     return "\n".join(fields)
 
 
-def check_chain(stream, events):
-    """The chain value after each seq, checking every leaf and link."""
+def starting_point(stream, events, digests):
+    """Where verification starts: (index of the first event to check, the chain before it).
+
+    Seq 0 starts from genesis. A pruned stream starts at the first digest boundary inside the
+    stored events, from that digest's chain_head; the events before it are not checked.
+    """
+    first_seq = events[0]["seq"]
+    if first_seq == 0:
+        return 0, genesis(events[0]["origin"], stream)
+    last_seq = events[-1]["seq"]
+    for d in digests:
+        if first_seq <= d["next_seq"] <= last_seq:
+            return d["next_seq"] - first_seq, bytes.fromhex(d["chain_head"])
+    raise Break(f"pruned stream: no digest boundary among seq {first_seq}..{last_seq}")
+
+
+def check_chain(stream, events, digests):
+    """The chain value after each checked seq, checking every leaf and link."""
     chains = {}
-    previous = None
-    expected_seq = None
-    for event in events:
+    if not events:
+        return chains, None
+    start, previous = starting_point(stream, events, digests)
+    expected_seq = events[start]["seq"] if start < len(events) else None
+    for event in events[start:]:
         integrity = event["integrity"]
         header = {k: v for k, v in event.items() if k != "integrity"}
         seq = header["seq"]
         if header["stream"] != stream:
             raise Break(f"stream: seq {seq} says {header['stream']}")
-        if expected_seq is None:
-            if seq != 0:
-                raise Break(f"pruned stream: first seq {seq} (this verifier starts at genesis)")
-            previous = genesis(header["origin"], stream)
-        elif seq != expected_seq:
+        if seq != expected_seq:
             raise Break(f"gap or order: seq {seq} where {expected_seq} was due")
-        digests = [bytes.fromhex(d) for d in integrity["part_digests"]]
-        payload = sha256(b"\x03", *digests) if digests else bytes(32)
+        digests_of_parts = [bytes.fromhex(d) for d in integrity["part_digests"]]
+        payload = sha256(b"\x03", *digests_of_parts) if digests_of_parts else bytes(32)
         leaf = sha256(b"\x00", sha256(jcs(header).encode()), payload)
         if leaf.hex() != integrity["leaf"]:
             raise Break(f"leaf: seq {seq}")
@@ -80,10 +94,11 @@ def check_chain(stream, events):
         chains[seq] = chain
         previous = chain
         expected_seq = seq + 1
-    return chains
+    return chains, events[start]["seq"] if start < len(events) else None
 
 
-def check_digests(stream, digests, chains, origin, public_key):
+def check_digests(stream, digests, chains, checked_from, origin, public_key):
+    """Checks every digest; returns how many events the newest one signs for."""
     key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
     fingerprint = sha256(bytes.fromhex(public_key))[:16].hex()
     previous = None
@@ -97,8 +112,10 @@ def check_digests(stream, digests, chains, origin, public_key):
         except InvalidSignature:
             raise Break(f"digest {n}: signature")
         if previous is None:
-            if n != 0 or d["prev_digest"] is not None:
-                raise Break(f"digest {n}: the first digest listed is not number 0")
+            # Retention removes the digests that only cover removed events, so the first one
+            # listed may be later than number 0; its own link cannot be checked then.
+            if n == 0 and d["prev_digest"] is not None:
+                raise Break("digest 0: names a previous digest")
         else:
             prev_text, prev = previous
             link = sha256(prev_text.encode(), b"\n", prev["signature"].encode()).hex()
@@ -106,13 +123,16 @@ def check_digests(stream, digests, chains, origin, public_key):
                 raise Break(f"digest {n}: link to digest {prev['number']}")
         next_seq = d["next_seq"]
         if next_seq == 0:
-            head = genesis(origin, stream) if origin is not None else None
-        else:
+            if origin is not None and d["chain_head"] != genesis(origin, stream).hex():
+                raise Break(f"digest {n}: chain_head of an empty stream is not genesis")
+        elif checked_from is not None and next_seq - 1 >= checked_from:
             head = chains.get(next_seq - 1)
-        if head is None:
-            raise Break(f"digest {n}: covers seq {next_seq - 1}, which is not stored")
-        if head.hex() != d["chain_head"]:
-            raise Break(f"digest {n}: chain_head differs from the chain after seq {next_seq - 1}")
+            if head is None:
+                raise Break(f"digest {n}: covers seq {next_seq - 1}, which is not stored")
+            if head.hex() != d["chain_head"]:
+                raise Break(f"digest {n}: chain_head differs from the chain after seq {next_seq - 1}")
+        # Otherwise the digest covers only events before the checked ones: pruned, or before
+        # the boundary whose chain_head the chain starts from.
         previous = (text, d)
     return previous[1]["next_seq"] if previous else 0
 
@@ -123,11 +143,12 @@ def main():
     for stream, data in sorted(fetched["streams"].items()):
         events, digests = data["events"], data["digests"]
         try:
-            chains = check_chain(stream, events)
+            chains, checked_from = check_chain(stream, events, digests)
             origin = events[0]["origin"] if events else (digests[0]["origin"] if digests else None)
-            signed = check_digests(stream, digests, chains, origin, fetched["public_key"])
-            print(f"{stream}: {len(events)} events chained, {len(digests)} digests verified, "
-                  f"{signed} events signed for")
+            signed = check_digests(stream, digests, chains, checked_from, origin,
+                                   fetched["public_key"])
+            print(f"{stream}: {len(chains)} of {len(events)} events chained, {len(digests)} "
+                  f"digests verified, signed below seq {signed}")
         except Break as e:
             print(f"break: {stream} {e}")
             ok = False
