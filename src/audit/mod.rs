@@ -219,6 +219,7 @@ struct AuditMetrics {
     write_errors: Counter,
     flushes: Counter,
     digests: Counter,
+    retention_refused: Counter,
 }
 
 pub struct AuditTrail {
@@ -383,6 +384,7 @@ impl AuditTrail {
                 .expect("retention does not panic");
         match &result {
             Ok(report) if report.refused.is_some() => {
+                self.metrics.retention_refused.inc();
                 tracing::warn!(
                     refused = ?report.refused,
                     "retention refused: the clock is behind the stored audit events"
@@ -530,7 +532,7 @@ impl AuditTrail {
             ),
             (
                 "seawall_audit_events_dropped_total",
-                "Ordinary audit events dropped because the queue was full.",
+                "Audit events lost: ordinary ones dropped because the queue was full, and those of batches the store refused.",
                 &self.metrics.dropped,
             ),
             (
@@ -547,6 +549,11 @@ impl AuditTrail {
                 "seawall_audit_digests_signed_total",
                 "Signed chain digests written.",
                 &self.metrics.digests,
+            ),
+            (
+                "seawall_audit_retention_refused_total",
+                "Retention runs that pruned nothing because the clock was behind the store.",
+                &self.metrics.retention_refused,
             ),
         ];
         for (name, help, counter) in counters {

@@ -351,6 +351,13 @@ async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
 
     let report = trail.run_retention(SystemTime::now()).await.unwrap();
     assert!(report.refused.is_some());
+    let mut metrics = crate::metrics::Exposition::default();
+    trail.render_metrics(&mut metrics);
+    assert!(
+        metrics
+            .finish()
+            .contains("\nseawall_audit_retention_refused_total 1\n")
+    );
     trail.flush().await;
     let headers: Vec<String> = trail
         .log
