@@ -408,6 +408,10 @@ pub fn sha256(parts: &[&[u8]]) -> Hash {
     for part in parts {
         hasher.update(part);
     }
+    finish(hasher)
+}
+
+fn finish(hasher: ring::digest::Context) -> Hash {
     hasher
         .finish()
         .as_ref()
@@ -426,10 +430,12 @@ pub fn leaf(header_hash: &Hash, digests: &[Hash]) -> Hash {
     let payload = if digests.is_empty() {
         [0u8; 32]
     } else {
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(digests.len() + 1);
-        parts.push(&[0x03]);
-        parts.extend(digests.iter().map(|d| &d[..]));
-        sha256(&parts)
+        let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+        hasher.update(&[0x03]);
+        for digest in digests {
+            hasher.update(digest);
+        }
+        finish(hasher)
     };
     sha256(&[&[0x00], header_hash, &payload])
 }
