@@ -18,21 +18,8 @@ set -euo pipefail
 
 duration=${1:-10}
 connections=${2:-32}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-work=$(mktemp -d "${TMPDIR:-/tmp}/seawall-edge.XXXXXX")
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-command -v wrk >/dev/null || { echo "flags-vs-edge.sh: wrk is missing (Debian package wrk)" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() {
-  for _ in $(seq 1 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "flags-vs-edge.sh: $1 did not come up" >&2; exit 1
-}
+. "$(dirname "$0")/common.sh" flags-vs-edge.sh
+need wrk wrk
 
 edge_version=19.15.1
 edge="$root/target/test-deps/unleash-edge/bin/unleash-edge"
@@ -80,7 +67,7 @@ edge_port=$(free_port)
 edge_token='*:development.bench-frontend-token'
 "$edge" --port "$edge_port" --interface 127.0.0.1 offline --bootstrap-file "$work/features.json" \
   --frontend-tokens "$edge_token" --client-tokens "$edge_token" >"$work/edge.log" 2>&1 &
-pids+=($!)
+track
 wait_http "http://127.0.0.1:$edge_port/internal-backstage/health"
 
 proxy=$(free_port)
@@ -88,7 +75,7 @@ admin=$(free_port)
 token=bench-admin-token-0123456789
 SEAWALL_LISTEN="127.0.0.1:$proxy" SEAWALL_ADMIN_LISTEN="127.0.0.1:$admin" SEAWALL_DATA_DIR="$work/data" \
   SEAWALL_ADMIN_TOKEN=$token RUST_LOG=warn target/release/seawall >"$work/seawall.log" 2>&1 &
-pids+=($!)
+track
 wait_http "http://127.0.0.1:$proxy/health/ready"
 curl -sf -o /dev/null -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/admin/flags/import" \
   --data-binary "@$work/features.json"

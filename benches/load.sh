@@ -21,28 +21,9 @@ set -euo pipefail
 duration=${1:-10}
 connections=${2:-32}
 soak=${3:-120}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-work=$(mktemp -d "${TMPDIR:-/tmp}/seawall-load.XXXXXX")
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-need() {
-  command -v "$1" >/dev/null && return
-  [ "$(id -u)" = 0 ] || { echo "load.sh: $1 is missing (Debian package $2)" >&2; exit 1; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
-}
+. "$(dirname "$0")/common.sh" load.sh
 need wrk wrk
 need nginx nginx-light
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_http() {
-  for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  echo "load.sh: $1 did not come up" >&2; exit 1
-}
 
 cargo build --release --quiet
 
@@ -78,7 +59,7 @@ http {
 }
 NGINX
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
-pids+=($!)
+track
 wait_http "http://127.0.0.1:$upstream_port/"
 wait_http "http://127.0.0.1:$nginx_port/"
 
@@ -125,7 +106,7 @@ audit = { level = "none" }
 TOML
   FF_LOAD_GATE=true RUST_LOG=warn target/release/seawall --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
   started_pid=$!
-  pids+=($started_pid)
+  track
   wait_http "http://127.0.0.1:$proxy_port/health/ready"
   started_ports="$proxy_port $admin_port"
 }

@@ -7,17 +7,8 @@ set -euo pipefail
 
 duration=${1:-10}
 connections=${2:-32}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-work=$(mktemp -d "${TMPDIR:-/tmp}/seawall-ofrep.XXXXXX")
-pid=""
-cleanup() {
-  [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
-  rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-command -v wrk >/dev/null || { echo "ofrep.sh: wrk is missing (Debian package wrk)" >&2; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+. "$(dirname "$0")/common.sh" ofrep.sh
+need wrk wrk
 
 cargo build --release --quiet
 proxy=$(free_port)
@@ -25,8 +16,8 @@ admin=$(free_port)
 token=bench-admin-token-0123456789
 SEAWALL_LISTEN="127.0.0.1:$proxy" SEAWALL_ADMIN_LISTEN="127.0.0.1:$admin" SEAWALL_DATA_DIR="$work/data" \
   SEAWALL_ADMIN_TOKEN=$token RUST_LOG=warn target/release/seawall >"$work/seawall.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$proxy/health/ready" && break; sleep 0.1; done
+track
+wait_http "http://127.0.0.1:$proxy/health/ready"
 
 for i in $(seq -w 1 20); do
   curl -sf -o /dev/null -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/admin/flags" -d '{

@@ -8,23 +8,16 @@ set -euo pipefail
 
 duration=${1:-10}
 connections=${2:-8}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-work=$(mktemp -d "${TMPDIR:-/tmp}/seawall-pg.XXXXXX")
+. "$(dirname "$0")/common.sh" pg.sh
 chmod 755 "$work"
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -x "$pg_bin/pgbench" ] || { echo "pg.sh: PostgreSQL binaries (with pgbench) are missing; run tests/run once" >&2; exit 1; }
-command -v wrk >/dev/null || { echo "pg.sh: wrk is missing (Debian package wrk)" >&2; exit 1; }
+need wrk wrk
 as_pg() { "$@"; }
 [ "$(id -u)" = 0 ] && as_pg() { runuser -u postgres -- "$@"; }
-seawall_pid=""
-cleanup() {
-  [ -n "$seawall_pid" ] && { kill "$seawall_pid" 2>/dev/null || true; wait "$seawall_pid" 2>/dev/null || true; }
+extra_cleanup() {
   [ -f "$work/pg/data/postmaster.pid" ] && as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1 || true
-  rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
 cargo build --release --quiet
 pg_port=$(free_port)
@@ -59,8 +52,8 @@ postgres = "SELECT abalance FROM pgbench_accounts WHERE aid = \$1::int"
 params = ["aid"]
 TOML
 RUST_LOG=warn target/release/seawall --config "$work/seawall.toml" >"$work/seawall.log" 2>&1 &
-seawall_pid=$!
-for _ in $(seq 1 300); do curl -sf -o /dev/null "http://127.0.0.1:$proxy/accounts/1" && break; sleep 0.1; done
+track
+wait_http "http://127.0.0.1:$proxy/accounts/1"
 
 cat > "$work/lookup.lua" <<'LUA'
 request = function()

@@ -1,0 +1,39 @@
+# Shared set-up for the benchmark scripts (sourced, not run): a work directory removed on exit,
+# every process started with `track` stopped by its PID on exit, free loopback ports, waiting
+# for an endpoint, and tools that must be present.
+#
+#   . "$(dirname "$0")/common.sh" NAME    # NAME prefixes messages and the work directory
+#
+# A script that needs more clean-up defines `extra_cleanup` before the exit.
+
+bench=$1
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+work=$(mktemp -d "${TMPDIR:-/tmp}/seawall-$bench.XXXXXX")
+pids=()
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  if declare -F extra_cleanup >/dev/null; then extra_cleanup; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+# Records the PID of the process just started in the background (`cmd & track`); it is stopped
+# on exit. Called in the script's own shell, so the trap sees every PID.
+track() { pids+=("$!"); }
+
+# `need COMMAND PACKAGE`: installs the Debian package when running as root, else fails.
+need() {
+  command -v "$1" >/dev/null && return
+  [ "$(id -u)" = 0 ] || { echo "$bench: $1 is missing (Debian package $2)" >&2; exit 1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+
+# Waits up to 30 s for URL to answer with a success status.
+wait_http() {
+  for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+  echo "$bench: $1 did not come up" >&2; exit 1
+}
