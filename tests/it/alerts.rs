@@ -18,16 +18,10 @@ fn deploy() -> std::path::PathBuf {
 }
 
 fn promtool(args: &[&str]) {
-    let out = Command::new(required_env("SEAWALL_TEST_PROMTOOL"))
-        .args(args)
-        .current_dir(deploy())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::run(
+        Command::new(required_env("SEAWALL_TEST_PROMTOOL"))
+            .args(args)
+            .current_dir(deploy()),
     );
 }
 

@@ -631,17 +631,12 @@ async fn twenty_online_backups_verify_and_one_restores() {
 
     // The offline command backs up a stopped server.
     let offline_to = seawall.dir.path().join("offline-copy");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["backup", "--to"])
-        .arg(&offline_to)
-        .env_clear()
-        .env("SEAWALL_DATA_DIR", seawall.data_dir())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = crate::support::run(
+        std::process::Command::new(env!("CARGO_BIN_EXE_seawall"))
+            .args(["backup", "--to"])
+            .arg(&offline_to)
+            .env_clear()
+            .env("SEAWALL_DATA_DIR", seawall.data_dir()),
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert!(report["audit"]["access"]["events"].as_u64().unwrap() >= events[19]);

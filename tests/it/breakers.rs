@@ -11,14 +11,9 @@ use tempfile::TempDir;
 
 use crate::backend::Backend;
 use crate::support::{
-    ADMIN_TOKEN, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error, full, get, required_env,
-    send,
+    ADMIN_TOKEN, BREAKER_ON, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error, full, get,
+    required_env, send,
 };
-
-const FEATURES_ON: [(&str, &str); 2] = [
-    ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
-    ("FF_ENABLE_ENHANCED_POOLING", "true"),
-];
 
 fn config(backend: &Backend, upstream_extra: &str, breaker: &str) -> String {
     format!(
@@ -69,7 +64,7 @@ async fn operator(seawall: &Seawall, path: &str) -> Reply {
 async fn a_hanging_upstream_is_cut_at_its_timeout_and_counted_as_a_slow_failure() {
     let backend = Backend::start().await;
     let config = config(&backend, "timeout_ms = 500", "slow_call_duration_ms = 200");
-    let seawall = Seawall::start_in(Arc::new(TempDir::new().unwrap()), &config, &FEATURES_ON);
+    let seawall = Seawall::start_in(Arc::new(TempDir::new().unwrap()), &config, &BREAKER_ON);
     for _ in 0..3 {
         let started = Instant::now();
         let reply = get(&seawall.proxy_url("/app/hang")).await;
@@ -97,7 +92,7 @@ async fn a_flood_beyond_slots_and_queue_is_refused_at_once() {
     let seawall = Arc::new(Seawall::start_in(
         Arc::new(TempDir::new().unwrap()),
         &config,
-        &FEATURES_ON,
+        &BREAKER_ON,
     ));
     let flood: Vec<_> = (0..12)
         .map(|_| {
@@ -159,7 +154,7 @@ async fn server_errors_count_as_failures_and_client_errors_do_not() {
     let seawall = Seawall::start_in(
         Arc::new(TempDir::new().unwrap()),
         &config(&backend, "", "wait_in_open_ms = 60000"),
-        &FEATURES_ON,
+        &BREAKER_ON,
     );
     for _ in 0..6 {
         assert_eq!(get(&seawall.proxy_url("/app/status/404")).await.status, 404);
@@ -223,7 +218,7 @@ async fn operator_states_and_open_deadlines_survive_restarts() {
     let backend = Backend::start().await;
     let dir = Arc::new(TempDir::new().unwrap());
     let config = config(&backend, "", "wait_in_open_ms = 60000");
-    let mut seawall = Seawall::start_in(dir.clone(), &config, &FEATURES_ON);
+    let mut seawall = Seawall::start_in(dir.clone(), &config, &BREAKER_ON);
 
     let forced = operator(&seawall, "/admin/breakers/app/force-open").await;
     assert_eq!(forced.status, 200, "{}", forced.text());
@@ -236,7 +231,7 @@ async fn operator_states_and_open_deadlines_survive_restarts() {
     );
     seawall.kill();
 
-    let mut seawall = Seawall::start_in(dir.clone(), &config, &FEATURES_ON);
+    let mut seawall = Seawall::start_in(dir.clone(), &config, &BREAKER_ON);
     assert_eq!(
         app_breaker(&seawall).await["state"],
         "forced_open",
@@ -260,7 +255,7 @@ async fn operator_states_and_open_deadlines_survive_restarts() {
     seawall.signal("TERM");
     assert!(seawall.wait_exit(PROCESS_TIMEOUT).success());
 
-    let seawall = Seawall::start_in(dir, &config, &FEATURES_ON);
+    let seawall = Seawall::start_in(dir, &config, &BREAKER_ON);
     let reply = get(&seawall.proxy_url("/app/headers")).await;
     assert_error(&reply, 503, "CIRCUIT_OPEN");
     let retry_after: u64 = reply.header("retry-after").unwrap().parse().unwrap();
@@ -309,7 +304,7 @@ async fn breaker_and_pool_metrics_pass_promtool() {
     let seawall = Seawall::start_in(
         Arc::new(TempDir::new().unwrap()),
         &config(&backend, "", ""),
-        &FEATURES_ON,
+        &BREAKER_ON,
     );
     get(&seawall.proxy_url("/app/headers")).await;
     get(&seawall.proxy_url("/app/status/500")).await;
@@ -328,15 +323,9 @@ async fn breaker_and_pool_metrics_pass_promtool() {
     }
     let file = seawall.dir.path().join("metrics.prom");
     std::fs::write(&file, &text).unwrap();
-    let out = std::process::Command::new(required_env("SEAWALL_TEST_PROMTOOL"))
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::run(
+        std::process::Command::new(required_env("SEAWALL_TEST_PROMTOOL"))
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).unwrap()),
     );
 }

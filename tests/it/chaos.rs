@@ -14,7 +14,9 @@ use tempfile::TempDir;
 
 use crate::audit::{admin, query_all};
 use crate::backend::Backend;
-use crate::support::{Chroma, PROCESS_TIMEOUT, Pg, Seawall, admin_get, full, get, try_send};
+use crate::support::{
+    BREAKER_ON, Chroma, PROCESS_TIMEOUT, Pg, Seawall, admin_get, full, get, try_send,
+};
 
 /// Appends one line to the report `tests/run` prints.
 fn report(line: &str) {
@@ -201,11 +203,6 @@ async fn outage_under_load(url: &str, mut dependency: impl Dependency) -> Outage
         healthy,
     }
 }
-
-const BREAKER_ON: [(&str, &str); 2] = [
-    ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
-    ("FF_ENABLE_ENHANCED_POOLING", "true"),
-];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_killed_under_load_opens_the_breaker_and_recovers() {

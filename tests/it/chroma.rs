@@ -71,10 +71,7 @@ strip_prefix = "/chroma"
     let seawall = Seawall::start_in(
         std::sync::Arc::new(tempfile::TempDir::new().unwrap()),
         &config,
-        &[
-            ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
-            ("FF_ENABLE_ENHANCED_POOLING", "true"),
-        ],
+        &crate::support::BREAKER_ON,
     );
 
     // Collection create, add and query pass through the route.

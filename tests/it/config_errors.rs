@@ -88,15 +88,7 @@ fn check_config_prints_the_effective_config_with_secrets_masked() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("seawall.toml");
     std::fs::write(&path, "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n[upstreams.app.breaker]\nminimum_calls = 5\n").unwrap();
-    let out = seawall_command(dir.path(), &path, &[])
-        .arg("check-config")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = crate::support::run(seawall_command(dir.path(), &path, &[]).arg("check-config"));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains(ADMIN_TOKEN), "the admin token is masked");
     let config: serde_json::Value = serde_json::from_str(&text).unwrap();

@@ -67,17 +67,10 @@ async fn metrics_pass_promtool_and_count_requests() {
 
     let file = seawall.dir.path().join("metrics.prom");
     std::fs::write(&file, &text).unwrap();
-    let promtool = required_env("SEAWALL_TEST_PROMTOOL");
-    let out = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::fs::File::open(&file).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::run(
+        std::process::Command::new(required_env("SEAWALL_TEST_PROMTOOL"))
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).unwrap()),
     );
 }
 

@@ -17,17 +17,12 @@ fn document() -> std::path::PathBuf {
 /// The documented operations, after the document passed `openapi-spec-validator`.
 fn operations() -> Vec<(Method, String)> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openapi_operations.py");
-    let out = Command::new(required_env("SEAWALL_TEST_PYTHON"))
-        .arg(script)
-        .arg(document())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::support::run(
+        Command::new(required_env("SEAWALL_TEST_PYTHON"))
+            .arg(script)
+            .arg(document()),
     );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.lines()
         .map(|line| {
             let (method, path) = line.split_once(' ').unwrap();
@@ -93,21 +88,16 @@ async fn a_bounded_fuzz_run_finds_no_server_error() {
         (proxy_base.as_str(), &["--include-tag", "ofrep"]),
     ];
     for (base, filter) in runs {
-        let out = Command::new(required_env("SEAWALL_TEST_SCHEMATHESIS"))
-            .args(["run", &schema, "--url", base, "-H", &auth])
-            .args(["--checks", "not_a_server_error", "--max-examples", "12"])
-            .args(["--seed", "20261127", "--workers", "2", "--no-shrink"])
-            .args(["--request-timeout", "30"])
-            .args(filter)
-            .current_dir(work.path())
-            .output()
-            .unwrap();
-        let report = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "schemathesis against {base} failed:\n{report}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = crate::support::run(
+            Command::new(required_env("SEAWALL_TEST_SCHEMATHESIS"))
+                .args(["run", &schema, "--url", base, "-H", &auth])
+                .args(["--checks", "not_a_server_error", "--max-examples", "12"])
+                .args(["--seed", "20261127", "--workers", "2", "--no-shrink"])
+                .args(["--request-timeout", "30"])
+                .args(filter)
+                .current_dir(work.path()),
         );
+        let report = String::from_utf8_lossy(&out.stdout);
         assert!(report.contains("passed"), "{report}");
     }
     // Still serving, and still able to shut down cleanly: nothing crashed.
@@ -119,15 +109,10 @@ async fn a_bounded_fuzz_run_finds_no_server_error() {
 #[test]
 fn the_api_reference_is_rendered_from_the_document() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(required_env("SEAWALL_TEST_PYTHON"))
-        .arg(root.join("tests/openapi_markdown.py"))
-        .arg(document())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::support::run(
+        Command::new(required_env("SEAWALL_TEST_PYTHON"))
+            .arg(root.join("tests/openapi_markdown.py"))
+            .arg(document()),
     );
     let committed = std::fs::read_to_string(root.join("docs/api.md")).unwrap();
     assert!(

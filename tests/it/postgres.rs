@@ -9,16 +9,12 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::support::{
-    PROCESS_TIMEOUT, Pg, Reply, Seawall, admin_get, assert_error, full, get, metric, send,
+    BREAKER_ON, PROCESS_TIMEOUT, Pg, Reply, Seawall, admin_get, assert_error, full, get, metric,
+    send,
 };
 
 const SCHEMA: &str = "CREATE TABLE pets (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);
                       INSERT INTO pets VALUES (1, 'rex'), (2, 'tom');";
-
-const BREAKER_ON: [(&str, &str); 2] = [
-    ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
-    ("FF_ENABLE_ENHANCED_POOLING", "true"),
-];
 
 fn config(pg: &Pg, extra: &str) -> String {
     format!(

@@ -20,6 +20,13 @@ use tempfile::TempDir;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// The environment that turns on circuit breakers and enhanced pooling (upstream slots, probes)
+/// for every client.
+pub const BREAKER_ON: [(&str, &str); 2] = [
+    ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
+    ("FF_ENABLE_ENHANCED_POOLING", "true"),
+];
+
 /// Startup, shutdown and exit waits: generous, because CI machines are shared.
 pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -527,7 +534,9 @@ fn whoami() -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-fn run(command: &mut Command) {
+/// Runs `command` to completion and returns its output; panics with the command and
+/// everything it printed unless it exited 0.
+pub fn run(command: &mut Command) -> std::process::Output {
     let out = command.output().unwrap();
     assert!(
         out.status.success(),
@@ -535,6 +544,7 @@ fn run(command: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
 /// Runs one of the Python checkers in `tests/` (with the test tools' Python) on `document`,
