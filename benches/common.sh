@@ -37,3 +37,15 @@ wait_http() {
   for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
   echo "$bench: $1 did not come up" >&2; exit 1
 }
+
+# Starts the release seawall with its embedded defaults on free loopback ports, data in the
+# work directory, and waits until it is ready. Sets `proxy`, `admin` and `token`.
+start_default_seawall() {
+  proxy=$(free_port)
+  admin=$(free_port)
+  token=bench-admin-token-0123456789
+  SEAWALL_LISTEN="127.0.0.1:$proxy" SEAWALL_ADMIN_LISTEN="127.0.0.1:$admin" SEAWALL_DATA_DIR="$work/data" \
+    SEAWALL_ADMIN_TOKEN=$token RUST_LOG=warn target/release/seawall >"$work/seawall.log" 2>&1 &
+  track
+  wait_http "http://127.0.0.1:$proxy/health/ready"
+}

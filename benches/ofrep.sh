@@ -11,13 +11,7 @@ connections=${2:-32}
 need wrk wrk
 
 cargo build --release --quiet
-proxy=$(free_port)
-admin=$(free_port)
-token=bench-admin-token-0123456789
-SEAWALL_LISTEN="127.0.0.1:$proxy" SEAWALL_ADMIN_LISTEN="127.0.0.1:$admin" SEAWALL_DATA_DIR="$work/data" \
-  SEAWALL_ADMIN_TOKEN=$token RUST_LOG=warn target/release/seawall >"$work/seawall.log" 2>&1 &
-track
-wait_http "http://127.0.0.1:$proxy/health/ready"
+start_default_seawall
 
 for i in $(seq -w 1 20); do
   curl -sf -o /dev/null -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/admin/flags" -d '{
