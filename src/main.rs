@@ -14,6 +14,13 @@ use seawall::{logging, shutdown};
 
 const EX_USAGE: u8 = 64;
 
+/// jemalloc instead of the C library's allocator: under load, buffers are allocated on the
+/// runtime's threads and freed on others (the audit writer, sled's threads), which glibc
+/// serialises on per-arena locks. See README "Benchmarks" for the measured difference.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args_os().skip(1)) {
         Ok(command) => command,
