@@ -69,6 +69,9 @@ pub enum Error {
     /// The store refused a write (a full or failing volume): nothing was changed.
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
+    /// A `blocking-strict` route's request could not be audited in time: it was not forwarded.
+    #[error("audit trail unavailable")]
+    AuditUnavailable,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -90,7 +93,8 @@ impl Error {
             | Error::CircuitOpen { .. }
             | Error::DatabaseUnavailable(_)
             | Error::DatabaseBusy
-            | Error::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Error::StoreUnavailable(_)
+            | Error::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::QueryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::QueryRejected { conflict: true, .. } => StatusCode::CONFLICT,
             Error::QueryRejected {
@@ -134,6 +138,7 @@ impl Error {
             Error::Overloaded { .. } => "SERVICE_OVERLOADED",
             Error::RequestTimeout(_) => "GATEWAY_TIMEOUT",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            Error::AuditUnavailable => "AUDIT_UNAVAILABLE",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -211,6 +216,10 @@ impl Error {
                 "seawall's store cannot be written (is its volume full?); nothing was changed."
                     .to_string()
             }
+            Error::AuditUnavailable => {
+                "This route is only served once its audit record is on disk, and seawall could not write it; the request was not forwarded."
+                    .to_string()
+            }
             Error::Internal(_) => "Something went wrong inside seawall.".to_string(),
         }
     }
@@ -259,7 +268,10 @@ impl Error {
                     HeaderValue::from_static("Bearer realm=\"seawall-admin\""),
                 );
             }
-            Error::UpstreamBusy { .. } | Error::DatabaseUnavailable(_) | Error::DatabaseBusy => {
+            Error::UpstreamBusy { .. }
+            | Error::DatabaseUnavailable(_)
+            | Error::DatabaseBusy
+            | Error::AuditUnavailable => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Error::RateLimited(limited) => {

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use crate::audit::Level;
 use crate::audit::middleware::Plan;
-use crate::audit::{Level, policy};
+use crate::audit::policy::{self, Durability};
 use crate::body::{Body, Guarded, RequestBody};
 use crate::config::RouteTarget;
 use crate::error::Error;
@@ -133,9 +134,9 @@ impl Service for ProxyService {
         let rules = &self.state.config.audit.rules;
         let decision = policy::decide(rules, route_rule, route, request.method());
         (decision.level != Level::None).then(|| Plan {
+            important: decision.durability == Durability::BlockingStrict,
             decision,
             route: route.clone(),
-            important: false,
             durable: false,
             admin_actor: None,
             api_key_header: self.state.config.ratelimit.api_key_header.as_deref(),

@@ -238,7 +238,7 @@ async fn exchange<S: Service>(
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let mut tracker = InFlight::start(state, S::LISTENER, route.clone(), method.clone());
-    let (audit, request) = match service.audit_plan(&route, &target, &request, &ctx) {
+    let (mut audit, request) = match service.audit_plan(&route, &target, &request, &ctx) {
         Some(plan) => {
             let (audit, request) = RequestAudit::begin(state.audit.clone(), plan, request, &ctx);
             (Some(audit), request)
@@ -247,7 +247,18 @@ async fn exchange<S: Service>(
     };
     let span = tracing::info_span!("request", id = %ctx.request_id);
     let timeout = state.config.server.request_timeout;
-    let called = tokio::time::timeout(timeout, service.call(request, &ctx, target));
+    let strict = audit.as_ref().is_some_and(RequestAudit::is_strict);
+    let call = async {
+        // blocking-strict: nothing happens to the request until its arrival is on disk.
+        if strict
+            && let Some(audit) = audit.as_mut()
+            && !audit.record_received().await
+        {
+            return Err(Error::AuditUnavailable);
+        }
+        service.call(request, &ctx, target).await
+    };
+    let called = tokio::time::timeout(timeout, call);
     let outcome = catch_panic(called).instrument(span.clone()).await;
     let panicked = outcome.is_err();
     let mut response = match outcome {

@@ -10,7 +10,10 @@
 //!
 //! The event is built when the response body ends or is dropped ([`AuditedBody`]), or, if
 //! the exchange itself is dropped before answering, with status 499 (`client_closed`).
-//! Admin changes are answered only after their event is written and flushed.
+//! Admin changes are answered only after their event is written and flushed. Requests a rule
+//! makes `blocking-strict` get a second event, `stage: request_received`, written and flushed
+//! before the service sees them ([`RequestAudit::record_received`]); `server::exchange` refuses
+//! them if that fails.
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -26,8 +29,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::audit::AuditTrail;
-use crate::audit::event::{Draft, IdKind, Level, Role, Subject};
-use crate::audit::policy::{self, Decision};
+use crate::audit::event::{Draft, IdKind, Level, Role, Stream, Subject};
+use crate::audit::policy::{self, Decision, Durability};
 use crate::audit::redact::{self, Notes};
 use crate::body::{Body, RequestBody};
 use crate::request_context::RequestContext;
@@ -73,6 +76,8 @@ struct Pending {
     /// The request body's capture; `None` when the request had no body.
     request: Option<Arc<Mutex<Capture>>>,
     request_type: BodyType,
+    /// A `blocking-strict` request whose `request_received` event could not be made durable.
+    refused: bool,
 }
 
 /// The bytes of one body as it streamed past, the first `keep` of them kept.
@@ -201,6 +206,7 @@ impl RequestAudit {
             request: capture.clone(),
             request_type: BodyType::of(headers),
             decision,
+            refused: false,
         };
         let body = match capture {
             Some(capture) => Tee {
@@ -216,6 +222,27 @@ impl RequestAudit {
             },
             Request::from_parts(parts, body),
         )
+    }
+
+    /// Whether the request may go on only once its `request_received` event is on disk.
+    pub fn is_strict(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|p| p.decision.durability == Durability::BlockingStrict)
+    }
+
+    /// Writes and flushes the `request_received` event of a `blocking-strict` request, within
+    /// `audit.strict_timeout_ms`: false if it is not on disk, and then the request must not go
+    /// on (its completion event will say `audit_unavailable`).
+    pub async fn record_received(&mut self) -> bool {
+        let pending = self.pending.as_mut().expect("not answered yet");
+        let draft = pending.received_draft();
+        let trail = pending.trail.clone();
+        let on_disk = trail
+            .record_durably(draft, trail.config.strict_timeout)
+            .await;
+        pending.refused = !on_disk;
+        on_disk
     }
 
     /// Completes the answer: durable events are written and flushed before it is sent;
@@ -290,6 +317,60 @@ impl Pending {
         trail.record_detached(draft);
     }
 
+    /// The header fields every event of this request has.
+    fn common(&self, stream: Stream, event_type: &str, outcome: &str) -> Draft {
+        let draft = Draft::new(
+            stream,
+            event_type,
+            outcome,
+            &crate::request_context::new_request_id(),
+            SystemTime::now(),
+        )
+        .typed("level", self.decision.level.as_str())
+        .typed("action", policy::action(&self.method))
+        .typed(
+            "actor",
+            &ActorFacts {
+                auth_method: self.auth_method,
+                kind: self.actor_kind,
+            },
+        )
+        .typed(
+            "client",
+            &ClientFacts {
+                net: network(self.client_ip),
+            },
+        );
+        if self.decision.rule == "default" {
+            return draft;
+        }
+        let rule = Annotations {
+            rule: &self.decision.rule,
+        };
+        draft.typed("annotations", &rule)
+    }
+
+    /// The event of a `blocking-strict` request as it arrived, before anything was done with
+    /// it: what is known then (no status, sizes or duration), and the sealed client facts.
+    fn received_draft(&self) -> Draft {
+        let ip = Subject {
+            kind: IdKind::Ip,
+            value: self.client_ip.to_string(),
+        };
+        self.common(self.decision.stream, &self.decision.event, "unknown")
+            .typed("stage", "request_received")
+            .typed(
+                "http",
+                &ReceivedFacts {
+                    method: method_name(&self.method),
+                    protocol_version: version(self.version),
+                    route: &self.route,
+                },
+            )
+            .part_json(Role::Client, Some(ip), self.client.clone())
+            .important()
+    }
+
     fn draft(
         mut self,
         status: u16,
@@ -298,6 +379,7 @@ impl Pending {
         reason: Option<&'static str>,
     ) -> Draft {
         let (event_type, stream, mut outcome) = policy::outcome(&self.decision, status);
+        let reason = reason.or(self.refused.then_some("audit_unavailable"));
         if reason.is_some() {
             outcome = "failure";
         }
@@ -314,58 +396,20 @@ impl Pending {
             }
             None => (0, captures_bodies.then_some(redact::Body::Dropped("none"))),
         };
-        let method = match self.method {
-            Method::GET
-            | Method::HEAD
-            | Method::POST
-            | Method::PUT
-            | Method::PATCH
-            | Method::DELETE
-            | Method::OPTIONS
-            | Method::CONNECT
-            | Method::TRACE => self.method.as_str(),
-            _ => "_OTHER",
-        };
-        let mut draft = Draft::new(
-            stream,
-            &event_type,
-            outcome,
-            &crate::request_context::new_request_id(),
-            SystemTime::now(),
-        )
-        .typed("level", self.decision.level.as_str())
-        .typed("action", policy::action(&self.method))
-        .typed(
-            "http",
-            &HttpFacts {
-                method,
-                protocol_version: version(self.version),
-                request_body_size: request_size,
-                response_body_size: response_size,
-                route: &self.route,
-                status_code: status,
-            },
-        )
-        .typed("duration_us", &(self.started.elapsed().as_micros() as u64))
-        .typed(
-            "actor",
-            &ActorFacts {
-                auth_method: self.auth_method,
-                kind: self.actor_kind,
-            },
-        )
-        .typed(
-            "client",
-            &ClientFacts {
-                net: network(self.client_ip),
-            },
-        );
-        if self.decision.rule != "default" {
-            let rule = Annotations {
-                rule: &self.decision.rule,
-            };
-            draft = draft.typed("annotations", &rule);
-        }
+        let mut draft = self
+            .common(stream, &event_type, outcome)
+            .typed(
+                "http",
+                &HttpFacts {
+                    method: method_name(&self.method),
+                    protocol_version: version(self.version),
+                    request_body_size: request_size,
+                    response_body_size: response_size,
+                    route: &self.route,
+                    status_code: status,
+                },
+            )
+            .typed("duration_us", &(self.started.elapsed().as_micros() as u64));
         if let Some(reason) = &reason {
             draft = draft.typed("reason", reason);
         }
@@ -428,6 +472,13 @@ struct HttpFacts<'a> {
     response_body_size: u64,
     route: &'a str,
     status_code: u16,
+}
+
+#[derive(Serialize)]
+struct ReceivedFacts<'a> {
+    method: &'a str,
+    protocol_version: &'static str,
+    route: &'a str,
 }
 
 #[derive(Serialize)]
@@ -501,6 +552,22 @@ pub fn network(ip: IpAddr) -> String {
             let segments = v6.segments();
             format!("{:x}:{:x}::/32", segments[0], segments[1])
         }
+    }
+}
+
+/// The method as OpenTelemetry records it: extension methods are `_OTHER`.
+fn method_name(method: &Method) -> &str {
+    match *method {
+        Method::GET
+        | Method::HEAD
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::OPTIONS
+        | Method::CONNECT
+        | Method::TRACE => method.as_str(),
+        _ => "_OTHER",
     }
 }
 

@@ -73,6 +73,10 @@ pub struct AuditConfig {
     pub origin: String,
     #[serde(serialize_with = "crate::config::millis")]
     pub flush_interval: Duration,
+    /// How long a `blocking-strict` request waits for its `request_received` event to be on
+    /// disk before it is refused.
+    #[serde(serialize_with = "crate::config::millis")]
+    pub strict_timeout: Duration,
     pub queue_capacity: usize,
     pub retention: BTreeMap<Stream, StreamRetention>,
     /// Captured request and response bodies.
@@ -121,6 +125,7 @@ impl Default for AuditConfig {
         AuditConfig {
             origin: "seawall".to_string(),
             flush_interval: Duration::from_millis(100),
+            strict_timeout: Duration::from_secs(2),
             queue_capacity: 65_536,
             retention: AuditConfig::default_retention(),
             body_days: 7,
@@ -210,6 +215,8 @@ enum Command {
     Event(Box<Draft>),
     /// Write and flush everything queued before this, then answer.
     Flush(oneshot::Sender<()>),
+    /// Write this event and flush it at once; answer whether it is on disk.
+    Durable(Box<Draft>, oneshot::Sender<bool>),
 }
 
 #[derive(Default)]
@@ -220,6 +227,7 @@ struct AuditMetrics {
     flushes: Counter,
     digests: Counter,
     retention_refused: Counter,
+    strict_refusals: Counter,
 }
 
 pub struct AuditTrail {
@@ -515,6 +523,25 @@ impl AuditTrail {
         self.log.keyring.signing_key().verifying_key()
     }
 
+    /// Writes `draft` and flushes it, waiting at most `timeout` in all (queue room included):
+    /// true once it is on disk. What `blocking-strict` requests wait for before they go on. A
+    /// draft whose wait timed out may still be written later; the request's completion event
+    /// then says it was refused.
+    pub async fn record_durably(&self, draft: Draft, timeout: Duration) -> bool {
+        let (done, written) = oneshot::channel();
+        let durable = async {
+            let queued = self.tx.send(Command::Durable(Box::new(draft), done)).await;
+            queued.is_ok() && written.await.unwrap_or(false)
+        };
+        let on_disk = tokio::time::timeout(timeout, durable)
+            .await
+            .unwrap_or(false);
+        if !on_disk {
+            self.metrics.strict_refusals.inc();
+        }
+        on_disk
+    }
+
     /// Writes and flushes everything submitted so far.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -554,6 +581,11 @@ impl AuditTrail {
                 "seawall_audit_retention_refused_total",
                 "Retention runs that pruned nothing because the clock was behind the store.",
                 &self.metrics.retention_refused,
+            ),
+            (
+                "seawall_audit_strict_refusals_total",
+                "blocking-strict requests refused because their request_received event could not be made durable in time.",
+                &self.metrics.strict_refusals,
             ),
         ];
         for (name, help, counter) in counters {
@@ -611,6 +643,7 @@ async fn write_loop(
         let Some(first) = first else { break };
         let mut drafts = Vec::new();
         let mut waiting = Vec::new();
+        let mut durable = Vec::new();
         let mut next = Some(first);
         let mut lingered = false;
         loop {
@@ -618,40 +651,51 @@ async fn write_loop(
                 match command {
                     Command::Event(draft) => drafts.push(*draft),
                     Command::Flush(done) => waiting.push(done),
+                    Command::Durable(draft, done) => {
+                        drafts.push(*draft);
+                        durable.push(done);
+                    }
                 }
-                if drafts.len() < MAX_BATCH && waiting.is_empty() {
+                if drafts.len() < MAX_BATCH && waiting.is_empty() && durable.is_empty() {
                     next = rx.try_recv().ok();
                 }
             }
             // A small batch waits a moment for company: one commit per few dozen events
-            // costs far less than one per event. Flush requests never wait.
-            if lingered || drafts.len() >= MIN_BATCH || !waiting.is_empty() {
+            // costs far less than one per event. Flush requests and durable events never wait.
+            if lingered || drafts.len() >= MIN_BATCH || !waiting.is_empty() || !durable.is_empty() {
                 break;
             }
             lingered = true;
             tokio::time::sleep(LINGER).await;
             next = rx.try_recv().ok();
         }
-        let flush_now = !waiting.is_empty() || dirty_since.is_some_and(|t| t.elapsed() >= interval);
+        let flush_now = !waiting.is_empty()
+            || !durable.is_empty()
+            || dirty_since.is_some_and(|t| t.elapsed() >= interval);
         let count = drafts.len();
-        match writer.commit(drafts, SystemTime::now()) {
+        let mut on_disk = match writer.commit(drafts, SystemTime::now()) {
             Ok(n) => {
                 metrics.appended.add(n as u64);
                 dirty_since.get_or_insert_with(Instant::now);
                 sign_digests(&mut writer, &metrics, &digests);
+                true
             }
             Err(e) => {
                 metrics.write_errors.inc();
                 metrics.dropped.add(count as u64);
                 tracing::error!(error = %e, lost = count, "audit batch could not be written");
+                false
             }
-        }
+        };
         if flush_now {
-            note_flush(&metrics, writer.flush());
+            on_disk &= note_flush(&metrics, writer.flush());
             dirty_since = None;
         }
         for done in waiting {
             let _ = done.send(());
+        }
+        for done in durable {
+            let _ = done.send(on_disk);
         }
     }
     note_flush(&metrics, writer.flush());
@@ -667,12 +711,17 @@ fn sign_digests(writer: &mut Writer, metrics: &AuditMetrics, policy: &DigestPoli
     }
 }
 
-fn note_flush(metrics: &AuditMetrics, result: Result<(), StoreError>) {
+/// Counts a flush; true if it succeeded.
+fn note_flush(metrics: &AuditMetrics, result: Result<(), StoreError>) -> bool {
     match result {
-        Ok(()) => metrics.flushes.inc(),
+        Ok(()) => {
+            metrics.flushes.inc();
+            true
+        }
         Err(e) => {
             metrics.write_errors.inc();
             tracing::error!(error = %e, "audit flush failed");
+            false
         }
     }
 }

@@ -27,6 +27,33 @@ pub struct Rule {
     /// The event type; `{action}` is replaced by the method's action (`read`, `create`, ...).
     pub event: Option<String>,
     pub stream: Option<Stream>,
+    pub durability: Option<Durability>,
+}
+
+/// When a request's audit record must be on disk (research/audit.md §1.5, Kubernetes'
+/// webhook modes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Durability {
+    /// One event when the answer is complete, written by the next batch and flushed within
+    /// `audit.flush_interval_ms`; dropped and counted if the queue is full.
+    #[default]
+    Batch,
+    /// Before anything else is done with the request, a `request_received` event is written
+    /// and flushed; if that fails within `audit.strict_timeout_ms`, the request is answered
+    /// 503 and never reaches the upstream. Its completion event waits for queue room instead
+    /// of being dropped.
+    BlockingStrict,
+}
+
+impl Durability {
+    pub fn parse(name: &str) -> Option<Durability> {
+        match name {
+            "batch" => Some(Durability::Batch),
+            "blocking-strict" => Some(Durability::BlockingStrict),
+            _ => None,
+        }
+    }
 }
 
 impl Rule {
@@ -45,6 +72,7 @@ pub struct Decision {
     pub stream: Stream,
     /// Which rule decided: its index in `[[audit.rules]]`, `route`, or `default`.
     pub rule: String,
+    pub durability: Durability,
 }
 
 /// The label of requests to the health endpoints, which are not audited by default.
@@ -81,6 +109,7 @@ pub fn decide(rules: &[Rule], route_rule: Option<&Rule>, route: &str, method: &M
         event,
         stream,
         rule: source,
+        durability: rule.and_then(|r| r.durability).unwrap_or_default(),
     }
 }
 
@@ -102,6 +131,7 @@ pub fn admin(route: &str, method: &Method) -> Option<Decision> {
         event,
         stream: Stream::Security,
         rule: "admin".to_string(),
+        durability: Durability::Batch,
     })
 }
 
@@ -148,6 +178,7 @@ mod tests {
             level,
             event: event.map(str::to_string),
             stream: None,
+            durability: None,
         }
     }
 
@@ -190,6 +221,34 @@ mod tests {
             (Level::Request, "api.request", Stream::Access)
         );
         assert_eq!(decided.rule, "route");
+    }
+
+    #[test]
+    fn durability_comes_from_the_deciding_rule() {
+        let strict = Rule {
+            durability: Some(Durability::BlockingStrict),
+            ..rule(&["payments"], &[], None, None)
+        };
+        let rules = [strict, rule(&[], &[Method::DELETE], None, None)];
+        assert_eq!(
+            decide(&rules, None, "payments", &Method::POST).durability,
+            Durability::BlockingStrict
+        );
+        // The first match decides, so a later rule or the route cannot loosen it, nor can an
+        // earlier one be tightened by the route.
+        let route = Rule {
+            durability: Some(Durability::BlockingStrict),
+            ..rule(&[], &[], None, None)
+        };
+        assert_eq!(
+            decide(&rules, Some(&route), "api", &Method::DELETE).durability,
+            Durability::Batch
+        );
+        assert_eq!(
+            decide(&rules, Some(&route), "api", &Method::GET).durability,
+            Durability::BlockingStrict
+        );
+        assert_eq!(Durability::parse("blocking"), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `[audit]` section and the routes' `audit = {...}`: origin, write path, retention per
 //! stream, and the ordered request rules.
 
-use crate::audit::policy::Rule;
+use crate::audit::policy::{Durability, Rule};
 use crate::audit::{AuditConfig, DigestPolicy, ErasureAction, Level, Stream, StreamRetention};
 use crate::config::ConfigError;
 use crate::config::raw::{RawAudit, RawAuditRule, RawRouteAudit};
@@ -155,6 +155,13 @@ impl Validator<'_> {
                 1,
                 10_000,
             )?,
+            strict_timeout: self.millis(
+                "audit.strict_timeout_ms",
+                raw.strict_timeout_ms,
+                defaults.strict_timeout.as_millis() as u64,
+                10,
+                60_000,
+            )?,
             queue_capacity: self.range(
                 "audit.queue_capacity",
                 raw.queue_capacity,
@@ -208,6 +215,7 @@ impl Validator<'_> {
             event: raw.event.clone(),
             level: raw.level.clone(),
             stream: raw.stream.clone(),
+            durability: raw.durability.clone(),
         };
         let mut rule = self.route_audit(at, &selectors)?;
         rule.routes = routes;
@@ -230,6 +238,21 @@ impl Validator<'_> {
                 self.error(&key("stream"), format!("{name:?} is not a stream (expected security, access, data_change, gdpr or system)"))
             })?),
         };
+        let durability = match raw.durability.as_deref() {
+            None => None,
+            Some(name) => Some(Durability::parse(name).ok_or_else(|| {
+                self.error(
+                    &key("durability"),
+                    format!("{name:?} is not a durability (expected batch or blocking-strict)"),
+                )
+            })?),
+        };
+        if durability == Some(Durability::BlockingStrict) && level == Some(Level::None) {
+            let message =
+                "a blocking-strict request must be audited; use a level other than \"none\""
+                    .to_string();
+            return Err(self.error(&key("durability"), message));
+        }
         if let Some(event) = &raw.event {
             let plain = event.replace("{action}", "action");
             let valid = !plain.is_empty()
@@ -258,6 +281,7 @@ impl Validator<'_> {
             level,
             event: raw.event.clone(),
             stream,
+            durability,
         })
     }
 }

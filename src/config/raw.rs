@@ -129,13 +129,14 @@ pub struct RawRoute {
     pub audit: Option<RawRouteAudit>,
 }
 
-/// A route's own `audit = { event = "...", level = "...", stream = "..." }`.
+/// A route's own `audit = { event = "...", level = "...", stream = "...", durability = "..." }`.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteAudit {
     pub event: Option<String>,
     pub level: Option<String>,
     pub stream: Option<String>,
+    pub durability: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -143,6 +144,7 @@ pub struct RawRouteAudit {
 pub struct RawAudit {
     pub origin: Option<String>,
     pub flush_interval_ms: Option<u64>,
+    pub strict_timeout_ms: Option<u64>,
     pub queue_capacity: Option<u64>,
     pub body_days: Option<u64>,
     pub retention_interval_ms: Option<u64>,
@@ -181,6 +183,7 @@ pub struct RawAuditRule {
     pub event: Option<String>,
     pub level: Option<String>,
     pub stream: Option<String>,
+    pub durability: Option<String>,
 }
 
 /// A string or a list of strings (`rate_limit = "ai.chat"` or `["ai.chat", "burst"]`).

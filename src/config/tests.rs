@@ -429,3 +429,38 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn audit_rules_are_validated_by_key() {
+    let route = |audit: &str| format!("{ROUTED}audit = {{ {audit} }}\n");
+    let e = error(&route(r#"durability = "blocking""#), &[]);
+    assert_eq!(e.key, "routes[0].audit.durability");
+    assert!(e.message.contains("batch or blocking-strict"), "{e}");
+    let e = error(
+        &route(r#"level = "none", durability = "blocking-strict""#),
+        &[],
+    );
+    assert_eq!(e.key, "routes[0].audit.durability");
+    let e = error(&route(r#"event = "authn.login", level = "request""#), &[]);
+    assert_eq!(e.key, "routes[0].audit.level");
+    let e = error(
+        &format!("{ROUTED}\n[[audit.rules]]\nroutes = [\"nope\"]\n"),
+        &[],
+    );
+    assert_eq!(e.key, "audit.rules[0].routes");
+    let e = error("[audit]\nstrict_timeout_ms = 0\n", &[]);
+    assert_eq!(e.key, "audit.strict_timeout_ms");
+
+    let config = load(
+        &format!(
+            "{ROUTED}\n[[audit.rules]]\nmethods = [\"POST\"]\ndurability = \"blocking-strict\"\n"
+        ),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        config.audit.rules[0].durability,
+        Some(crate::audit::policy::Durability::BlockingStrict)
+    );
+    assert_eq!(config.audit.strict_timeout, Duration::from_secs(2));
+}

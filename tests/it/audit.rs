@@ -654,3 +654,59 @@ pub(crate) fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `blocking-strict` (research/audit.md §1.5, B4): the request's arrival is on disk before the
+/// upstream sees it, so a `kill -9` while the upstream is working cannot lose it. (The chaos
+/// test of a full volume checks the refusal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_strict_request_is_on_disk_before_the_upstream_sees_it() {
+    let mut backend = Backend::start().await;
+    let dir = Arc::new(TempDir::new().unwrap());
+    let strict = r#"audit = { level = "metadata", durability = "blocking-strict" }"#;
+    let mut seawall = Seawall::start_in(dir.clone(), &config(&backend, strict), &[]);
+
+    // A complete request: its arrival, then its completion, in that order in one stream.
+    assert_eq!(get(&seawall.proxy_url("/api/status/201")).await.status, 201);
+    let events = await_events(&seawall, "api", 2).await;
+    let stages: Vec<(&str, &str, Option<u64>)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["stage"].as_str().unwrap_or("complete"),
+                e["outcome"].as_str().unwrap(),
+                e["http"]["status_code"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            ("request_received", "unknown", None),
+            ("complete", "success", Some(201))
+        ],
+        "{events:?}"
+    );
+    assert!(events[0]["seq"].as_u64() < events[1]["seq"].as_u64());
+    assert_eq!(
+        events[0]["parts"],
+        json!([{"class": "identity", "role": "client"}])
+    );
+
+    // The upstream is holding a request when seawall is killed: its arrival survives.
+    let hold = seawall.proxy_url("/api/hold");
+    let held = tokio::spawn(async move { send(Method::GET, &hold, &[], full("")).await });
+    tokio::time::timeout(PROCESS_TIMEOUT, backend.slow_started.recv())
+        .await
+        .expect("the upstream receives the held request");
+    seawall.kill();
+    held.abort();
+    backend.release();
+    let stored = Stored::open(&seawall.data_dir());
+    let received = stored
+        .route_events(Stream::Access, "api")
+        .into_iter()
+        .filter(|(_, h)| h["stage"] == "request_received")
+        .count();
+    assert_eq!(received, 2, "both arrivals are on disk after kill -9");
+    stored.intact(Stream::Access);
+}

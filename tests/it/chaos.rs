@@ -15,7 +15,8 @@ use tempfile::TempDir;
 use crate::audit::{admin, query_all};
 use crate::backend::Backend;
 use crate::support::{
-    BREAKER_ON, Chroma, PROCESS_TIMEOUT, Pg, Seawall, admin_get, full, get, try_send,
+    BREAKER_ON, Chroma, PROCESS_TIMEOUT, Pg, Seawall, admin_get, assert_error, full, get, metric,
+    try_send,
 };
 
 /// Appends one line to the report `tests/run` prints.
@@ -412,17 +413,29 @@ impl Drop for SmallVolume {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_data_volume_keeps_proxying_and_reports_the_store_failing() {
-    let backend = Backend::start().await;
+    let mut backend = Backend::start().await;
     // The data directory (`<dir>/data`, as every test seawall has) is the small volume.
     let dir = Arc::new(TempDir::new().unwrap());
     let volume = SmallVolume::mount(&dir.path().join("data"), 48);
+    let strict_route = r#"
+[[routes]]
+name = "strict"
+match = "/strict/*"
+upstream = "app"
+strip_prefix = "/strict"
+audit = { durability = "blocking-strict" }
+"#;
     let config = format!(
-        "{}\n[health]\ninterval_ms = 200\n",
+        "{}\n{strict_route}\n[health]\ninterval_ms = 200\n",
         crate::audit::config(&backend, "")
     );
     let seawall = Seawall::start_in(dir.clone(), &config, &[]);
     let api = seawall.proxy_url("/api/status/200");
     assert_eq!(get(&api).await.status, 200);
+    assert_eq!(
+        get(&seawall.proxy_url("/strict/status/200")).await.status,
+        200
+    );
     assert_eq!(get(&seawall.proxy_url("/health/ready")).await.status, 200);
 
     let filler = volume.fill();
@@ -443,6 +456,17 @@ async fn a_full_data_volume_keeps_proxying_and_reports_the_store_failing() {
         assert_eq!(get(&api).await.status, 200, "proxying continues");
         proxied += 1;
     }
+    // A blocking-strict route refuses what it cannot audit, before the upstream sees it.
+    let strict = get(&seawall.proxy_url("/strict/hold")).await;
+    assert_error(&strict, 503, "AUDIT_UNAVAILABLE");
+    assert_eq!(strict.header("retry-after"), Some("1"));
+    assert!(
+        backend.slow_started.try_recv().is_err(),
+        "the refused request never reached the upstream"
+    );
+    let metrics = get(&seawall.admin_url("/metrics")).await.text();
+    let refusals = metric(&metrics, "seawall_audit_strict_refusals_total").unwrap_or(0.0);
+    assert!(refusals >= 1.0, "{metrics}");
     let change = admin(
         &seawall,
         Method::POST,
@@ -472,7 +496,7 @@ async fn a_full_data_volume_keeps_proxying_and_reports_the_store_failing() {
     let verify = admin_get(&restarted, "/admin/audit/verify").await.json();
     assert_eq!(verify["ok"], true, "{verify}");
     report(&format!(
-        "data volume full: readiness 503 after {} ms; {proxied} of 50 proxied requests answered 200 meanwhile; a flag change was refused with {} {}; shutdown exited with {exit}; after space was freed the restart was ready and its chains verify",
+        "data volume full: readiness 503 after {} ms; {proxied} of 50 proxied requests answered 200 meanwhile; a blocking-strict request was refused with 503 AUDIT_UNAVAILABLE without reaching the upstream; a flag change was refused with {} {}; shutdown exited with {exit}; after space was freed the restart was ready and its chains verify",
         detected.as_millis(),
         change.status.as_u16(),
         change.json()["error"].as_str().unwrap_or_default(),
