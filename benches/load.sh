@@ -8,6 +8,8 @@
 #   all          seawall with all four features on: a flag gating the route, rate limits high
 #                enough never to refuse, the breaker closed, auditing at metadata level
 #   all-noaudit  the same seawall and features on a route audited at level none
+#   all-strict   the same on a route audited with durability blocking-strict (each request's
+#                arrival flushed to disk before it is forwarded; concurrent ones share a flush)
 #
 #   benches/load.sh [seconds per run, default 10] [connections, default 32] [soak seconds, default 120]
 #
@@ -103,6 +105,14 @@ upstream = "app"
 strip_prefix = "/noaudit"
 flag = "load-gate"
 audit = { level = "none" }
+
+[[routes]]
+name = "strict"
+match = "/strict/*"
+upstream = "app"
+strip_prefix = "/strict"
+flag = "load-gate"
+audit = { level = "metadata", durability = "blocking-strict" }
 TOML
   FF_LOAD_GATE=true RUST_LOG=warn target/release/seawall --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
   started_pid=$!
@@ -127,8 +137,9 @@ declare -A url=(
   [seawall]="http://127.0.0.1:$plain_port/gated/"
   [all]="http://127.0.0.1:$all_port/gated/"
   [all-noaudit]="http://127.0.0.1:$all_port/noaudit/"
+  [all-strict]="http://127.0.0.1:$all_port/strict/"
 )
-targets=(direct nginx seawall all all-noaudit)
+targets=(direct nginx seawall all all-noaudit all-strict)
 
 # Every target must answer 200 before anything is measured (the gate flag, the quotas).
 for target in "${targets[@]}"; do
@@ -185,6 +196,9 @@ set -- ${row[all]}; a_rps=$2 a_p99=$4
 set -- ${row[all-noaudit]}
 awk -v a="$a_rps" -v b="$2" -v c="$a_p99" -v d="$4" \
   'BEGIN { printf "audited vs unaudited (all features on): requests/s %.2fx, p99 %.2fx\n", a / b, c / d }'
+set -- ${row[all-strict]}
+awk -v a="$2" -v b="$a_rps" -v c="$4" -v d="$a_p99" \
+  'BEGIN { printf "blocking-strict vs batch auditing: requests/s %.2fx, p99 %.2fx\n", a / b, c / d }'
 metrics=$(curl -sf "http://127.0.0.1:$all_admin/metrics")
 echo "audit events written: $(awk '/^seawall_audit_events_written_total/ { print $2 }' <<<"$metrics"), dropped: $(awk '/^seawall_audit_events_dropped_total/ { print $2 }' <<<"$metrics")"
 echo "peak resident memory: seawall (features off) $(peak "$plain_pid") MiB, seawall (all features) $(peak "$all_pid") MiB"
