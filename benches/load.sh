@@ -207,5 +207,7 @@ echo "peak resident memory: seawall (features off) $(peak "$plain_pid") MiB, sea
 # minute or more, longer than the runs above.
 if [ "$soak" -gt 0 ]; then
   wrk -t2 -c"$connections" -d"${soak}s" -s "$work/summary.lua" "${url[all]}" >/dev/null
-  echo "after ${soak}s more of audited load: seawall (all features) peak $(peak "$all_pid") MiB, store $(du -sm "$work/all-data/store" | cut -f1) MB on disk"
+  events=$(curl -sf "http://127.0.0.1:$all_admin/metrics" | awk '/^seawall_audit_events_written_total/ { print $2 }')
+  store_bytes=$(du -sb "$work/all-data/store" | cut -f1)
+  echo "after ${soak}s more of audited load: seawall (all features) peak $(peak "$all_pid") MiB, store $((store_bytes / 1000000)) MB on disk for $events audit events ($((store_bytes / events)) bytes each)"
 fi

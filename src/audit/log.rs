@@ -2,7 +2,7 @@
 //!
 //! | tree | key → value |
 //! |---|---|
-//! | `audit/<stream>/<day>` | first seq (big-endian) → a group of consecutive [`Record`]s, one per written batch (one tree per stream and UTC day, so retention drops whole trees) |
+//! | `audit/<stream>/<day>` | first seq (big-endian) → a group of consecutive [`Record`]s of about 4 KiB, headers compressed ([`encode_group`]; one tree per stream and UTC day, so retention drops whole trees) |
 //! | `audit_keys` | key id → [`KeyRecord`]: a data key wrapped under the current KEK |
 //! | `audit_subject_keys` | pseudonym, stream, class, period → key id |
 //! | `audit_subjects` | pseudonym, stream, day → (): which buckets hold a subject's events; and alias pseudonym, `0xff`, pseudonym → (): another identifier of a subject whose parts are keyed to the latter |
@@ -427,19 +427,104 @@ impl AuditLog {
 /// Records are stored in groups, one sled value per written batch of a stream and day, under
 /// the sequence number of the group's first record: one sled insert per event costs more than
 /// sealing and hashing it.
+/// The first byte of a group with compressed headers. Groups written before it are a postcard
+/// sequence of [`Record`]s, which starts with the record count, and the writer never wrote an
+/// empty group, so a stored group that starts with 0 and goes on is always this format.
+const COMPRESSED_HEADERS: u8 = 0;
+
+/// A decoded group's headers are refused past this size (corrupt data, not a real group).
+const MAX_HEADERS_BYTES: usize = 16 << 20;
+
+/// What a record holds besides its header, as encoded (borrowed when writing).
+#[derive(Serialize)]
+struct RecordRestRef<'a> {
+    parts: &'a [StoredPart],
+    leaf: &'a Hash,
+    chain: &'a Hash,
+}
+
+#[derive(Deserialize)]
+struct RecordRest {
+    parts: Vec<StoredPart>,
+    leaf: Hash,
+    chain: Hash,
+}
+
+/// Encodes consecutive records as one sled value: `0`, the record count, then the headers
+/// (each after its length) compressed together with LZ4, then the rest of each record in
+/// postcard. Headers are most of a metadata event's bytes and repeat each other's field names
+/// and values, so this roughly halves them; the parts are ciphertext, which does not compress,
+/// and stay outside the compressed block so their key ids can be found by a byte search
+/// ([`AuditLog::groups_with_kids`]).
 pub fn encode_group(records: &[Record]) -> Vec<u8> {
-    postcard::to_allocvec(records).expect("records encode")
+    let mut headers = Vec::with_capacity(records.iter().map(|r| r.header.len() + 3).sum());
+    for record in records {
+        headers = postcard::to_extend(&record.header.len(), headers).expect("lengths encode");
+        headers.extend_from_slice(record.header.as_bytes());
+    }
+    let compressed = lz4_flex::block::compress_prepend_size(&headers);
+    let mut out = vec![COMPRESSED_HEADERS];
+    out = postcard::to_extend(&records.len(), out).expect("lengths encode");
+    out = postcard::to_extend(&compressed.len(), out).expect("lengths encode");
+    out.extend_from_slice(&compressed);
+    let rests: Vec<RecordRestRef<'_>> = records
+        .iter()
+        .map(|r| RecordRestRef {
+            parts: &r.parts,
+            leaf: &r.leaf,
+            chain: &r.chain,
+        })
+        .collect();
+    postcard::to_extend(&rests, out).expect("records encode")
 }
 
+/// Decodes a group of either format; `None` if it is not one.
 pub fn decode_group(bytes: &[u8]) -> Option<Vec<Record>> {
-    postcard::from_bytes(bytes).ok()
+    let Some(body) = compressed_body(bytes) else {
+        return postcard::from_bytes(bytes).ok();
+    };
+    let (count, body) = postcard::take_from_bytes::<usize>(body).ok()?;
+    let (size, body) = postcard::take_from_bytes::<usize>(body).ok()?;
+    let (compressed, rests) = body.split_at_checked(size)?;
+    let (headers_size, block) = lz4_flex::block::uncompressed_size(compressed).ok()?;
+    if headers_size > MAX_HEADERS_BYTES {
+        return None;
+    }
+    let headers = lz4_flex::block::decompress(block, headers_size).ok()?;
+    let (rests, trailing) = postcard::take_from_bytes::<Vec<RecordRest>>(rests).ok()?;
+    if rests.len() != count || !trailing.is_empty() {
+        return None;
+    }
+    let mut remaining = &headers[..];
+    let mut records = Vec::with_capacity(count);
+    for rest in rests {
+        let (len, after) = postcard::take_from_bytes::<usize>(remaining).ok()?;
+        let (header, after) = after.split_at_checked(len)?;
+        remaining = after;
+        records.push(Record {
+            header: String::from_utf8(header.to_vec()).ok()?,
+            parts: rest.parts,
+            leaf: rest.leaf,
+            chain: rest.chain,
+        });
+    }
+    remaining.is_empty().then_some(records)
 }
 
-/// The number of records in an encoded group: postcard writes a sequence's length first.
+/// The number of records in an encoded group, without decoding it: both formats write it
+/// first.
 pub fn group_len(bytes: &[u8]) -> Option<usize> {
-    postcard::take_from_bytes::<usize>(bytes)
+    postcard::take_from_bytes::<usize>(compressed_body(bytes).unwrap_or(bytes))
         .ok()
         .map(|(n, _)| n)
+}
+
+/// What follows the marker of a group with compressed headers.
+fn compressed_body(bytes: &[u8]) -> Option<&[u8]> {
+    match bytes {
+        [COMPRESSED_HEADERS, body @ ..] if !body.is_empty() => Some(body),
+        _ => None,
+    }
 }
 
 fn group_key(key: &[u8], stream: Stream) -> Result<u64, StoreError> {
@@ -475,5 +560,76 @@ mod tests {
             period(KeyClass::Identity, december).1,
             day_of(UNIX_EPOCH + std::time::Duration::from_secs(1_704_067_200))
         );
+    }
+
+    fn record(seq: u64, kid: u8) -> Record {
+        let header = format!(
+            r#"{{"action":"read","category":"http","http":{{"method":"GET","route":"api","status_code":200}},"id":"{seq:032x}","origin":"seawall","outcome":"success","seq":{seq},"stream":"access","type":"http.read","v":1}}"#
+        );
+        Record {
+            header,
+            parts: vec![
+                StoredPart {
+                    role: crate::audit::event::Role::Client,
+                    kid: Some([kid; 16]),
+                    sealed: Some(vec![seq as u8; 120]),
+                    digest: [7; 32],
+                },
+                StoredPart {
+                    role: crate::audit::event::Role::Body,
+                    kid: None,
+                    sealed: None,
+                    digest: [8; 32],
+                },
+            ],
+            leaf: [seq as u8; 32],
+            chain: [!(seq as u8); 32],
+        }
+    }
+
+    #[test]
+    fn groups_round_trip_with_compressed_headers_and_key_ids_in_clear() {
+        let records: Vec<Record> = (0..6).map(|seq| record(seq, 0xA0 + seq as u8)).collect();
+        let encoded = encode_group(&records);
+        assert_eq!(decode_group(&encoded).as_ref(), Some(&records));
+        assert_eq!(group_len(&encoded), Some(6));
+        let plain = postcard::to_allocvec(&records).unwrap();
+        assert!(
+            encoded.len() * 10 < plain.len() * 8,
+            "{} bytes against {} uncompressed",
+            encoded.len(),
+            plain.len()
+        );
+        for seq in 0..6 {
+            let kid = [0xA0 + seq as u8; 16];
+            assert!(memchr::memmem::find(&encoded, &kid).is_some(), "kid {seq}");
+        }
+        assert_eq!(decode_group(&encode_group(&[])), Some(Vec::new()));
+    }
+
+    #[test]
+    fn groups_written_before_compression_still_decode() {
+        let records: Vec<Record> = (0..3).map(|seq| record(seq, 1)).collect();
+        let old = postcard::to_allocvec(&records).unwrap();
+        assert_eq!(decode_group(&old), Some(records));
+        assert_eq!(group_len(&old), Some(3));
+        assert_eq!(decode_group(&[0]), Some(Vec::new()), "an empty old group");
+    }
+
+    #[test]
+    fn damaged_groups_are_refused_not_misread() {
+        let records: Vec<Record> = (0..4).map(|seq| record(seq, 2)).collect();
+        let encoded = encode_group(&records);
+        for cut in [2, 5, encoded.len() / 2, encoded.len() - 1] {
+            assert_eq!(decode_group(&encoded[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert_eq!(decode_group(&longer), None, "trailing bytes");
+        // A size prefix claiming gigabytes of headers is refused before anything is allocated.
+        let mut huge = vec![COMPRESSED_HEADERS, 1, 5];
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.push(0);
+        assert_eq!(decode_group(&huge), None);
     }
 }
