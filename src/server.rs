@@ -247,11 +247,9 @@ async fn exchange<S: Service>(
     };
     let span = tracing::info_span!("request", id = %ctx.request_id);
     let timeout = state.config.server.request_timeout;
-    let strict = audit.as_ref().is_some_and(RequestAudit::is_strict);
     let call = async {
         // blocking-strict: nothing happens to the request until its arrival is on disk.
-        if strict
-            && let Some(audit) = audit.as_mut()
+        if let Some(audit) = audit.as_mut().filter(|audit| audit.is_strict())
             && !audit.record_received().await
         {
             return Err(Error::AuditUnavailable);
