@@ -632,4 +632,26 @@ mod tests {
         huge.push(0);
         assert_eq!(decode_group(&huge), None);
     }
+
+    proptest::proptest! {
+        /// A damaged store must be reported, never crash the reader: any bytes, and any
+        /// single-byte change to a real group, decode to something or to `None`.
+        #[test]
+        fn any_bytes_decode_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = decode_group(&bytes);
+            let _ = group_len(&bytes);
+            let mut marked = vec![COMPRESSED_HEADERS];
+            marked.extend_from_slice(&bytes);
+            let _ = decode_group(&marked);
+        }
+
+        #[test]
+        fn damaged_real_groups_decode_without_panicking(at in 0usize..10_000, byte in proptest::prelude::any::<u8>()) {
+            let records: Vec<Record> = (0..4).map(|seq| record(seq, 3)).collect();
+            let mut encoded = encode_group(&records);
+            let at = at % encoded.len();
+            encoded[at] = byte;
+            let _ = decode_group(&encoded);
+        }
+    }
 }
