@@ -35,6 +35,9 @@ pub struct Query {
     pub status: Option<(u16, u16)>,
     pub outcome: Option<String>,
     pub actor_kind: Option<String>,
+    /// `request_received` (the arrival events of `blocking-strict` routes) or `complete`
+    /// (every other event, which has no `stage`).
+    pub stage: Option<String>,
     pub limit: usize,
     pub cursor: Option<(Stream, u64)>,
     /// Adds each event's part digests, leaf and chain value (`integrity=true`), so that a
@@ -85,6 +88,10 @@ impl Query {
                     "user" | "service" | "anonymous" | "system" => q.actor_kind = Some(value),
                     _ => return Err(bad(format!("{value:?} is not an actor kind (user, service, anonymous, system)"))),
                 },
+                "stage" => match value.as_str() {
+                    "request_received" | "complete" => q.stage = Some(value),
+                    _ => return Err(bad(format!("{value:?} is not a stage (request_received, complete)"))),
+                },
                 "limit" => {
                     q.limit = value.parse().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| bad(format!("{value:?} is not a number from 1 to {MAX_LIMIT}")))?
                 }
@@ -94,7 +101,7 @@ impl Query {
                     "false" => q.integrity = false,
                     _ => return Err(bad(format!("{value:?} is not true or false"))),
                 },
-                _ => return Err(bad("is not a filter (from, to, stream, type, route, status, outcome, actor_kind, limit, cursor, integrity)".to_string())),
+                _ => return Err(bad("is not a filter (from, to, stream, type, route, status, outcome, actor_kind, stage, limit, cursor, integrity)".to_string())),
             }
         }
         if let (Some(from), Some(to)) = (&q.from, &q.to)
@@ -144,6 +151,13 @@ impl Query {
             .outcome
             .as_deref()
             .is_some_and(|o| text("outcome") != Some(o))
+        {
+            return false;
+        }
+        if self
+            .stage
+            .as_deref()
+            .is_some_and(|stage| text("stage").unwrap_or("complete") != stage)
         {
             return false;
         }
@@ -253,6 +267,7 @@ mod tests {
             ("colour=red", "colour"),
             ("cursor=x", "cursor"),
             ("integrity=yes", "integrity"),
+            ("stage=received", "stage"),
             ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "to"),
         ] {
             assert_eq!(Query::parse(Some(bad)).unwrap_err().0, field, "{bad}");
@@ -272,5 +287,12 @@ mod tests {
         assert!(!matches("status=5xx"));
         assert!(!matches("to=2026-11-27T10:00:00Z"));
         assert!(!matches("route=api"));
+        assert!(matches("stage=complete"));
+        assert!(!matches("stage=request_received"));
+        let mut arrival = header.clone();
+        arrival["stage"] = serde_json::json!("request_received");
+        let arrival_matches = |q: &str| Query::parse(Some(q)).unwrap().matches(&arrival);
+        assert!(arrival_matches("stage=request_received&route=login"));
+        assert!(!arrival_matches("stage=complete"));
     }
 }

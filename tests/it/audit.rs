@@ -689,6 +689,8 @@ async fn a_blocking_strict_request_is_on_disk_before_the_upstream_sees_it() {
         "{events:?}"
     );
     assert!(events[0]["seq"].as_u64() < events[1]["seq"].as_u64());
+    let arrivals = query_all(&seawall, "route=api&stage=request_received").await;
+    assert_eq!(arrivals, events[..1], "the stage filter");
     assert_eq!(
         events[0]["parts"],
         json!([{"class": "identity", "role": "client"}])
