@@ -656,7 +656,9 @@ async fn write_loop(
                         durable.push(done);
                     }
                 }
-                if drafts.len() < MAX_BATCH && waiting.is_empty() && durable.is_empty() {
+                // Whatever is already queued joins the batch, waiters too: concurrent flush
+                // requests and durable events then share one commit and one flush.
+                if drafts.len() < MAX_BATCH {
                     next = rx.try_recv().ok();
                 }
             }
