@@ -69,6 +69,13 @@ fn request_event(stream: Stream, ip: &str, with_body: bool) -> Draft {
 }
 
 /// Verifies against the log's own signing key.
+/// Writes one `access` request event from `ip` as of `time`.
+fn commit_access(writer: &mut Writer, ip: &str, with_body: bool, time: SystemTime) {
+    writer
+        .commit(vec![request_event(Stream::Access, ip, with_body)], time)
+        .unwrap();
+}
+
 fn check(log: &AuditLog, stream: Stream) -> verify::StreamReport {
     verify::stream(log, stream, &log.keyring.signing_key().verifying_key()).unwrap()
 }
@@ -253,12 +260,7 @@ fn retention_expires_each_class_at_its_own_age_and_is_idempotent() {
     // The chain continues from the anchor, in the store and after a restart of the writer.
     let mut writer = Writer::new(f.log.clone()).unwrap();
     assert_eq!(writer.next_seq(Stream::Access), 20);
-    writer
-        .commit(
-            vec![request_event(Stream::Access, "10.9.9.9", false)],
-            at(181),
-        )
-        .unwrap();
+    commit_access(&mut writer, "10.9.9.9", false, at(181));
     let report = check(&f.log, Stream::Access);
     assert_eq!(
         (report.events, report.first_seq, report.broken),
@@ -272,18 +274,8 @@ fn retention_expires_each_class_at_its_own_age_and_is_idempotent() {
 fn a_clock_behind_the_stored_events_prunes_nothing_until_it_catches_up() {
     let mut f = fixture();
     let config = config();
-    f.writer
-        .commit(
-            vec![request_event(Stream::Access, "10.5.0.1", true)],
-            day0(),
-        )
-        .unwrap();
-    f.writer
-        .commit(
-            vec![request_event(Stream::Access, "10.5.0.2", true)],
-            at(400),
-        )
-        .unwrap();
+    commit_access(&mut f.writer, "10.5.0.1", true, day0());
+    commit_access(&mut f.writer, "10.5.0.2", true, at(400));
 
     // Day 399 is before the newest bucket: everything of day 0 has expired by then, but the
     // clock cannot be trusted, so nothing goes.
@@ -310,12 +302,7 @@ fn a_clock_behind_the_stored_events_prunes_nothing_until_it_catches_up() {
 fn a_clock_behind_the_newest_digest_prunes_nothing() {
     let mut f = fixture();
     let config = config();
-    f.writer
-        .commit(
-            vec![request_event(Stream::Access, "10.5.1.1", true)],
-            day0(),
-        )
-        .unwrap();
+    commit_access(&mut f.writer, "10.5.1.1", true, day0());
     // The writer's digest clock starts at the real time; sign two hours after it. Retention an
     // hour earlier than that signature would prune day 0's event (over 180 days old).
     let signed = SystemTime::now() + Duration::from_secs(2 * 3600);
@@ -338,12 +325,7 @@ async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
     let f = fixture();
     let tomorrow = SystemTime::now() + Duration::from_secs(2 * DAY);
     let mut writer = Writer::new(f.log.clone()).unwrap();
-    writer
-        .commit(
-            vec![request_event(Stream::Access, "10.6.0.1", false)],
-            tomorrow,
-        )
-        .unwrap();
+    commit_access(&mut writer, "10.6.0.1", false, tomorrow);
     drop(writer);
     let store = f.log.store.clone();
     let trail = Arc::new(super::AuditTrail::open(&store, f.dir.path(), config()).unwrap());
