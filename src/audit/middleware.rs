@@ -353,10 +353,6 @@ impl Pending {
     /// The event of a `blocking-strict` request as it arrived, before anything was done with
     /// it: what is known then (no status, sizes or duration), and the sealed client facts.
     fn received_draft(&self) -> Draft {
-        let ip = Subject {
-            kind: IdKind::Ip,
-            value: self.client_ip.to_string(),
-        };
         self.common(self.decision.stream, &self.decision.event, "unknown")
             .typed("stage", "request_received")
             .typed(
@@ -367,8 +363,15 @@ impl Pending {
                     route: &self.route,
                 },
             )
-            .part_json(Role::Client, Some(ip), self.client.clone())
-            .important()
+            .part_json(Role::Client, Some(self.ip_subject()), self.client.clone())
+    }
+
+    /// The client's address as the subject its parts are sealed for.
+    fn ip_subject(&self) -> Subject {
+        Subject {
+            kind: IdKind::Ip,
+            value: self.client_ip.to_string(),
+        }
     }
 
     fn draft(
@@ -413,10 +416,7 @@ impl Pending {
         if let Some(reason) = &reason {
             draft = draft.typed("reason", reason);
         }
-        let ip = Subject {
-            kind: IdKind::Ip,
-            value: self.client_ip.to_string(),
-        };
+        let ip = self.ip_subject();
         if request_body.is_some() || response.is_some() {
             let markers = BodyMarkers {
                 request: request_body.as_ref().map(redact::Body::marker),

@@ -213,8 +213,9 @@ impl AuditConfig {
 
 enum Command {
     Event(Box<Draft>),
-    /// Write and flush everything queued before this, then answer.
-    Flush(oneshot::Sender<()>),
+    /// Write and flush everything queued before this, then answer whether the last batch
+    /// reached the disk.
+    Flush(oneshot::Sender<bool>),
     /// Write this event and flush it at once; answer whether it is on disk.
     Durable(Box<Draft>, oneshot::Sender<bool>),
 }
@@ -642,8 +643,8 @@ async fn write_loop(
         };
         let Some(first) = first else { break };
         let mut drafts = Vec::new();
+        // Everyone waiting for this batch to reach the disk.
         let mut waiting = Vec::new();
-        let mut durable = Vec::new();
         let mut next = Some(first);
         let mut lingered = false;
         loop {
@@ -653,7 +654,7 @@ async fn write_loop(
                     Command::Flush(done) => waiting.push(done),
                     Command::Durable(draft, done) => {
                         drafts.push(*draft);
-                        durable.push(done);
+                        waiting.push(done);
                     }
                 }
                 // Whatever is already queued joins the batch, waiters too: concurrent flush
@@ -664,16 +665,14 @@ async fn write_loop(
             }
             // A small batch waits a moment for company: one commit per few dozen events
             // costs far less than one per event. Flush requests and durable events never wait.
-            if lingered || drafts.len() >= MIN_BATCH || !waiting.is_empty() || !durable.is_empty() {
+            if lingered || drafts.len() >= MIN_BATCH || !waiting.is_empty() {
                 break;
             }
             lingered = true;
             tokio::time::sleep(LINGER).await;
             next = rx.try_recv().ok();
         }
-        let flush_now = !waiting.is_empty()
-            || !durable.is_empty()
-            || dirty_since.is_some_and(|t| t.elapsed() >= interval);
+        let flush_now = !waiting.is_empty() || dirty_since.is_some_and(|t| t.elapsed() >= interval);
         let count = drafts.len();
         let mut on_disk = match writer.commit(drafts, SystemTime::now()) {
             Ok(n) => {
@@ -694,9 +693,6 @@ async fn write_loop(
             dirty_since = None;
         }
         for done in waiting {
-            let _ = done.send(());
-        }
-        for done in durable {
             let _ = done.send(on_disk);
         }
     }
