@@ -10,6 +10,8 @@ use crate::config::validate::Validator;
 /// Route labels the proxy listener uses besides configured route names.
 const BUILTIN_ROUTES: [&str; 3] = ["health", "ofrep", "unmatched"];
 
+const STREAMS: (&str, &str) = ("a stream", "security, access, data_change, gdpr or system");
+
 /// Days are bounded at 100 years: long enough for any legal hold, short enough not to overflow.
 const MAX_DAYS: u64 = 36_500;
 
@@ -33,9 +35,7 @@ impl Validator<'_> {
         let mut retention = AuditConfig::default_retention();
         for (name, section) in &raw.retention {
             let at = format!("audit.retention.{name}");
-            let stream = Stream::parse(name).ok_or_else(|| {
-                self.error(&at, format!("{name:?} is not a stream (expected security, access, data_change, gdpr or system)"))
-            })?;
+            let stream = self.one_of(&at, name, STREAMS, Stream::parse)?;
             let defaults = retention[&stream];
             let header_days = self.range(
                 &format!("{at}.header_days"),
@@ -74,9 +74,7 @@ impl Validator<'_> {
         let mut erasure = AuditConfig::default_erasure();
         for (name, section) in &raw.erasure {
             let at = format!("audit.erasure.{name}");
-            let stream = Stream::parse(name).ok_or_else(|| {
-                self.error(&at, format!("{name:?} is not a stream (expected security, access, data_change, gdpr or system)"))
-            })?;
+            let stream = self.one_of(&at, name, STREAMS, Stream::parse)?;
             let action = match section.action.as_deref() {
                 None => erasure[&stream].clone(),
                 Some("shred") => ErasureAction::Shred,
@@ -226,27 +224,23 @@ impl Validator<'_> {
     /// A route's own `audit = {...}`, also the decision part of a rule.
     pub(super) fn route_audit(&self, at: &str, raw: &RawRouteAudit) -> Result<Rule, ConfigError> {
         let key = |field: &str| format!("{at}.{field}");
-        let level = match raw.level.as_deref() {
-            None => None,
-            Some(name) => Some(Level::parse(name).ok_or_else(|| {
-                self.error(&key("level"), format!("{name:?} is not a level (expected none, metadata, request or request_response)"))
-            })?),
-        };
-        let stream = match raw.stream.as_deref() {
-            None => None,
-            Some(name) => Some(Stream::parse(name).ok_or_else(|| {
-                self.error(&key("stream"), format!("{name:?} is not a stream (expected security, access, data_change, gdpr or system)"))
-            })?),
-        };
-        let durability = match raw.durability.as_deref() {
-            None => None,
-            Some(name) => Some(Durability::parse(name).ok_or_else(|| {
-                self.error(
-                    &key("durability"),
-                    format!("{name:?} is not a durability (expected batch or blocking-strict)"),
-                )
-            })?),
-        };
+        let levels = ("a level", "none, metadata, request or request_response");
+        let level = raw
+            .level
+            .as_deref()
+            .map(|name| self.one_of(&key("level"), name, levels, Level::parse))
+            .transpose()?;
+        let stream = raw
+            .stream
+            .as_deref()
+            .map(|name| self.one_of(&key("stream"), name, STREAMS, Stream::parse))
+            .transpose()?;
+        let durabilities = ("a durability", "batch or blocking-strict");
+        let durability = raw
+            .durability
+            .as_deref()
+            .map(|name| self.one_of(&key("durability"), name, durabilities, Durability::parse))
+            .transpose()?;
         if durability == Some(Durability::BlockingStrict) && level == Some(Level::None) {
             let message =
                 "a blocking-strict request must be audited; use a level other than \"none\""

@@ -116,6 +116,18 @@ pub(super) struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// `text` as one of a fixed set of names, or an error at `key` that lists them.
+    pub(super) fn one_of<T>(
+        &self,
+        key: &str,
+        text: &str,
+        (what, expected): (&str, &str),
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, ConfigError> {
+        parse(text)
+            .ok_or_else(|| self.error(key, format!("{text:?} is not {what} (expected {expected})")))
+    }
+
     pub(super) fn error(&self, key: &str, message: String) -> ConfigError {
         match self.sources.get(key) {
             Some(var) => ConfigError::new(format!("{key} (set by {var})"), message),
