@@ -146,7 +146,7 @@ impl Found {
         let kids: Vec<[u8; 16]> = self.keys.keys().copied().collect();
         let mut going = true;
         for (stream, day) in self.days() {
-            log.groups_with_kids(stream, day, &kids, |_, _, first, records| {
+            log.groups_with_kids(stream, day, Some(&kids), |_, _, first, records| {
                 for (seq, record) in (first..).zip(records) {
                     let theirs = record
                         .parts

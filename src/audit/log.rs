@@ -289,25 +289,28 @@ impl AuditLog {
         }))
     }
 
-    /// Visits the record groups of one bucket that hold a part under one of `kids`, decoded,
-    /// with their key, stored value and first sequence number, until `visit` returns false.
-    /// Key ids are stored verbatim, so a byte search skips every other group undecoded: what
-    /// makes finding one subject among millions of events cheap.
+    /// Visits the record groups of one bucket, decoded, with their key, stored value and first
+    /// sequence number, until `visit` returns false. With `Some(kids)`, only the groups that
+    /// hold a part under one of them: key ids are stored verbatim, so a byte search skips every
+    /// other group undecoded, what makes finding one subject among millions of events cheap.
+    /// `None` visits every group (cheaper than searching for thousands of keys).
     pub fn groups_with_kids(
         &self,
         stream: Stream,
         day: u32,
-        kids: &[[u8; 16]],
+        kids: Option<&[[u8; 16]]>,
         mut visit: impl FnMut(&sled::IVec, &sled::IVec, u64, Vec<Record>) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        if kids.is_empty() || !self.has_bucket(stream, day) {
+        if kids.is_some_and(|kids| kids.is_empty()) || !self.has_bucket(stream, day) {
             return Ok(());
         }
-        let finders: Vec<memchr::memmem::Finder<'_>> =
-            kids.iter().map(memchr::memmem::Finder::new).collect();
+        let finders: Option<Vec<memchr::memmem::Finder<'_>>> =
+            kids.map(|kids| kids.iter().map(memchr::memmem::Finder::new).collect());
         for item in self.bucket(stream, day)?.iter() {
             let (key, value) = item?;
-            if !finders.iter().any(|f| f.find(&value).is_some()) {
+            if let Some(finders) = &finders
+                && !finders.iter().any(|f| f.find(&value).is_some())
+            {
                 continue;
             }
             let first = group_key(&key, stream)?;

@@ -6,7 +6,8 @@
 //! - `keys`: the keys outside sled (KEK, pseudonyms) and sealing.
 //! - `log`: the layout in sled and reading it back; `writer`: the single writer.
 //! - `policy`: which requests are audited at which level, as which event type.
-//! - `retention`: expiring personal parts (by destroying keys) and headers (by whole buckets).
+//! - `retention`: expiring personal parts (by destroying keys) and headers (by whole buckets);
+//!   `capacity`: shortening the least needed periods when the data volume fills up.
 //! - `query`: the admin query of headers.
 //!
 //! [`AuditTrail`] is the handle the rest of seawall uses: producers submit [`Draft`]s into a
@@ -15,6 +16,7 @@
 //! important events (admin, security, application, system) wait for room instead.
 
 pub mod application;
+pub mod capacity;
 pub mod detect;
 pub mod digest;
 pub mod event;
@@ -25,18 +27,16 @@ pub mod log;
 pub mod middleware;
 pub mod policy;
 pub mod query;
-
 pub mod redact;
 pub mod retention;
 pub mod shred;
-
 pub mod verify;
 pub mod writer;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -45,11 +45,12 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use event::{Draft, IdKind, Level, Role, Stream, Subject};
 
+use crate::audit::capacity::{CapacityGuard, Step, VolumeUsage};
 use crate::audit::keys::Keyring;
 use crate::audit::ledger::Ledger;
 use crate::audit::log::AuditLog;
 use crate::audit::writer::Writer;
-use crate::metrics::{Counter, Exposition};
+use crate::metrics::{Counter, Exposition, Gauge};
 use crate::store::{Store, StoreError};
 
 /// Events taken from the queue per write.
@@ -85,6 +86,7 @@ pub struct AuditConfig {
     pub retention_interval: Duration,
     pub rules: Vec<policy::Rule>,
     pub digests: DigestPolicy,
+    pub capacity: CapacityPolicy,
     /// How often the key-encryption key is replaced (what makes erasures physical).
     #[serde(serialize_with = "crate::config::millis")]
     pub kek_rotation_interval: Duration,
@@ -106,6 +108,16 @@ pub struct DigestPolicy {
     /// or this long after the last digest in any case (proving inactivity).
     #[serde(serialize_with = "crate::config::millis")]
     pub idle: Duration,
+}
+
+/// When the capacity guard shortens retention ([`capacity`]).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CapacityPolicy {
+    /// Usage of the data volume, in percent, from which it acts; 100 turns it off.
+    pub high_water_percent: u8,
+    /// How often the volume is read.
+    #[serde(serialize_with = "crate::config::millis")]
+    pub check_interval: Duration,
 }
 
 /// The erasure policy of one stream (research/audit.md §3.4).
@@ -135,6 +147,10 @@ impl Default for AuditConfig {
                 every: 1_000,
                 interval: Duration::from_secs(60),
                 idle: Duration::from_secs(3_600),
+            },
+            capacity: CapacityPolicy {
+                high_water_percent: 90,
+                check_interval: Duration::from_secs(60),
             },
             kek_rotation_interval: Duration::from_secs(86_400),
             verify_interval: Duration::from_secs(86_400),
@@ -229,6 +245,8 @@ struct AuditMetrics {
     digests: Counter,
     retention_refused: Counter,
     strict_refusals: Counter,
+    volume_size: Gauge,
+    volume_available: Gauge,
 }
 
 pub struct AuditTrail {
@@ -244,6 +262,10 @@ pub struct AuditTrail {
     /// Dropped since the last notice event.
     unreported_drops: AtomicU64,
     metrics: Arc<AuditMetrics>,
+    /// Where the volume is read for the capacity guard.
+    data_dir: PathBuf,
+    /// The guard's current [`Step`], which retention runs apply.
+    capacity_step: AtomicU8,
 }
 
 impl AuditTrail {
@@ -281,6 +303,8 @@ impl AuditTrail {
             rx: std::sync::Mutex::new(Some((rx, writer))),
             unreported_drops: AtomicU64::new(0),
             metrics: Arc::new(AuditMetrics::default()),
+            data_dir: data_dir.to_path_buf(),
+            capacity_step: AtomicU8::new(Step::Normal.level()),
         })
     }
 
@@ -369,24 +393,99 @@ impl AuditTrail {
         self.record(draft.important()).await;
     }
 
-    /// Runs retention every `retention_interval`, starting now.
+    /// Runs retention every `retention_interval`, starting now, and reads the data volume every
+    /// `capacity.check_interval`: a change of the capacity guard's step runs retention at once.
     pub fn spawn_retention(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let trail = self.clone();
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(trail.config.retention_interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let every = |period| {
+                let mut ticker = tokio::time::interval(period);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticker
+            };
+            let mut retention = every(trail.config.retention_interval);
+            let mut capacity = every(trail.config.capacity.check_interval);
+            let mut guard = CapacityGuard::new(trail.config.capacity.high_water_percent);
             loop {
-                ticker.tick().await;
+                tokio::select! {
+                    biased;
+                    _ = retention.tick() => {}
+                    _ = capacity.tick() => {
+                        if !trail.check_capacity(&mut guard).await {
+                            continue;
+                        }
+                    }
+                }
                 let _ = trail.run_retention(SystemTime::now()).await;
             }
         })
     }
 
-    /// One whole retention run as of `now`, recorded as a `sys.retention.run` event; a run
-    /// refused because the clock is behind the store is recorded as `sys.retention.refused`.
+    /// Reads the data volume into the metrics and the guard; a new step is recorded as a
+    /// `sys.retention.capacity_override` event. True when the step changed.
+    async fn check_capacity(&self, guard: &mut CapacityGuard) -> bool {
+        let dir = self.data_dir.clone();
+        let usage = match tokio::task::spawn_blocking(move || VolumeUsage::read(&dir)).await {
+            Ok(Ok(usage)) => usage,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the data volume's free space");
+                return false;
+            }
+            Err(_) => return false,
+        };
+        let clamp = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.metrics.volume_size.set(clamp(usage.total_bytes));
+        self.metrics
+            .volume_available
+            .set(clamp(usage.available_bytes));
+        let Some(step) = guard.observe(usage) else {
+            return false;
+        };
+        self.capacity_step.store(step.level(), Ordering::Relaxed);
+        let effective = step.apply(&self.config);
+        let access = effective.retention[&Stream::Access];
+        let used_percent = (usage.used_percent() * 10.0).round() / 10.0;
+        if step == Step::Normal {
+            tracing::info!(
+                used_percent,
+                "data volume back under its mark: configured retention restored"
+            );
+        } else {
+            tracing::warn!(
+                ?step,
+                used_percent,
+                available_bytes = usage.available_bytes,
+                "data volume filling: audit retention shortened"
+            );
+        }
+        let draft = system_draft("sys.retention.capacity_override", "success")
+            .field("step", json!(step))
+            .field("used_percent", json!(used_percent))
+            .field("available_bytes", json!(usage.available_bytes))
+            .field("total_bytes", json!(usage.total_bytes))
+            .field(
+                "high_water_percent",
+                json!(self.config.capacity.high_water_percent),
+            )
+            .field(
+                "retention",
+                json!({"body_days": effective.body_days, "access": access}),
+            );
+        self.record(draft.important()).await;
+        true
+    }
+
+    /// The capacity guard's current step.
+    pub fn capacity_step(&self) -> Step {
+        Step::from_level(self.capacity_step.load(Ordering::Relaxed))
+    }
+
+    /// One whole retention run as of `now`, with the periods the capacity guard's step leaves,
+    /// recorded as a `sys.retention.run` event; a run refused because the clock is behind the
+    /// store is recorded as `sys.retention.refused`.
     pub async fn run_retention(&self, now: SystemTime) -> Result<retention::RunReport, StoreError> {
         let log = self.log.clone();
-        let config = self.config.clone();
+        let config = self.capacity_step().apply(&self.config);
         let result =
             tokio::task::spawn_blocking(move || retention::run(&log, &config, now, usize::MAX))
                 .await
@@ -592,6 +691,24 @@ impl AuditTrail {
         for (name, help, counter) in counters {
             out.single(name, "counter", help, counter.get() as f64);
         }
+        out.single(
+            "seawall_audit_capacity_step",
+            "gauge",
+            "How far the capacity guard has shortened audit retention: 0 configured, 1 bodies, 2 access personal parts, 3 access headers.",
+            f64::from(self.capacity_step().level()),
+        );
+        out.single(
+            "seawall_data_volume_size_bytes",
+            "gauge",
+            "Size of the file system holding the data directory (0 until first read).",
+            self.metrics.volume_size.get() as f64,
+        );
+        out.single(
+            "seawall_data_volume_available_bytes",
+            "gauge",
+            "Space left on the file system holding the data directory.",
+            self.metrics.volume_available.get() as f64,
+        );
         let depth = self.config.queue_capacity - self.tx.capacity();
         out.single(
             "seawall_audit_queue_depth",

@@ -1,9 +1,12 @@
-//! Retention: personal parts expire by destroying their data keys, headers by dropping whole
-//! day buckets (research/audit.md §2.3). Time is an argument, so tests use any clock.
+//! Retention: personal parts expire by destroying their data keys (their sealed bytes are
+//! dropped from the records too, so expired ciphertext does not take space until its bucket
+//! goes), headers by dropping whole day buckets (research/audit.md §2.3). Time is an argument,
+//! so tests use any clock.
 //!
 //! A run is idempotent and works in bounded batches, each applied under the store's write
 //! gate, so a backup never copies half a batch and an interrupted run leaves a consistent
-//! store: a key is either there or not; a bucket is dropped only after the anchor that
+//! store: a key is either there or not, and its parts go before it does; a bucket is dropped
+//! only after the anchor that
 //! continues its stream's chain has been written, and [`verify`](crate::audit::verify)
 //! accepts a bucket that is anchored but not yet dropped. The request path never waits for a
 //! run: the writer is only held off for one batch at a time.
@@ -18,7 +21,7 @@
 //! stops at the first bucket holding a held subject's events (pruning stays a prefix, so the
 //! chain stays verifiable from its anchor).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -28,10 +31,15 @@ use crate::audit::digest::{self, unhex};
 use crate::audit::event::{self, KeyClass, Stream};
 use crate::audit::gdpr::{self, Hold};
 use crate::audit::log::{self, Anchor, AuditLog, KeyRecord};
+use crate::audit::shred;
 use crate::store::StoreError;
 
 /// Keys destroyed per batch.
 const KEY_BATCH: usize = 1_000;
+
+/// Expired keys whose parts are dropped in one sweep of the buckets they cover. Bounds the
+/// memory a run holds (about 100 bytes a key) and how often a bucket is scanned.
+const SWEEP_KEYS: usize = 100_000;
 
 /// What one run removed, per stream.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -55,6 +63,8 @@ pub struct ClockBehind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StreamRun {
     pub keys_destroyed: u64,
+    /// Sealed parts removed from the records because their keys expired.
+    pub parts_dropped: u64,
     pub buckets_dropped: u64,
     pub events_pruned: u64,
     /// The newest sequence number retention has removed from this stream, if any.
@@ -140,6 +150,12 @@ fn clock_behind(log: &AuditLog, now: SystemTime) -> Result<Option<ClockBehind>, 
 }
 
 /// Phase A. `Ok(true)` when every expired key is gone, `Ok(false)` at the batch limit.
+///
+/// Expired keys are taken up to [`SWEEP_KEYS`] at a time. The sealed parts they opened are
+/// dropped from the buckets their periods cover first (each bucket one batch), then the keys
+/// are destroyed ([`KEY_BATCH`] a batch): a run interrupted in between finds the same keys
+/// expired next time and finishes the job, where the other order would leave unreadable
+/// ciphertext taking space until its bucket expires.
 fn expire_keys(
     log: &AuditLog,
     config: &AuditConfig,
@@ -149,34 +165,58 @@ fn expire_keys(
     batches: &mut usize,
     max_batches: usize,
 ) -> Result<bool, StoreError> {
-    let mut expired: Vec<(sled::IVec, KeyRecord)> = Vec::new();
-    let flush = |expired: &mut Vec<(sled::IVec, KeyRecord)>,
-                 report: &mut RunReport|
-     -> Result<(), StoreError> {
-        let mut keys = sled::Batch::default();
-        let mut subject_keys = sled::Batch::default();
-        for (kid, record) in expired.drain(..) {
+    loop {
+        let expired = expired_keys(log, config, holds, today)?;
+        if expired.is_empty() {
+            return Ok(true);
+        }
+        let kids: BTreeSet<[u8; 16]> = expired
+            .iter()
+            .filter_map(|(kid, _)| <[u8; 16]>::try_from(&kid[..]).ok())
+            .collect();
+        let mut buckets = BTreeSet::new();
+        for (_, record) in &expired {
             let stream = Stream::from_code(record.stream).unwrap_or(Stream::Access);
-            keys.remove(kid);
-            subject_keys.remove(log::subject_key_id(
-                &record.pseudonym,
-                stream,
-                record.class,
-                record.period,
-            ));
+            for day in log::period_days(record.class, record.period, record.period_end_day) {
+                if log.has_bucket(stream, day) {
+                    buckets.insert((stream, day));
+                }
+            }
+        }
+        for (stream, day) in buckets {
+            if *batches >= max_batches {
+                return Ok(false);
+            }
+            let dropped = shred::drop_parts(log, stream, day, &kids)?;
             report
                 .streams
                 .entry(stream.as_str())
                 .or_default()
-                .keys_destroyed += 1;
+                .parts_dropped += dropped;
+            *batches += 1;
         }
-        let _keys = log.lock_keys();
-        let _writing = log.store.writing();
-        log.keys.apply_batch(keys)?;
-        log.subject_keys.apply_batch(subject_keys)?;
-        log.keys_destroyed();
-        Ok(())
-    };
+        let complete = expired.len() < SWEEP_KEYS;
+        for chunk in expired.chunks(KEY_BATCH) {
+            if *batches >= max_batches {
+                return Ok(false);
+            }
+            destroy_keys(log, chunk, report)?;
+            *batches += 1;
+        }
+        if complete {
+            return Ok(true);
+        }
+    }
+}
+
+/// Up to [`SWEEP_KEYS`] keys whose personal data has outlived its retention and is not held.
+fn expired_keys(
+    log: &AuditLog,
+    config: &AuditConfig,
+    holds: &[Hold],
+    today: u32,
+) -> Result<Vec<(sled::IVec, KeyRecord)>, StoreError> {
+    let mut expired = Vec::new();
     for item in log.keys.iter() {
         let (kid, bytes) = item?;
         let Ok(record) = postcard::from_bytes::<KeyRecord>(&bytes) else {
@@ -193,22 +233,42 @@ fn expire_keys(
             continue;
         }
         expired.push((kid, record));
-        if expired.len() == KEY_BATCH {
-            if *batches >= max_batches {
-                return Ok(false);
-            }
-            flush(&mut expired, report)?;
-            *batches += 1;
+        if expired.len() == SWEEP_KEYS {
+            break;
         }
     }
-    if !expired.is_empty() {
-        if *batches >= max_batches {
-            return Ok(false);
-        }
-        flush(&mut expired, report)?;
-        *batches += 1;
+    Ok(expired)
+}
+
+/// Destroys one batch of keys and their subject slots.
+fn destroy_keys(
+    log: &AuditLog,
+    expired: &[(sled::IVec, KeyRecord)],
+    report: &mut RunReport,
+) -> Result<(), StoreError> {
+    let mut keys = sled::Batch::default();
+    let mut subject_keys = sled::Batch::default();
+    for (kid, record) in expired {
+        let stream = Stream::from_code(record.stream).unwrap_or(Stream::Access);
+        keys.remove(kid);
+        subject_keys.remove(log::subject_key_id(
+            &record.pseudonym,
+            stream,
+            record.class,
+            record.period,
+        ));
+        report
+            .streams
+            .entry(stream.as_str())
+            .or_default()
+            .keys_destroyed += 1;
     }
-    Ok(true)
+    let _keys = log.lock_keys();
+    let _writing = log.store.writing();
+    log.keys.apply_batch(keys)?;
+    log.subject_keys.apply_batch(subject_keys)?;
+    log.keys_destroyed();
+    Ok(())
 }
 
 /// Whether a legal hold covers a subject with events in this bucket.

@@ -84,18 +84,24 @@ pub fn shred(
     Ok(report)
 }
 
+/// Up to this many keys, a bucket's groups are found by searching their bytes for each key;
+/// beyond, every group is decoded once instead.
+const BYTE_SEARCH_KEYS: usize = 32;
+
 /// Removes the sealed bytes (keeping their digests, which the chain commits to) of every part
-/// in one bucket whose key is in `kids`. Returns how many parts went.
-fn drop_parts(
+/// in one bucket whose key is in `kids`. Returns how many parts went. Erasure calls it with a
+/// subject's few keys, retention with a day's or a month's expired ones.
+pub(crate) fn drop_parts(
     log: &AuditLog,
     stream: Stream,
     day: u32,
     kids: &BTreeSet<[u8; 16]>,
 ) -> Result<u64, StoreError> {
     let wanted: Vec<[u8; 16]> = kids.iter().copied().collect();
+    let search = (wanted.len() <= BYTE_SEARCH_KEYS).then_some(&wanted[..]);
     let mut dropped = 0;
-    let mut swaps = Vec::new();
-    log.groups_with_kids(stream, day, &wanted, |key, value, _, mut records| {
+    let mut tree: Option<sled::Tree> = None;
+    log.groups_with_kids(stream, day, search, |key, value, _, mut records| {
         let mut changed = 0;
         for part in records.iter_mut().flat_map(|r| r.parts.iter_mut()) {
             if part.kid.is_some_and(|kid| kids.contains(&kid)) {
@@ -104,25 +110,27 @@ fn drop_parts(
                 changed += 1;
             }
         }
-        if changed > 0 {
-            swaps.push((key.clone(), value.clone(), log::encode_group(&records)));
-            dropped += changed;
+        if changed == 0 {
+            return Ok(true);
         }
-        Ok(true)
-    })?;
-    if swaps.is_empty() {
-        return Ok(0);
-    }
-    let tree = log.bucket(stream, day)?;
-    for (key, old, new) in swaps {
+        // Swapped as found, so a bucket's worth of groups is never held in memory. The bucket
+        // exists: its groups are being visited.
+        let tree = match &tree {
+            Some(tree) => tree,
+            None => tree.insert(log.bucket(stream, day)?),
+        };
         let _writing = log.store.writing();
         // Only this module rewrites groups, under the maintenance lock; the swap still makes
         // sure nothing else changed the group in between.
-        tree.compare_and_swap(&key, Some(&old), Some(new))?
+        tree.compare_and_swap(key, Some(value), Some(log::encode_group(&records)))?
             .map_err(|_| {
-                StoreError::Corrupt("an audit record group changed during an erasure".into())
+                StoreError::Corrupt(
+                    "an audit record group changed while its parts were dropped".into(),
+                )
             })?;
-    }
+        dropped += changed;
+        Ok(true)
+    })?;
     Ok(dropped)
 }
 

@@ -2,7 +2,9 @@
 //! stream, and the ordered request rules.
 
 use crate::audit::policy::{Durability, Rule};
-use crate::audit::{AuditConfig, DigestPolicy, ErasureAction, Level, Stream, StreamRetention};
+use crate::audit::{
+    AuditConfig, CapacityPolicy, DigestPolicy, ErasureAction, Level, Stream, StreamRetention,
+};
 use crate::config::ConfigError;
 use crate::config::raw::{RawAudit, RawAuditRule, RawRouteAudit};
 use crate::config::validate::Validator;
@@ -128,6 +130,22 @@ impl Validator<'_> {
                     defaults.digests.idle.as_millis() as u64,
                     10,
                     86_400_000,
+                )?,
+            },
+            capacity: CapacityPolicy {
+                high_water_percent: self.range(
+                    "audit.capacity_high_water_percent",
+                    raw.capacity_high_water_percent,
+                    u64::from(defaults.capacity.high_water_percent),
+                    50,
+                    100,
+                )? as u8,
+                check_interval: self.millis(
+                    "audit.capacity_check_interval_ms",
+                    raw.capacity_check_interval_ms,
+                    defaults.capacity.check_interval.as_millis() as u64,
+                    100,
+                    3_600_000,
                 )?,
             },
             kek_rotation_interval: self.millis(

@@ -157,6 +157,8 @@ pub struct RawAudit {
     pub digest_idle_ms: Option<u64>,
     pub kek_rotation_interval_ms: Option<u64>,
     pub verify_interval_ms: Option<u64>,
+    pub capacity_high_water_percent: Option<u64>,
+    pub capacity_check_interval_ms: Option<u64>,
     #[serde(default)]
     pub erasure: BTreeMap<String, RawErasure>,
 }

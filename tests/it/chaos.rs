@@ -389,6 +389,21 @@ impl SmallVolume {
         }
     }
 
+    /// Writes a file of `bytes` zeros onto the volume; returns its path.
+    fn ballast(&self, name: &str, bytes: u64) -> std::path::PathBuf {
+        let path = self.path.join(name);
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            file.write_all(&chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        file.sync_all().unwrap();
+        path
+    }
+
     /// Fills the volume; returns the filler, whose removal frees it again.
     fn fill(&self) -> std::path::PathBuf {
         let filler = self.path.join("filler");
@@ -502,4 +517,140 @@ audit = { durability = "blocking-strict" }
         change.json()["error"].as_str().unwrap_or_default(),
     ));
     drop(restarted);
+}
+
+/// The volume's size, free space and the capacity guard's step, from the metrics.
+async fn volume_reading(seawall: &Seawall) -> (f64, f64, f64) {
+    let text = get(&seawall.admin_url("/metrics")).await.text();
+    let read = |name| metric(&text, name).unwrap_or_else(|| panic!("{name} missing"));
+    (
+        read("seawall_data_volume_size_bytes"),
+        read("seawall_data_volume_available_bytes"),
+        read("seawall_audit_capacity_step"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_data_volume_shortens_body_then_access_retention_and_spares_the_rest() {
+    let backend = Backend::start().await;
+    let dir = Arc::new(TempDir::new().unwrap());
+    let volume = SmallVolume::mount(&dir.path().join("data"), 64);
+    let config = crate::audit::config(
+        &backend,
+        "\n[audit]\ncapacity_high_water_percent = 60\ncapacity_check_interval_ms = 100\n",
+    );
+    let seawall = Seawall::start_in(dir.clone(), &config, &[]);
+    let change = admin(
+        &seawall,
+        Method::POST,
+        "/admin/flags",
+        json!({"name": "kept", "enabled": true}),
+        &[],
+    )
+    .await;
+    assert_eq!(change.status, 201, "{}", change.text());
+    for _ in 0..20 {
+        assert_eq!(get(&seawall.proxy_url("/api/status/200")).await.status, 200);
+    }
+    let mut reading = (0.0, 0.0, 0.0);
+    until(
+        Duration::from_secs(30),
+        "a first volume reading",
+        async || {
+            reading = volume_reading(&seawall).await;
+            reading.0 > 0.0
+        },
+    )
+    .await;
+    let (size, available, step) = reading;
+    assert_eq!(step, 0.0, "{reading:?}");
+
+    // Past the mark (70% used), then twice more by 2% of the volume: each check that finds
+    // the volume still filling takes the next step.
+    let started = Instant::now();
+    let mut ballast = vec![volume.ballast("ballast-0", (available - 0.30 * size) as u64)];
+    for step in 1..=3 {
+        if step > 1 {
+            ballast.push(volume.ballast(&format!("ballast-{step}"), (0.02 * size) as u64));
+        }
+        until(
+            Duration::from_secs(30),
+            &format!("capacity step {step}"),
+            async || volume_reading(&seawall).await.2 >= f64::from(step),
+        )
+        .await;
+    }
+    let escalated = started.elapsed();
+    // The gauge moves first; the events are on disk within the flush interval.
+    let overrides_query = "stream=system&type=sys.retention.capacity_override";
+    let mut overrides = Vec::new();
+    until(
+        Duration::from_secs(30),
+        "three override events",
+        async || {
+            overrides = query_all(&seawall, overrides_query).await;
+            overrides.len() >= 3
+        },
+    )
+    .await;
+    let steps: Vec<&str> = overrides
+        .iter()
+        .filter_map(|e| e["step"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        ["bodies", "access_payload", "access_headers"],
+        "{overrides:?}"
+    );
+    assert_eq!(
+        overrides[2]["retention"],
+        json!({"body_days": 1, "access": {"header_days": 1, "payload_days": 1}})
+    );
+    assert!(
+        overrides[0]["used_percent"].as_f64().unwrap() >= 60.0,
+        "{overrides:?}"
+    );
+    // Each step ran retention at once, with the shortened periods, and nothing else changed.
+    until(
+        Duration::from_secs(30),
+        "the start-up retention run and one per step",
+        async || {
+            let runs = query_all(&seawall, "stream=system&type=sys.retention.run").await;
+            runs.len() >= 4 && runs.iter().all(|r| r["outcome"] == "success")
+        },
+    )
+    .await;
+    let flag_changes = query_all(&seawall, "stream=security&type=admin.flags.*").await;
+    assert_eq!(
+        flag_changes.len(),
+        1,
+        "security events stay: {flag_changes:?}"
+    );
+    assert_eq!(get(&seawall.proxy_url("/api/status/200")).await.status, 200);
+
+    // Room again (the volume was extended, or files removed): the configured periods return.
+    for path in &ballast {
+        std::fs::remove_file(path).unwrap();
+    }
+    until(
+        Duration::from_secs(30),
+        "the configured periods back",
+        async || volume_reading(&seawall).await.2 == 0.0,
+    )
+    .await;
+    until(
+        Duration::from_secs(30),
+        "the override event back to normal",
+        async || {
+            let back = query_all(&seawall, overrides_query).await;
+            back.len() == 4 && back[3]["step"] == "normal"
+        },
+    )
+    .await;
+    let verify = admin_get(&seawall, "/admin/audit/verify").await.json();
+    assert_eq!(verify["ok"], true, "{verify}");
+    report(&format!(
+        "data volume filling (64 MiB, mark 60%, checks every 100 ms): three capacity steps (bodies, access personal parts, access headers) within {} ms of passing the mark and filling further, each a sys.retention.capacity_override event and a retention run; security events untouched; back to the configured periods once the space was freed; chains verify",
+        escalated.as_millis()
+    ));
 }

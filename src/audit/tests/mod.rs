@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
+use super::capacity::Step;
 use super::event::{Draft, IdKind, Role, Stream, Subject};
 use super::keys::Keyring;
 use super::log::{AuditLog, day_of, decode_group, encode_group};
@@ -78,6 +79,16 @@ fn commit_access(writer: &mut Writer, ip: &str, with_body: bool, time: SystemTim
 
 fn check(log: &AuditLog, stream: Stream) -> verify::StreamReport {
     verify::stream(log, stream, &log.keyring.signing_key().verifying_key()).unwrap()
+}
+
+/// How many parts of each event still carry their sealed bytes.
+fn sealed(log: &AuditLog, stream: Stream) -> Vec<usize> {
+    log.events(stream)
+        .map(|item| {
+            let (_, record) = item.unwrap();
+            record.parts.iter().filter(|p| p.sealed.is_some()).count()
+        })
+        .collect()
 }
 
 fn opened(log: &AuditLog, stream: Stream) -> Vec<usize> {
@@ -205,10 +216,21 @@ fn retention_expires_each_class_at_its_own_age_and_is_idempotent() {
         0
     );
     let bodies = retention::run(&f.log, &config, at(8), usize::MAX).unwrap();
-    assert_eq!(bodies.streams["access"].keys_destroyed, 20);
+    assert_eq!(
+        (
+            bodies.streams["access"].keys_destroyed,
+            bodies.streams["access"].parts_dropped
+        ),
+        (20, 20)
+    );
     assert!(
         opened(&f.log, Stream::Access).iter().all(|&n| n == 1),
         "client parts stay"
+    );
+    assert_eq!(
+        sealed(&f.log, Stream::Access),
+        vec![1; 20],
+        "the expired bodies' ciphertext is gone from the records, not only their keys"
     );
     let again = retention::run(&f.log, &config, at(8), usize::MAX).unwrap();
     assert!(
@@ -224,6 +246,7 @@ fn retention_expires_each_class_at_its_own_age_and_is_idempotent() {
     assert!(opened(&f.log, Stream::Access).iter().all(|&n| n == 1));
     retention::run(&f.log, &config, at(22 + 30), usize::MAX).unwrap();
     assert!(opened(&f.log, Stream::Access).iter().all(|&n| n == 0));
+    assert_eq!(sealed(&f.log, Stream::Access), vec![0; 20]);
     assert_eq!(
         f.log.count(Stream::Access).unwrap(),
         20,
@@ -368,8 +391,9 @@ fn an_interrupted_run_leaves_a_consistent_store() {
             .collect();
         f.writer.commit(drafts, at(day)).unwrap();
     }
-    // Every key has expired by day 400, so phase A is one batch; each bucket is one more.
-    let first = retention::run(&f.log, &config, at(400), 2).unwrap();
+    // Every key has expired by day 400. Phase A drops their parts from the four buckets (a
+    // batch each), then destroys the keys (one batch); each bucket dropped is one more.
+    let first = retention::run(&f.log, &config, at(400), 6).unwrap();
     assert!(!first.complete);
     assert_eq!(first.streams["access"].buckets_dropped, 1);
     let report = check(&f.log, Stream::Access);
@@ -412,6 +436,104 @@ fn an_interrupted_run_leaves_a_consistent_store() {
             .pruned_through,
         11
     );
+}
+
+#[test]
+fn a_run_interrupted_between_dropping_parts_and_destroying_keys_finishes_next_time() {
+    let mut f = fixture();
+    let config = config();
+    for day in 0..3 {
+        commit_access(&mut f.writer, &format!("10.5.0.{day}"), true, at(day));
+    }
+    // Bodies of days 0-2 have expired by day 10 (identities have not): one sweep a bucket.
+    let cut = retention::run(&f.log, &config, at(10), 2).unwrap();
+    assert!(!cut.complete);
+    assert_eq!(
+        (
+            cut.streams["access"].parts_dropped,
+            cut.streams["access"].keys_destroyed
+        ),
+        (2, 0)
+    );
+    assert_eq!(sealed(&f.log, Stream::Access), vec![1, 1, 2]);
+    assert_eq!(
+        opened(&f.log, Stream::Access),
+        vec![1, 1, 2],
+        "nothing unreadable meanwhile"
+    );
+    assert_eq!(check(&f.log, Stream::Access).broken, None);
+
+    let rest = retention::run(&f.log, &config, at(10), usize::MAX).unwrap();
+    assert!(rest.complete);
+    assert_eq!(
+        (
+            rest.streams["access"].parts_dropped,
+            rest.streams["access"].keys_destroyed
+        ),
+        (1, 3)
+    );
+    assert_eq!(sealed(&f.log, Stream::Access), vec![1, 1, 1]);
+    assert_eq!(check(&f.log, Stream::Access).broken, None);
+}
+
+#[test]
+fn capacity_steps_shorten_bodies_then_access_and_spare_the_other_streams() {
+    let mut f = fixture();
+    let config = config();
+    for day in 0..3 {
+        commit_access(&mut f.writer, &format!("10.6.0.{day}"), true, at(day));
+        f.writer
+            .commit(
+                vec![request_event(Stream::Security, "10.6.1.1", true)],
+                at(day),
+            )
+            .unwrap();
+    }
+    let run = |step: Step| retention::run(&f.log, &step.apply(&config), at(2), usize::MAX).unwrap();
+    assert!(
+        run(Step::Normal)
+            .streams
+            .values()
+            .all(|s| s.parts_dropped == 0)
+    );
+
+    // Bodies of every stream are kept one day after theirs: day 0's go.
+    let bodies = run(Step::Bodies);
+    assert_eq!(bodies.streams["access"].parts_dropped, 1);
+    assert_eq!(bodies.streams["security"].parts_dropped, 1);
+    assert_eq!(sealed(&f.log, Stream::Access), vec![1, 2, 2]);
+    // Identity keys are monthly: this month's stay until it ends.
+    let payload = run(Step::AccessPayload);
+    assert!(payload.streams.values().all(|s| s.parts_dropped == 0));
+    let headers = run(Step::AccessHeaders);
+    assert_eq!(
+        (
+            headers.streams["access"].buckets_dropped,
+            headers.streams["access"].events_pruned
+        ),
+        (2, 2)
+    );
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 1);
+    assert_eq!(
+        f.log.count(Stream::Security).unwrap(),
+        3,
+        "security keeps its periods"
+    );
+    assert_eq!(sealed(&f.log, Stream::Security), vec![1, 2, 2]);
+    assert_eq!(check(&f.log, Stream::Access).broken, None);
+    assert_eq!(check(&f.log, Stream::Security).broken, None);
+    // After the month (April 1 is day 22), access identities go one day later instead of 30;
+    // security identities stay.
+    let month_end = retention::run(
+        &f.log,
+        &Step::AccessPayload.apply(&config),
+        at(23),
+        usize::MAX,
+    )
+    .unwrap();
+    assert_eq!(month_end.streams["access"].parts_dropped, 2);
+    assert_eq!(sealed(&f.log, Stream::Access), vec![0]);
+    assert_eq!(sealed(&f.log, Stream::Security), vec![1, 1, 1]);
 }
 
 mod erasure;
