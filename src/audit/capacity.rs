@@ -29,8 +29,7 @@ const HYSTERESIS_PERCENT: f64 = 5.0;
 const SHORTENED_DAYS: u32 = 1;
 
 /// How far the guard has shortened retention, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Step {
     /// The configured periods.
     Normal,
@@ -59,6 +58,16 @@ impl Step {
         Step::ALL[usize::from(level).min(Step::ALL.len() - 1)]
     }
 
+    /// The step's name in events and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Normal => "normal",
+            Step::Bodies => "bodies",
+            Step::AccessPayload => "access_payload",
+            Step::AccessHeaders => "access_headers",
+        }
+    }
+
     fn next(self) -> Option<Step> {
         Step::ALL.get(usize::from(self.level()) + 1).copied()
     }
@@ -80,6 +89,12 @@ impl Step {
             access.header_days = access.header_days.min(SHORTENED_DAYS);
         }
         shortened
+    }
+}
+
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 

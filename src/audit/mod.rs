@@ -452,7 +452,7 @@ impl AuditTrail {
             );
         } else {
             tracing::warn!(
-                ?step,
+                step = step.as_str(),
                 used_percent,
                 available_bytes = usage.available_bytes,
                 "data volume filling: audit retention shortened"
