@@ -6,7 +6,7 @@
 //! | `audit_keys` | key id → [`KeyRecord`]: a data key wrapped under the current KEK |
 //! | `audit_subject_keys` | pseudonym, stream, class, period → key id |
 //! | `audit_subjects` | pseudonym, stream, day → (): which buckets hold a subject's events; and alias pseudonym, `0xff`, pseudonym → (): another identifier of a subject whose parts are keyed to the latter |
-//! | `audit_anchors` | stream → [`Anchor`]: where retention cut the chain |
+//! | `audit_anchors` | stream → signed [`Anchor`](crate::audit::anchor::Anchor): where retention cut the chain |
 //! | `audit_digests` | stream, number → signed [`Digest`](crate::audit::digest::Digest) (JSON) |
 //! | `audit_holds` | hold id → [`Hold`](crate::audit::gdpr::Hold) (JSON) |
 //!
@@ -23,6 +23,7 @@ use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::audit::anchor;
 use crate::audit::event::{self, Hash, KeyClass, Record, StoredPart, Stream, Subject};
 use crate::audit::keys::{DataKey, Keyring, Pseudonym};
 use crate::store::{Store, StoreError, trees};
@@ -83,16 +84,6 @@ pub struct KeyRecord {
     /// The first day after the key's period: its data expires a retention time after this.
     pub period_end_day: u32,
     pub pseudonym: Pseudonym,
-}
-
-/// Where retention cut a stream: events up to `pruned_through` are gone; the chain continues
-/// from `chain`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Anchor {
-    pub pruned_through: u64,
-    pub chain: Hash,
-    pub through_day: u32,
-    pub time: String,
 }
 
 pub fn subject_key_id(
@@ -206,13 +197,6 @@ impl AuditLog {
         self.store.tree(&bucket_name(stream, day))
     }
 
-    pub fn anchor(&self, stream: Stream) -> Result<Option<Anchor>, StoreError> {
-        match self.anchors.get([stream.code()])? {
-            Some(bytes) => Ok(postcard::from_bytes(&bytes).ok()),
-            None => Ok(None),
-        }
-    }
-
     /// The next sequence number and the chain value of a stream, from its newest record (the
     /// records are the truth, so a crash between a write and any bookkeeping cannot matter).
     pub fn head(&self, stream: Stream) -> Result<(u64, Hash), StoreError> {
@@ -221,7 +205,7 @@ impl AuditLog {
                 return Ok((seq + 1, record.chain));
             }
         }
-        Ok(match self.anchor(stream)? {
+        Ok(match anchor::load(self, stream)? {
             Some(anchor) => (anchor.pruned_through + 1, anchor.chain),
             None => (0, event::genesis(&self.origin, stream)),
         })

@@ -27,10 +27,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::audit::AuditConfig;
+use crate::audit::anchor::{self, Anchor};
 use crate::audit::digest::{self, unhex};
 use crate::audit::event::{self, KeyClass, Stream};
 use crate::audit::gdpr::{self, Hold};
-use crate::audit::log::{self, Anchor, AuditLog, KeyRecord};
+use crate::audit::log::{self, AuditLog, KeyRecord};
 use crate::audit::shred;
 use crate::store::StoreError;
 
@@ -116,7 +117,7 @@ pub fn run(
                 return Ok(report);
             }
             let run = report.streams.entry(stream.as_str()).or_default();
-            drop_bucket(log, stream, day, now, run)?;
+            drop_bucket(log, (stream, day), header_days, now, run)?;
             dropped.push((stream, day));
             batches += 1;
         }
@@ -298,33 +299,29 @@ fn bucket_held(
     Ok(false)
 }
 
-/// Phase B for one bucket: anchor the chain at its last record, then drop it whole.
+/// Phase B for one bucket: anchor the chain at its last record (signed, naming the period
+/// applied), then drop it whole.
 fn drop_bucket(
     log: &AuditLog,
-    stream: Stream,
-    day: u32,
+    (stream, day): (Stream, u32),
+    header_days: u32,
     now: SystemTime,
     run: &mut StreamRun,
 ) -> Result<(), StoreError> {
     let tree = log.bucket(stream, day)?;
     let _writing = log.store.writing();
     if let Some((seq, record)) = log.newest(&tree, stream)? {
-        let newer = log
-            .anchor(stream)?
-            .is_none_or(|anchor| anchor.pruned_through < seq);
+        let newer = anchor::load(log, stream)?.is_none_or(|anchor| anchor.pruned_through < seq);
         if newer {
-            let anchor = Anchor {
-                pruned_through: seq,
-                chain: record.chain,
-                through_day: day,
-                time: event::rfc3339_nanos(now),
-            };
-            log.anchors.insert(
-                [stream.code()],
-                postcard::to_allocvec(&anchor).expect("anchors encode"),
-            )?;
-            // The anchor must be durable before the events it replaces are gone.
-            log.store.flush()?;
+            let anchor = Anchor::sign(
+                log.keyring.signing_key(),
+                &log.origin,
+                stream,
+                (seq, record.chain, day),
+                event::rfc3339_nanos(now),
+                header_days,
+            );
+            anchor::store(log, stream, &anchor)?;
         }
         digest::prune(log, stream, seq)?;
         run.events_pruned += log.bucket_count(&tree, stream)? as u64;

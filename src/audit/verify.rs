@@ -1,7 +1,8 @@
 //! Checking a stream: every stored record is recomputed from its header and part digests and
 //! chained onto its predecessor, starting from the genesis value or from where retention cut
-//! the stream (its anchor); then every signed digest is checked against the pinned public key,
-//! its predecessor, and the chain value it names (research/audit.md §4.4).
+//! the stream (its anchor, whose signature and period are checked too); then every signed
+//! digest is checked against the pinned public key, its predecessor, and the chain value it
+//! names (research/audit.md §4.4).
 //!
 //! Sealed parts are not opened: the chain commits to their digests, so a stream whose keys
 //! were destroyed (retention, erasure) still verifies. A record whose sealed bytes no longer
@@ -15,6 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 
+use crate::audit::anchor::{self, Anchor};
 use crate::audit::digest::{self, Digest};
 use crate::audit::event::{self, Hash, Record, Stream};
 use crate::audit::log::AuditLog;
@@ -79,6 +81,14 @@ pub fn data_dir(
     streams(&log, &Stream::ALL, &pinned)
 }
 
+/// A stream's retention cut, as its signed anchor states it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cut {
+    pub pruned_through: u64,
+    pub header_days: u32,
+    pub time: String,
+}
+
 /// The result of checking one stream.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StreamReport {
@@ -97,6 +107,10 @@ pub struct StreamReport {
     /// Events after the newest valid digest: nothing on this machine proves they were not cut
     /// off or rewritten; an external copy of a later digest does.
     pub unanchored_tail: u64,
+    /// Where retention cut the stream, if it has: the newest event removed, the header period
+    /// the cut applied (shorter than configured when the capacity guard had stepped in; 0 for
+    /// a cut made before anchors were signed) and when.
+    pub cut: Option<Cut>,
     /// The first problem by sequence number, if any.
     pub broken: Option<Break>,
 }
@@ -104,6 +118,8 @@ pub struct StreamReport {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Break {
     pub seq: u64,
+    /// Anchors: `anchor_signature` (not signed by the pinned key, or unreadable),
+    /// `anchor_period` (the cut removed events younger than the period it names).
     /// Records: `gap` (missing), `order` (out of place), `header` (header altered), `digest`
     /// (a part's stored digest altered), `ciphertext` (sealed bytes altered), `leaf`, `chain`.
     /// Digests: `signature` (not signed by the pinned key), `digest_link` (the digest chain is
@@ -132,7 +148,17 @@ pub fn stream(
     stream: Stream,
     pinned: &VerifyingKey,
 ) -> Result<StreamReport, StoreError> {
-    let anchor = log.anchor(stream)?;
+    let (anchor, anchor_break) = match anchor::load(log, stream) {
+        Ok(anchor) => {
+            let problem = anchor
+                .as_ref()
+                .and_then(|a| anchor_problem(a, log, stream, pinned));
+            (anchor, problem)
+        }
+        // Unreadable: the records are checked from genesis, and the anchor is the break.
+        Err(StoreError::Corrupt(_)) => (None, Some(Break::record(0, "anchor_signature"))),
+        Err(e) => return Err(e),
+    };
     let (start_seq, start_chain) = match &anchor {
         Some(anchor) => (anchor.pruned_through + 1, anchor.chain),
         None => (0, event::genesis(&log.origin, stream)),
@@ -155,6 +181,11 @@ pub fn stream(
         digests: 0,
         signed_through: None,
         unanchored_tail: 0,
+        cut: anchor.as_ref().map(|a| Cut {
+            pruned_through: a.pruned_through,
+            header_days: a.header_days,
+            time: a.time.clone(),
+        }),
         broken: None,
     };
     let (mut expected_seq, mut previous) = (start_seq, start_chain);
@@ -225,7 +256,28 @@ pub fn stream(
     {
         report.broken = Some(found);
     }
+    // Below every stored event, so the first problem when there is one.
+    if anchor_break.is_some() {
+        report.broken = anchor_break;
+    }
     Ok(report)
+}
+
+/// What is wrong with the stream's anchor, if anything.
+fn anchor_problem(
+    anchor: &Anchor,
+    log: &AuditLog,
+    stream: Stream,
+    pinned: &VerifyingKey,
+) -> Option<Break> {
+    let kind = if !anchor.signed_by(pinned, &log.origin, stream) {
+        "anchor_signature"
+    } else if !anchor.within_period() {
+        "anchor_period"
+    } else {
+        return None;
+    };
+    Some(Break::record(anchor.pruned_through, kind))
 }
 
 /// What is wrong with a record at its expected place, if anything.

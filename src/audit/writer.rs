@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::audit::DigestPolicy;
+use crate::audit::anchor;
 use crate::audit::digest::{self, Coverage, Digest};
 use crate::audit::event::{self, Draft, Hash, KeyClass, Record, StoredPart, Stream, Subject};
 use crate::audit::keys::{self, DataKey, Pseudonym};
@@ -197,7 +198,7 @@ impl Writer {
             let (last, last_time) = &self.signed[&stream];
             let from_seq = match last {
                 Some(last) => last.next_seq,
-                None => match self.log.anchor(stream)? {
+                None => match anchor::load(&self.log, stream)? {
                     Some(anchor) => anchor.pruned_through + 1,
                     None => 0,
                 },

@@ -277,3 +277,93 @@ fn idle_streams_get_a_digest_and_numbers_continue_after_a_restart() {
     let report = check(&f.log, Stream::Gdpr);
     assert_eq!((report.broken, report.digests, report.events), (None, 2, 0));
 }
+
+/// D4: an anchor vouches for a cut only when signed by the pinned key and when the cut kept the
+/// period the anchor names.
+#[test]
+fn a_forged_altered_or_premature_anchor_is_found() {
+    let mut f = fixture();
+    for day in 0..3 {
+        let drafts: Vec<Draft> = (0..3)
+            .map(|i| request_event(Stream::Access, &format!("10.7.{day}.{i}"), false))
+            .collect();
+        f.writer.commit(drafts, at(day)).unwrap();
+    }
+    // The capacity guard's last step keeps access headers one day: days 0 and 1 go.
+    let config = Step::AccessHeaders.apply(&config());
+    retention::run(&f.log, &config, at(2), usize::MAX).unwrap();
+    let report = check(&f.log, Stream::Access);
+    assert_eq!((report.broken, report.first_seq), (None, Some(6)));
+    let cut = report.cut.unwrap();
+    assert_eq!((cut.pruned_through, cut.header_days), (5, 1));
+
+    let good = anchor::load(&f.log, Stream::Access).unwrap().unwrap();
+    let put = |anchor: &Anchor| anchor::store(&f.log, Stream::Access, anchor).unwrap();
+    let resign = |key: &SigningKey, header_days: u32| {
+        Anchor::sign(
+            key,
+            &f.log.origin,
+            Stream::Access,
+            (good.pruned_through, good.chain, good.through_day),
+            good.time.clone(),
+            header_days,
+        )
+    };
+    // Signed by another key: someone who could write the store but not use the key.
+    put(&resign(&SigningKey::from_bytes(&[9; 32]), 1));
+    assert_eq!(broken(&f), Some((5, "anchor_signature")));
+    // Altered after signing.
+    let mut altered = good.clone();
+    altered.header_days = 0;
+    put(&altered);
+    assert_eq!(broken(&f), Some((5, "anchor_signature")));
+    // Signed, but claiming the configured 180 days for a cut two days after the events.
+    put(&resign(f.log.keyring.signing_key(), 180));
+    assert_eq!(broken(&f), Some((5, "anchor_period")));
+    // Unreadable.
+    f.log
+        .anchors
+        .insert([Stream::Access.code()], &b"\xff"[..])
+        .unwrap();
+    assert_eq!(broken(&f).map(|b| b.1), Some("anchor_signature"));
+    put(&good);
+    assert_eq!(broken(&f), None);
+}
+
+/// Anchors written before they were signed are signed at start, with their period unknown.
+#[test]
+fn an_unsigned_anchor_of_an_earlier_version_is_signed_at_start() {
+    #[derive(serde::Serialize)]
+    struct Unsigned {
+        pruned_through: u64,
+        chain: event::Hash,
+        through_day: u32,
+        time: String,
+    }
+    let mut f = fixture();
+    for day in 0..2 {
+        commit_access(&mut f.writer, "10.8.0.1", false, at(day));
+    }
+    let config = Step::AccessHeaders.apply(&config());
+    retention::run(&f.log, &config, at(1), usize::MAX).unwrap();
+    let signed = anchor::load(&f.log, Stream::Access).unwrap().unwrap();
+    let old = Unsigned {
+        pruned_through: signed.pruned_through,
+        chain: signed.chain,
+        through_day: signed.through_day,
+        time: signed.time.clone(),
+    };
+    f.log
+        .anchors
+        .insert(
+            [Stream::Access.code()],
+            postcard::to_allocvec(&old).unwrap(),
+        )
+        .unwrap();
+    assert_eq!(broken(&f), Some((0, "anchor_signature")));
+    assert_eq!(anchor::sign_unsigned(&f.log).unwrap(), 1);
+    assert_eq!(anchor::sign_unsigned(&f.log).unwrap(), 0, "once");
+    let report = check(&f.log, Stream::Access);
+    assert_eq!(report.broken, None);
+    assert_eq!(report.cut.map(|c| c.header_days), Some(0));
+}

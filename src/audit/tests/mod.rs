@@ -6,8 +6,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
+use super::anchor::{self, Anchor};
 use super::capacity::Step;
-use super::event::{Draft, IdKind, Role, Stream, Subject};
+use super::event::{self, Draft, IdKind, Role, Stream, Subject};
 use super::keys::Keyring;
 use super::log::{AuditLog, day_of, decode_group, encode_group};
 use super::writer::Writer;
@@ -410,27 +411,22 @@ fn an_interrupted_run_leaves_a_consistent_store() {
     let last_kept = f.log.buckets(Stream::Access)[0];
     let tree = f.log.bucket(Stream::Access, last_kept).unwrap();
     let (_, record) = f.log.newest(&tree, Stream::Access).unwrap().unwrap();
-    let anchor = super::log::Anchor {
-        pruned_through: 5,
-        chain: record.chain,
-        through_day: last_kept,
-        time: "t".into(),
-    };
-    f.log
-        .anchors
-        .insert(
-            [Stream::Access.code()],
-            postcard::to_allocvec(&anchor).unwrap(),
-        )
-        .unwrap();
+    let anchor = Anchor::sign(
+        f.log.keyring.signing_key(),
+        &f.log.origin,
+        Stream::Access,
+        (5, record.chain, last_kept),
+        event::rfc3339_nanos(at(400)),
+        config.retention[&Stream::Access].header_days,
+    );
+    anchor::store(&f.log, Stream::Access, &anchor).unwrap();
     assert_eq!(check(&f.log, Stream::Access).broken, None);
 
     let rest = retention::run(&f.log, &config, at(400), usize::MAX).unwrap();
     assert!(rest.complete);
     assert_eq!(f.log.count(Stream::Access).unwrap(), 0);
     assert_eq!(
-        f.log
-            .anchor(Stream::Access)
+        anchor::load(&f.log, Stream::Access)
             .unwrap()
             .unwrap()
             .pruned_through,
