@@ -102,7 +102,9 @@ impl Serialize for Step {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct VolumeUsage {
     pub total_bytes: u64,
-    /// What an unprivileged writer can still use.
+    /// Not in use, including blocks reserved for root.
+    pub free_bytes: u64,
+    /// What seawall, not root, can still use.
     pub available_bytes: u64,
 }
 
@@ -112,16 +114,20 @@ impl VolumeUsage {
         let stats = fs2::statvfs(dir)?;
         Ok(VolumeUsage {
             total_bytes: stats.total_space(),
+            free_bytes: stats.free_space(),
             available_bytes: stats.available_space(),
         })
     }
 
+    /// Usage as `df` shows it: used over what is used plus what is available, so blocks
+    /// reserved for root count as neither.
     pub fn used_percent(&self) -> f64 {
-        if self.total_bytes == 0 {
+        let used = self.total_bytes.saturating_sub(self.free_bytes);
+        let usable = used + self.available_bytes;
+        if usable == 0 {
             return 0.0;
         }
-        let used = self.total_bytes.saturating_sub(self.available_bytes);
-        used as f64 * 100.0 / self.total_bytes as f64
+        used as f64 * 100.0 / usable as f64
     }
 }
 
@@ -182,9 +188,11 @@ mod tests {
 
     /// A 100 GiB volume with `free` GiB left.
     fn free(free: f64) -> VolumeUsage {
+        let free = (free * GIB as f64) as u64;
         VolumeUsage {
             total_bytes: 100 * GIB,
-            available_bytes: (free * GIB as f64) as u64,
+            free_bytes: free,
+            available_bytes: free,
         }
     }
 
@@ -234,9 +242,21 @@ mod tests {
         let mut guard = CapacityGuard::new(90);
         let nothing = VolumeUsage {
             total_bytes: 0,
+            free_bytes: 0,
             available_bytes: 0,
         };
         assert_eq!(guard.observe(nothing), None);
+    }
+
+    #[test]
+    fn usage_is_counted_as_df_does_leaving_out_blocks_reserved_for_root() {
+        // 100 GiB, 50 used, 50 free of which 5 are reserved: df says 52.6%.
+        let reserved = VolumeUsage {
+            total_bytes: 100 * GIB,
+            free_bytes: 50 * GIB,
+            available_bytes: 45 * GIB,
+        };
+        assert!((reserved.used_percent() - 52.63).abs() < 0.01);
     }
 
     #[test]

@@ -396,7 +396,15 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("scalars serialize"),
+        scalar => {
+            // JCS renders floats by ECMAScript's rules, which serde_json does not follow; the
+            // format has none (docs/audit-format.md), so producers round to integers.
+            debug_assert!(
+                !matches!(scalar, Value::Number(n) if n.is_f64()),
+                "audit headers hold no floating-point numbers: {scalar}"
+            );
+            serde_json::to_writer(&mut *out, scalar).expect("scalars serialize")
+        }
     }
 }
 

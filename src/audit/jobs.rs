@@ -66,7 +66,8 @@ impl AuditTrail {
         self.capacity_step.store(step.level(), Ordering::Relaxed);
         let effective = step.apply(&self.config);
         let access = effective.retention[&Stream::Access];
-        let used_percent = (usage.used_percent() * 10.0).round() / 10.0;
+        // Whole percent: audit headers hold integers only (canonical JSON, docs/audit-format.md).
+        let used_percent = usage.used_percent().floor() as u64;
         if step == Step::Normal {
             tracing::info!(
                 used_percent,
