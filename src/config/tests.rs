@@ -450,6 +450,37 @@ fn audit_rules_are_validated_by_key() {
     assert_eq!(e.key, "audit.rules[0].routes");
     let e = error("[audit]\nstrict_timeout_ms = 0\n", &[]);
     assert_eq!(e.key, "audit.strict_timeout_ms");
+    for (text, key) in [
+        (
+            "capacity_high_water_percent = 49",
+            "audit.capacity_high_water_percent",
+        ),
+        (
+            "capacity_high_water_percent = 101",
+            "audit.capacity_high_water_percent",
+        ),
+        (
+            "capacity_high_water_percent = \"90%\"",
+            "audit.capacity_high_water_percent",
+        ),
+        (
+            "capacity_check_interval_ms = 99",
+            "audit.capacity_check_interval_ms",
+        ),
+    ] {
+        assert_eq!(error(&format!("[audit]\n{text}\n"), &[]).key, key, "{text}");
+    }
+    let guard = load(
+        "[audit]\ncapacity_high_water_percent = 100\ncapacity_check_interval_ms = 500\n",
+        &[],
+    )
+    .unwrap()
+    .audit
+    .capacity;
+    assert_eq!(
+        (guard.high_water_percent, guard.check_interval),
+        (100, std::time::Duration::from_millis(500))
+    );
 
     let config = load(
         &format!(
