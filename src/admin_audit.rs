@@ -6,7 +6,7 @@
 //! | `POST /admin/audit/events` | append an application event (see `audit::application`); answered once it is on disk |
 //!
 //! | `GET /admin/audit/verify?stream=&pubkey=` | recompute chains and check signed digests (see `audit::verify`) |
-//! | `GET /admin/audit/digests?stream=&since=` | the signed digests, for an external monitor to copy |
+//! | `GET /admin/audit/digests?stream=&since=` | the signed digests and retention anchors, for an external monitor to copy |
 //! | `GET /admin/audit/pubkey` | the digest-signing public key and its fingerprint |
 //! | `POST /admin/audit/keys/rotate` | rotate the key-encryption key now |
 //!
@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use crate::audit::query::{self, Query};
 use crate::audit::verify::hex;
-use crate::audit::{Stream, application, digest};
+use crate::audit::{Stream, anchor, application, digest};
 use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::request_context::new_request_id;
@@ -166,9 +166,14 @@ async fn digests(state: &AppState, query: Option<&str>) -> Result<Response<Body>
         })?,
     };
     let log = state.audit.log.clone();
-    let listed = tokio::task::spawn_blocking(move || {
+    let (listed, anchors) = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
+        let mut anchors = Vec::new();
         for stream in streams {
+            // An unreadable anchor is verify's finding too.
+            if let Ok(Some(anchor)) = anchor::load(&log, stream) {
+                anchors.push(anchor.public_json(&log.origin, stream));
+            }
             for item in digest::list(&log, stream, since)? {
                 // An undecodable digest is verify's finding; the feed lists what it can.
                 if let Ok(d) = item {
@@ -179,12 +184,13 @@ async fn digests(state: &AppState, query: Option<&str>) -> Result<Response<Body>
                 }
             }
         }
-        Ok::<_, crate::store::StoreError>(out)
+        Ok::<_, crate::store::StoreError>((out, anchors))
     })
     .await
     .map_err(|_| Error::Internal("the digest listing panicked".to_string()))?
     .map_err(|e| Error::Internal(format!("audit digests: {e}")))?;
     let mut answer = public_key(state);
     answer["digests"] = json!(listed);
+    answer["anchors"] = json!(anchors);
     Ok(body::json(StatusCode::OK, &answer))
 }

@@ -3,11 +3,13 @@
     verify_audit.py < FETCHED.json
 
 Standard input holds what the document says to fetch:
-{"public_key": hex, "streams": {name: {"events": [...], "digests": [...]}}}.
+{"public_key": hex, "streams": {name: {"events": [...], "digests": [...], "anchor": {...}}}}
+("anchor" only for a stream retention has cut).
 Prints one line per stream and exits 0 when every stream verifies, 1 at the first break
 (printed as "break: <stream> <what> <where>").
 """
 
+import datetime
 import hashlib
 import json
 import sys
@@ -52,15 +54,42 @@ def signing_string(d):
     return "\n".join(fields)
 
 
-def starting_point(stream, events, digests):
+def anchor_signing_string(a):
+    fields = [
+        "seawall-audit-anchor-v1", a["origin"], a["stream"], str(a["pruned_through"]), a["chain"],
+        str(a["through_day"]), a["time"], str(a["header_days"]), a["key_fingerprint"],
+    ]
+    return "\n".join(fields)
+
+
+def check_anchor(stream, anchor, public_key):
+    """The anchor's signature and period; returns (pruned_through, chain after it)."""
+    where = f"anchor through seq {anchor['pruned_through']}"
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
+    if anchor["stream"] != stream or anchor["key_fingerprint"] != sha256(bytes.fromhex(public_key))[:16].hex():
+        raise Break(f"{where}: stream or key fingerprint")
+    try:
+        key.verify(bytes.fromhex(anchor["signature"]), anchor_signing_string(anchor).encode())
+    except InvalidSignature:
+        raise Break(f"{where}: signature")
+    cut_day = (datetime.date.fromisoformat(anchor["time"][:10]) - datetime.date(1970, 1, 1)).days
+    if anchor["through_day"] + anchor["header_days"] > cut_day:
+        raise Break(f"{where}: removed events younger than its {anchor['header_days']} days")
+    return anchor["pruned_through"], bytes.fromhex(anchor["chain"])
+
+
+def starting_point(stream, events, digests, anchor):
     """Where verification starts: (index of the first event to check, the chain before it).
 
-    Seq 0 starts from genesis. A pruned stream starts at the first digest boundary inside the
-    stored events, from that digest's chain_head; the events before it are not checked.
+    Seq 0 starts from genesis; the event after a signed anchor from the anchor's chain. A
+    pruned stream without one starts at the first digest boundary inside the stored events,
+    from that digest's chain_head; the events before it are not checked.
     """
     first_seq = events[0]["seq"]
     if first_seq == 0:
         return 0, genesis(events[0]["origin"], stream)
+    if anchor is not None and first_seq == anchor[0] + 1:
+        return 0, anchor[1]
     last_seq = events[-1]["seq"]
     for d in digests:
         if first_seq <= d["next_seq"] <= last_seq:
@@ -68,12 +97,12 @@ def starting_point(stream, events, digests):
     raise Break(f"pruned stream: no digest boundary among seq {first_seq}..{last_seq}")
 
 
-def check_chain(stream, events, digests):
+def check_chain(stream, events, digests, anchor):
     """The chain value after each checked seq, checking every leaf and link."""
     chains = {}
     if not events:
         return chains, None
-    start, previous = starting_point(stream, events, digests)
+    start, previous = starting_point(stream, events, digests, anchor)
     expected_seq = events[start]["seq"] if start < len(events) else None
     for event in events[start:]:
         integrity = event["integrity"]
@@ -143,12 +172,21 @@ def main():
     for stream, data in sorted(fetched["streams"].items()):
         events, digests = data["events"], data["digests"]
         try:
-            chains, checked_from = check_chain(stream, events, digests)
+            anchor = None
+            if data.get("anchor") is not None:
+                anchor = check_anchor(stream, data["anchor"], fetched["public_key"])
+            chains, checked_from = check_chain(stream, events, digests, anchor)
+            if anchor is not None and checked_from == anchor[0] + 1:
+                # A digest ending at the cut names the anchor's chain value.
+                chains[anchor[0]] = anchor[1]
+                checked_from = anchor[0]
             origin = events[0]["origin"] if events else (digests[0]["origin"] if digests else None)
             signed = check_digests(stream, digests, chains, checked_from, origin,
                                    fetched["public_key"])
-            print(f"{stream}: {len(chains)} of {len(events)} events chained, {len(digests)} "
-                  f"digests verified, signed below seq {signed}")
+            cut = f", cut through seq {anchor[0]} by a signed anchor" if anchor is not None else ""
+            chained = len(chains) - (1 if anchor is not None and anchor[0] in chains else 0)
+            print(f"{stream}: {chained} of {len(events)} events chained, {len(digests)} "
+                  f"digests verified, signed below seq {signed}{cut}")
         except Break as e:
             print(f"break: {stream} {e}")
             ok = False

@@ -100,6 +100,22 @@ impl Anchor {
             .is_ok()
     }
 
+    /// The anchor as the digest feed lists it, with what a verifier off the machine needs to
+    /// check it (docs/audit-format.md).
+    pub fn public_json(&self, origin: &str, stream: Stream) -> serde_json::Value {
+        serde_json::json!({
+            "origin": origin,
+            "stream": stream.as_str(),
+            "pruned_through": self.pruned_through,
+            "chain": hex(&self.chain),
+            "through_day": self.through_day,
+            "time": self.time,
+            "header_days": self.header_days,
+            "key_fingerprint": self.key_fingerprint,
+            "signature": self.signature,
+        })
+    }
+
     /// Whether the cut kept its own period: nothing it removed was younger than `header_days`.
     pub fn within_period(&self) -> bool {
         let cut_day = chrono::DateTime::parse_from_rfc3339(&self.time)

@@ -3,8 +3,19 @@
 //! every signed digest from what the admin API returns. One altered header field, or one
 //! altered digest, makes it fail where the document says it should.
 
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
 use http::Method;
+use seawall::audit::capacity::Step;
+use seawall::audit::keys::Keyring;
+use seawall::audit::log::AuditLog;
+use seawall::audit::writer::Writer;
+use seawall::audit::{AuditConfig, DigestPolicy, Draft, Stream, retention};
+use seawall::config::StoreConfig;
+use seawall::store::Store;
 use serde_json::{Value, json};
+use tempfile::TempDir;
 
 use crate::audit::{admin, await_events, config, query_all};
 use crate::backend::Backend;
@@ -20,9 +31,13 @@ async fn fetch(seawall: &Seawall) -> Value {
         // Digests first: reads are audited, so the security stream grows while it is read.
         let reply = admin_get(seawall, &format!("/admin/audit/digests?stream={stream}")).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
-        let digests = reply.json()["digests"].clone();
+        let listed = reply.json();
+        let anchor = listed["anchors"].get(0).cloned().unwrap_or(Value::Null);
         let events = query_all(seawall, &format!("stream={stream}&integrity=true")).await;
-        streams.insert(stream.into(), json!({"events": events, "digests": digests}));
+        streams.insert(
+            stream.into(),
+            json!({"events": events, "digests": listed["digests"], "anchor": anchor}),
+        );
     }
     json!({"public_key": public_key, "streams": streams})
 }
@@ -120,4 +135,99 @@ async fn an_independent_verifier_checks_the_chains_and_digests_the_api_returns()
         !passed && report.contains("break: access digest 0"),
         "{report}"
     );
+}
+
+/// Writes access events on each of the last three days, with a digest after each day, then
+/// prunes the two older days the way a capacity-guarded retention run would (headers kept one
+/// day), all with the library on an injected clock, into the data directory of `dir`.
+fn pruned_store(dir: &std::path::Path) {
+    let data_dir = dir.join("data");
+    let config = StoreConfig {
+        data_dir: data_dir.clone(),
+        cache_capacity_bytes: 16 << 20,
+    };
+    let store = Store::open(&config).unwrap();
+    let keyring = Arc::new(Keyring::open(&data_dir).unwrap());
+    let log = Arc::new(AuditLog::open(&store, keyring, "seawall").unwrap());
+    let mut writer = Writer::new(log.clone()).unwrap();
+    let policy = DigestPolicy {
+        every: 1,
+        interval: Duration::from_secs(60),
+        idle: Duration::from_secs(3_600),
+    };
+    let now = SystemTime::now();
+    for days_ago in [2u64, 1, 0] {
+        let time = now - Duration::from_secs(days_ago * 86_400);
+        let drafts = (0..4)
+            .map(|i| {
+                Draft::new(
+                    Stream::Access,
+                    "http.read",
+                    "success",
+                    &format!("r{days_ago}{i}"),
+                    time,
+                )
+                .field("note", json!(format!("{days_ago} days ago")))
+            })
+            .collect();
+        writer.commit(drafts, time).unwrap();
+        writer.sign_due(time, &policy).unwrap();
+    }
+    let shortened = Step::AccessHeaders.apply(&AuditConfig::default());
+    let report = retention::run(&log, &shortened, now, usize::MAX).unwrap();
+    assert_eq!(
+        report.streams["access"].pruned_through,
+        Some(7),
+        "{report:?}"
+    );
+    store.flush().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_verifier_starts_a_pruned_stream_at_its_signed_anchor() {
+    let dir = Arc::new(TempDir::new().unwrap());
+    pruned_store(dir.path());
+    let seawall = Seawall::start_in(dir.clone(), "", &[]);
+
+    let fetched = fetch(&seawall).await;
+    let anchor = &fetched["streams"]["access"]["anchor"];
+    assert_eq!(
+        (
+            &anchor["pruned_through"],
+            &anchor["header_days"],
+            &anchor["origin"]
+        ),
+        (&json!(7), &json!(1), &json!("seawall")),
+        "{fetched}"
+    );
+    let (passed, report) = verify(&fetched);
+    assert!(passed, "{report}");
+    let line = report.lines().find(|l| l.starts_with("access: ")).unwrap();
+    assert!(
+        line.starts_with("access: 4 of 4 events chained")
+            && line.ends_with("cut through seq 7 by a signed anchor"),
+        "{report}"
+    );
+
+    // Edited after signing: the cut claims a longer period.
+    let mut altered = fetched.clone();
+    altered["streams"]["access"]["anchor"]["header_days"] = json!(180);
+    let (passed, report) = verify(&altered);
+    assert!(
+        !passed && report.contains("break: access anchor through seq 7: signature"),
+        "{report}"
+    );
+    // Moved: the cut claims fewer events were removed.
+    let mut altered = fetched.clone();
+    altered["streams"]["access"]["anchor"]["pruned_through"] = json!(3);
+    let (passed, report) = verify(&altered);
+    assert!(!passed && report.contains("signature"), "{report}");
+    // The chain value no longer continues the first stored event.
+    let mut altered = fetched.clone();
+    let events = altered["streams"]["access"]["events"]
+        .as_array_mut()
+        .unwrap();
+    events.remove(0);
+    let (passed, report) = verify(&altered);
+    assert!(!passed, "{report}");
 }
