@@ -211,7 +211,8 @@ async fn export(
     text("ticket", &ask.ticket)?;
     let subjects = subjects(ask.identifiers)?;
     let log = state.audit.log.clone();
-    let config = state.audit.config.clone();
+    // The subject is told the periods that apply to their data now (Art 15(1)(d)).
+    let config = state.audit.effective_config();
     let now = SystemTime::now();
     let document = tokio::task::spawn_blocking(move || {
         let found = gdpr::find(&log, &subjects)?;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::capacity::{CapacityGuard, Step, VolumeUsage};
-use crate::audit::{AuditTrail, Stream, retention, shred, system_draft, verify};
+use crate::audit::{AuditConfig, AuditTrail, Stream, retention, shred, system_draft, verify};
 use crate::store::StoreError;
 
 impl AuditTrail {
@@ -103,12 +103,18 @@ impl AuditTrail {
         Step::from_level(self.capacity_step.load(Ordering::Relaxed))
     }
 
+    /// The configuration with the periods retention applies now: shorter than configured while
+    /// the capacity guard has stepped in.
+    pub fn effective_config(&self) -> AuditConfig {
+        self.capacity_step().apply(&self.config)
+    }
+
     /// One whole retention run as of `now`, with the periods the capacity guard's step leaves,
     /// recorded as a `sys.retention.run` event; a run refused because the clock is behind the
     /// store is recorded as `sys.retention.refused`.
     pub async fn run_retention(&self, now: SystemTime) -> Result<retention::RunReport, StoreError> {
         let log = self.log.clone();
-        let config = self.capacity_step().apply(&self.config);
+        let config = self.effective_config();
         let result =
             tokio::task::spawn_blocking(move || retention::run(&log, &config, now, usize::MAX))
                 .await

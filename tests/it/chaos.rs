@@ -626,6 +626,25 @@ async fn a_filling_data_volume_shortens_body_then_access_retention_and_spares_th
         1,
         "security events stay: {flag_changes:?}"
     );
+    // A subject asking now is told the periods that apply now.
+    let export = admin(
+        &seawall,
+        Method::POST,
+        "/admin/gdpr/export",
+        json!({"identifiers": [{"type": "ip", "value": "127.0.0.1"}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(export.status, 200, "{}", export.text());
+    let streams = &export.json()["streams"];
+    assert_eq!(
+        (
+            &streams["access"]["retention"]["event_days"],
+            &streams["security"]["retention"]["event_days"]
+        ),
+        (&json!(1), &json!(365)),
+        "{streams}"
+    );
     assert_eq!(get(&seawall.proxy_url("/api/status/200")).await.status, 200);
 
     // Room again (the volume was extended, or files removed): the configured periods return.
