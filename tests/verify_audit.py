@@ -88,8 +88,9 @@ def starting_point(stream, events, digests, anchor):
     first_seq = events[0]["seq"]
     if first_seq == 0:
         return 0, genesis(events[0]["origin"], stream)
-    if anchor is not None and first_seq == anchor[0] + 1:
-        return 0, anchor[1]
+    if anchor is not None and first_seq <= anchor[0] + 1 <= events[-1]["seq"]:
+        # Events up to the anchor may still be stored when a run was cut before dropping them.
+        return anchor[0] + 1 - first_seq, anchor[1]
     last_seq = events[-1]["seq"]
     for d in digests:
         if first_seq <= d["next_seq"] <= last_seq:

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use http::Method;
+use seawall::audit::anchor::{self, Anchor};
 use seawall::audit::capacity::Step;
+use seawall::audit::event::rfc3339_nanos;
 use seawall::audit::keys::Keyring;
-use seawall::audit::log::AuditLog;
+use seawall::audit::log::{AuditLog, day_of};
 use seawall::audit::writer::Writer;
 use seawall::audit::{AuditConfig, DigestPolicy, Draft, Stream, retention};
 use seawall::config::StoreConfig;
@@ -19,7 +21,7 @@ use tempfile::TempDir;
 
 use crate::audit::{admin, await_events, config, query_all};
 use crate::backend::Backend;
-use crate::support::{Seawall, admin_get, get, python_check};
+use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, get, python_check};
 
 const STREAMS: [&str; 5] = ["security", "access", "data_change", "gdpr", "system"];
 
@@ -230,4 +232,53 @@ async fn the_verifier_starts_a_pruned_stream_at_its_signed_anchor() {
     events.remove(0);
     let (passed, report) = verify(&altered);
     assert!(!passed, "{report}");
+
+    // A run cut short between writing its anchor and dropping the day leaves events up to the
+    // anchor stored: both verifiers start after the anchor.
+    let mut seawall = seawall;
+    seawall.signal("TERM");
+    seawall.wait_exit(PROCESS_TIMEOUT);
+    drop(seawall);
+    anchor_inside_stored_events(dir.path(), 9);
+    let seawall = Seawall::start_in(dir.clone(), "", &[]);
+    let fetched = fetch(&seawall).await;
+    let (passed, report) = verify(&fetched);
+    assert!(passed, "{report}");
+    assert!(
+        report.contains("access: 2 of 4 events chained") && report.contains("through seq 9"),
+        "{report}"
+    );
+    let own = admin_get(&seawall, "/admin/audit/verify?stream=access")
+        .await
+        .json();
+    assert_eq!(own["ok"], true, "{own}");
+}
+
+/// Moves the access stream's anchor to `seq`, still stored, signed with the store's own key
+/// (period unknown, as an anchor may be): what a retention run leaves when it stops between
+/// writing the anchor and dropping the day.
+fn anchor_inside_stored_events(dir: &std::path::Path, seq: u64) {
+    let data_dir = dir.join("data");
+    let config = StoreConfig {
+        data_dir: data_dir.clone(),
+        cache_capacity_bytes: 16 << 20,
+    };
+    let store = Store::open_when_free(&config, PROCESS_TIMEOUT).unwrap();
+    let keyring = Arc::new(Keyring::open(&data_dir).unwrap());
+    let log = AuditLog::open(&store, keyring, "seawall").unwrap();
+    let (_, record) = log
+        .events(Stream::Access)
+        .map(Result::unwrap)
+        .find(|(s, _)| *s == seq)
+        .unwrap();
+    let now = SystemTime::now();
+    let moved = Anchor::sign(
+        log.keyring.signing_key(),
+        &log.origin,
+        Stream::Access,
+        (seq, record.chain, day_of(now)),
+        rfc3339_nanos(now),
+        0,
+    );
+    anchor::store(&log, Stream::Access, &moved).unwrap();
 }
