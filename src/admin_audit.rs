@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /admin/audit/events` | headers of stored events, filtered, with a cursor (see `audit::query`) |
 //! | `POST /admin/audit/events` | append an application event (see `audit::application`); answered once it is on disk |
-//!
+//! | `GET /admin/audit/coverage` | how every route's requests are audited, method by method (see `audit::policy::coverage`) |
 //! | `GET /admin/audit/verify?stream=&pubkey=` | recompute chains and check signed digests (see `audit::verify`) |
 //! | `GET /admin/audit/digests?stream=&since=` | the signed digests and retention anchors, for an external monitor to copy |
 //! | `GET /admin/audit/pubkey` | the digest-signing public key and its fingerprint |
@@ -23,9 +23,10 @@ use std::collections::BTreeMap;
 
 use crate::audit::query::{self, Query};
 use crate::audit::verify::hex;
-use crate::audit::{Stream, anchor, application, digest};
+use crate::audit::{Stream, anchor, application, digest, policy};
 use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
+use crate::features::Feature;
 use crate::request_context::new_request_id;
 use crate::state::AppState;
 
@@ -47,6 +48,7 @@ pub async fn handle(
         ("/admin/audit/events", _) => Err(Error::MethodNotAllowed {
             allow: vec![Method::GET, Method::POST],
         }),
+        ("/admin/audit/coverage", &Method::GET) => Ok(body::json(StatusCode::OK, &coverage(state))),
         ("/admin/audit/verify", &Method::GET) => verify(state, request.uri().query()).await,
         ("/admin/audit/digests", &Method::GET) => digests(state, request.uri().query()).await,
         ("/admin/audit/pubkey", &Method::GET) => Ok(body::json(StatusCode::OK, &public_key(state))),
@@ -58,11 +60,15 @@ pub async fn handle(
                 .map_err(|e| Error::Internal(format!("KEK rotation: {e}")))?;
             Ok(body::json(StatusCode::OK, &rotation))
         }
-        ("/admin/audit/verify" | "/admin/audit/digests" | "/admin/audit/pubkey", _) => {
-            Err(Error::MethodNotAllowed {
-                allow: vec![Method::GET],
-            })
-        }
+        (
+            "/admin/audit/coverage"
+            | "/admin/audit/verify"
+            | "/admin/audit/digests"
+            | "/admin/audit/pubkey",
+            _,
+        ) => Err(Error::MethodNotAllowed {
+            allow: vec![Method::GET],
+        }),
         ("/admin/audit/keys/rotate", _) => Err(Error::MethodNotAllowed {
             allow: vec![Method::POST],
         }),
@@ -98,6 +104,23 @@ async fn append(state: &AppState, request: Request<RequestBody>) -> Result<Respo
         StatusCode::CREATED,
         &json!({"ok": true, "id": id, "stream": stream.as_str()}),
     ))
+}
+
+/// The coverage table of the configured routes, then the built-in ones, and whether request
+/// auditing is switched on at all.
+fn coverage(state: &AppState) -> serde_json::Value {
+    let configured = state
+        .config
+        .routes
+        .iter()
+        .map(|route| (route.name.as_str(), route.audit.as_ref()));
+    let builtin = ["ofrep", "unmatched", policy::HEALTH_ROUTE].map(|name| (name, None));
+    let flag = Feature::AuditTrail.flag();
+    json!({
+        "feature": {"flag": flag, "switched_on": state.flags.is_switched_on(flag)},
+        "require_explicit_coverage": state.config.audit.require_explicit_coverage,
+        "routes": policy::coverage(&state.config.audit.rules, configured.chain(builtin)),
+    })
 }
 
 fn public_key(state: &AppState) -> serde_json::Value {

@@ -91,6 +91,8 @@ pub struct AuditConfig {
     #[serde(serialize_with = "crate::config::millis")]
     pub retention_interval: Duration,
     pub rules: Vec<policy::Rule>,
+    /// Every configured route must have its own `audit` or be named by a rule (research §6 B1).
+    pub require_explicit_coverage: bool,
     pub digests: DigestPolicy,
     pub capacity: CapacityPolicy,
     /// How often the key-encryption key is replaced (what makes erasures physical).
@@ -149,6 +151,7 @@ impl Default for AuditConfig {
             body_days: 7,
             retention_interval: Duration::from_secs(3_600),
             rules: Vec::new(),
+            require_explicit_coverage: false,
             digests: DigestPolicy {
                 every: 1_000,
                 interval: Duration::from_secs(60),

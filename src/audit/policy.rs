@@ -146,6 +146,69 @@ pub fn action(method: &Method) -> &'static str {
     }
 }
 
+/// The methods the coverage table lists.
+const COVERAGE_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// How the requests of one route are audited (research/audit.md §6 B1), method by method.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteCoverage {
+    pub route: String,
+    pub methods: Vec<MethodCoverage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MethodCoverage {
+    pub method: &'static str,
+    pub level: Level,
+    pub event: String,
+    pub stream: Stream,
+    /// `None` when the requests are not audited.
+    pub durability: Option<Durability>,
+    /// `rules[i]` for an `[[audit.rules]]` entry, `route` for the route's own `audit`, or
+    /// `default`.
+    pub decided_by: String,
+}
+
+/// The coverage table: for each route (its label and its own `audit`, if any), what
+/// [`decide`] answers for each common method.
+pub fn coverage<'a>(
+    rules: &[Rule],
+    routes: impl IntoIterator<Item = (&'a str, Option<&'a Rule>)>,
+) -> Vec<RouteCoverage> {
+    routes
+        .into_iter()
+        .map(|(route, route_rule)| RouteCoverage {
+            route: route.to_string(),
+            methods: COVERAGE_METHODS
+                .iter()
+                .map(|method| {
+                    let decision = decide(rules, route_rule, route, method);
+                    let decided_by = match decision.rule.parse::<usize>() {
+                        Ok(index) => format!("rules[{index}]"),
+                        Err(_) => decision.rule,
+                    };
+                    MethodCoverage {
+                        method: method.as_str(),
+                        level: decision.level,
+                        event: decision.event,
+                        stream: decision.stream,
+                        durability: (decision.level != Level::None).then_some(decision.durability),
+                        decided_by,
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// The event type, stream and outcome of an answered request, after the status overrides.
 pub fn outcome(decision: &Decision, status: u16) -> (String, Stream, &'static str) {
     let result = if status < 400 { "success" } else { "failure" };
@@ -221,6 +284,40 @@ mod tests {
             (Level::Request, "api.request", Stream::Access)
         );
         assert_eq!(decided.rule, "route");
+    }
+
+    #[test]
+    fn the_coverage_table_names_what_decided_each_route_and_method() {
+        let route = rule(&[], &[], Some(Level::Request), Some("orders.{action}"));
+        let rules = [rule(&["login"], &[Method::POST], None, Some("authn.login"))];
+        let table = coverage(
+            &rules,
+            [("login", None), ("orders", Some(&route)), ("health", None)],
+        );
+        let cell = |route: usize, method: &str| {
+            let c = table[route]
+                .methods
+                .iter()
+                .find(|m| m.method == method)
+                .unwrap();
+            (c.level, c.event.as_str(), c.decided_by.as_str())
+        };
+        assert_eq!(
+            cell(0, "POST"),
+            (Level::Metadata, "authn.login", "rules[0]")
+        );
+        assert_eq!(cell(0, "GET"), (Level::Metadata, "http.read", "default"));
+        assert_eq!(
+            cell(1, "DELETE"),
+            (Level::Request, "orders.delete", "route")
+        );
+        assert_eq!(cell(2, "GET"), (Level::None, "http.read", "default"));
+        assert_eq!(
+            cell(1, "OPTIONS").0,
+            Level::Request,
+            "a route rule may audit OPTIONS"
+        );
+        assert_eq!(table[0].methods.len(), 7);
     }
 
     #[test]

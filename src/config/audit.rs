@@ -201,6 +201,7 @@ impl Validator<'_> {
                 86_400_000,
             )?,
             rules,
+            require_explicit_coverage: raw.require_explicit_coverage.unwrap_or(false),
         })
     }
 

@@ -152,6 +152,7 @@ pub struct RawAudit {
     pub retention: BTreeMap<String, RawRetention>,
     #[serde(default)]
     pub rules: Vec<RawAuditRule>,
+    pub require_explicit_coverage: Option<bool>,
     pub digest_every: Option<u64>,
     pub digest_interval_ms: Option<u64>,
     pub digest_idle_ms: Option<u64>,

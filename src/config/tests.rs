@@ -470,6 +470,23 @@ fn audit_rules_are_validated_by_key() {
     ] {
         assert_eq!(error(&format!("[audit]\n{text}\n"), &[]).key, key, "{text}");
     }
+    // Explicit coverage: a route with neither its own audit nor a rule naming it is refused.
+    let explicit = "[audit]\nrequire_explicit_coverage = true\n";
+    let e = error(&format!("{ROUTED}\n{explicit}"), &[]);
+    assert_eq!(e.key, "routes[0].audit");
+    assert!(e.message.contains("\"api\""), "{}", e.message);
+    let e = error(
+        &format!("{ROUTED}\n{explicit}[[audit.rules]]\nlevel = \"metadata\"\n"),
+        &[],
+    );
+    assert_eq!(e.key, "routes[0].audit", "a catch-all rule is not explicit");
+    load(
+        &format!("{ROUTED}\n{explicit}[[audit.rules]]\nroutes = [\"api\"]\n"),
+        &[],
+    )
+    .unwrap();
+    load(&format!("{}\n{explicit}", route(r#"level = "none""#)), &[]).unwrap();
+
     let guard = load(
         "[audit]\ncapacity_high_water_percent = 100\ncapacity_check_interval_ms = 500\n",
         &[],

@@ -66,6 +66,19 @@ pub fn validate(
     }
     let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
     let audit = v.audit(&raw.audit, &route_names)?;
+    if audit.require_explicit_coverage {
+        let named = |name: &String| audit.rules.iter().any(|rule| rule.routes.contains(name));
+        if let Some(index) = routes
+            .iter()
+            .position(|route| route.audit.is_none() && !named(&route.name))
+        {
+            let message = format!(
+                "route {:?} is audited only by the defaults; give it audit = {{ ... }} or name it in an [[audit.rules]] entry (audit.require_explicit_coverage is on)",
+                routes[index].name
+            );
+            return Err(v.error(&format!("routes[{index}].audit"), message));
+        }
+    }
     Ok(Config {
         server,
         store: StoreConfig {

@@ -714,3 +714,84 @@ async fn a_blocking_strict_request_is_on_disk_before_the_upstream_sees_it() {
     assert_eq!(received, 2, "both arrivals are on disk after kill -9");
     stored.intact(Stream::Access);
 }
+
+/// B1 (research/audit.md §6): the coverage table says, for every route and method, how its
+/// requests are audited and what decided it; the test prints it.
+#[tokio::test]
+async fn the_coverage_table_names_how_each_route_is_audited() {
+    let backend = Backend::start().await;
+    let extra = r#"
+[[routes]]
+name = "payments"
+match = "/payments/*"
+upstream = "app"
+audit = { durability = "blocking-strict" }
+
+[[audit.rules]]
+routes = ["api"]
+methods = ["POST"]
+event = "data.create"
+stream = "data_change"
+"#;
+    let seawall = Seawall::start(&config(&backend, extra));
+    let reply = admin_get(&seawall, "/admin/audit/coverage").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let table = reply.json();
+    eprintln!("audit coverage:");
+    for route in table["routes"].as_array().unwrap() {
+        for m in route["methods"].as_array().unwrap() {
+            eprintln!(
+                "  {:10} {:7} {:16} {:14} {:12} {:15} {}",
+                route["route"].as_str().unwrap(),
+                m["method"].as_str().unwrap(),
+                m["level"].as_str().unwrap(),
+                m["event"].as_str().unwrap(),
+                m["stream"].as_str().unwrap(),
+                m["durability"].as_str().unwrap_or("-"),
+                m["decided_by"].as_str().unwrap()
+            );
+        }
+    }
+    let cell = |route: &str, method: &str| -> Value {
+        table["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["route"] == route)
+            .and_then(|r| {
+                r["methods"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|m| m["method"] == method)
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("{route} {method} in {table}"))
+    };
+    let post = cell("api", "POST");
+    assert_eq!(
+        (&post["event"], &post["stream"], &post["decided_by"]),
+        (
+            &json!("data.create"),
+            &json!("data_change"),
+            &json!("rules[0]")
+        )
+    );
+    let get = cell("api", "GET");
+    assert_eq!(
+        (&get["level"], &get["event"], &get["decided_by"]),
+        (&json!("metadata"), &json!("http.read"), &json!("default"))
+    );
+    let strict = cell("payments", "PUT");
+    assert_eq!(
+        (&strict["durability"], &strict["decided_by"]),
+        (&json!("blocking-strict"), &json!("route"))
+    );
+    assert_eq!(cell("health", "GET")["level"], "none");
+    assert_eq!(cell("unmatched", "OPTIONS")["level"], "none");
+    assert_eq!(
+        table["feature"],
+        json!({"flag": "seawall.audit-trail", "switched_on": true})
+    );
+    assert_eq!(table["require_explicit_coverage"], false);
+}
