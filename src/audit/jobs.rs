@@ -64,7 +64,7 @@ impl AuditTrail {
             return false;
         };
         self.capacity_step.store(step.level(), Ordering::Relaxed);
-        let effective = step.apply(&self.config);
+        let effective = self.effective_config();
         let access = effective.retention[&Stream::Access];
         // Whole percent: audit headers hold integers only (canonical JSON, docs/audit-format.md).
         let used_percent = usage.used_percent().floor() as u64;

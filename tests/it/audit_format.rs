@@ -19,7 +19,7 @@ use seawall::store::Store;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::audit::{admin, await_events, config, query_all};
+use crate::audit::{Stored, admin, await_events, config, query_all};
 use crate::backend::Backend;
 use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, get, python_check};
 
@@ -258,14 +258,8 @@ async fn the_verifier_starts_a_pruned_stream_at_its_signed_anchor() {
 /// (period unknown, as an anchor may be): what a retention run leaves when it stops between
 /// writing the anchor and dropping the day.
 fn anchor_inside_stored_events(dir: &std::path::Path, seq: u64) {
-    let data_dir = dir.join("data");
-    let config = StoreConfig {
-        data_dir: data_dir.clone(),
-        cache_capacity_bytes: 16 << 20,
-    };
-    let store = Store::open_when_free(&config, PROCESS_TIMEOUT).unwrap();
-    let keyring = Arc::new(Keyring::open(&data_dir).unwrap());
-    let log = AuditLog::open(&store, keyring, "seawall").unwrap();
+    let stored = Stored::open(&dir.join("data"));
+    let log = &stored.log;
     let (_, record) = log
         .events(Stream::Access)
         .map(Result::unwrap)
@@ -280,5 +274,5 @@ fn anchor_inside_stored_events(dir: &std::path::Path, seq: u64) {
         rfc3339_nanos(now),
         0,
     );
-    anchor::store(&log, Stream::Access, &moved).unwrap();
+    anchor::store(log, Stream::Access, &moved).unwrap();
 }
