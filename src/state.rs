@@ -7,6 +7,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub audit: Arc<AuditTrail>,
     /// Held by the backup that is running, so backups do not overlap.
     pub backups: tokio::sync::Mutex<()>,
+    /// When the previous process serving this store started, if it ended without a shutdown.
+    pub unclean_previous_run: Option<SystemTime>,
     /// Breaker transitions for the recorder, taken when background tasks start.
     transitions: Mutex<Option<mpsc::Receiver<Transition>>>,
 }
@@ -68,6 +71,7 @@ impl AppState {
     /// Opens the store and prepares everything else. Blocking (sled open): call at startup.
     pub fn build(config: Config) -> Result<AppState, StartError> {
         let store = Store::open(&config.store)?;
+        let unclean_previous_run = store.mark_running(SystemTime::now())?;
         let flags = Arc::new(FlagStore::open(&store, &config.flags)?);
         let mut breaker_configs: Vec<_> = config
             .upstreams
@@ -133,6 +137,7 @@ impl AppState {
             store_size,
             audit,
             backups: tokio::sync::Mutex::new(()),
+            unclean_previous_run,
             flags,
             breakers,
             store,
@@ -159,9 +164,12 @@ impl AppState {
         tasks
     }
 
-    /// Saves what must outlive the process (breaker state) before the final flush. Blocking.
+    /// Saves what must outlive the process (breaker state) and clears the store's running
+    /// mark, before the final flush: the next start then knows this one ended cleanly.
+    /// Blocking.
     pub fn save(&self) -> Result<(), StoreError> {
-        self.breakers.save_all()
+        self.breakers.save_all()?;
+        self.store.mark_stopped()
     }
 
     /// Writes and flushes the queued audit events, then closes the database pool (on the

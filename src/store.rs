@@ -9,7 +9,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::StoreConfig;
 
@@ -18,10 +18,12 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const PROBE_KEY: &[u8] = b"health_probe";
+/// When the process serving from this store started; removed by its shutdown.
+const RUNNING_KEY: &[u8] = b"running_since";
 
 /// Trees by concern; other modules ask for them by these names.
 pub mod trees {
-    /// Store-level metadata: schema version, health probe.
+    /// Store-level metadata: schema version, health probe, the running mark.
     pub const META: &str = "meta";
     /// Flag records by name (JSON).
     pub const FLAGS: &str = "flags";
@@ -227,6 +229,30 @@ impl Store {
     /// Bytes sled uses on disk. Blocking (walks the files).
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    /// Marks the store as served by a process started at `now`, durably, and returns when the
+    /// previous one started if it never cleared its mark: it ended without a shutdown (a
+    /// crash, `kill -9`, power loss), or this store is a copy taken while it ran. Blocking.
+    pub fn mark_running(&self, now: SystemTime) -> Result<Option<SystemTime>, StoreError> {
+        let meta = self.tree(trees::META)?;
+        let nanos = |time: SystemTime| {
+            time.duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64
+        };
+        let previous = meta
+            .insert(RUNNING_KEY, &nanos(now).to_be_bytes())?
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_ref()).ok())
+            .map(|bytes| UNIX_EPOCH + Duration::from_nanos(u64::from_be_bytes(bytes)));
+        self.db.flush()?;
+        Ok(previous)
+    }
+
+    /// Clears the running mark: the shutdown is complete but for the final flush. Blocking.
+    pub fn mark_stopped(&self) -> Result<(), StoreError> {
+        self.tree(trees::META)?.remove(RUNNING_KEY)?;
+        Ok(())
     }
 
     /// Writes, flushes and reads back a probe record: the store's health check. Blocking.

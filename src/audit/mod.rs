@@ -400,6 +400,19 @@ impl AuditTrail {
         }
     }
 
+    /// Records that the previous run, started at `started`, ended without a shutdown
+    /// (`sys.crash`, outcome failure): the events it acknowledged in its last flush interval
+    /// may be missing, and the trail says so instead of leaving a silent gap.
+    pub async fn unclean_end_event(&self, started: SystemTime) {
+        let draft = system_draft("sys.crash", "failure")
+            .field("previous_start", json!(event::rfc3339_nanos(started)))
+            .field(
+                "flush_interval_ms",
+                json!(self.config.flush_interval.as_millis() as u64),
+            );
+        self.record(draft.important()).await;
+    }
+
     /// Records a lifecycle event of seawall itself (`sys.startup`, `sys.shutdown`).
     pub async fn system_event(&self, event_type: &str) {
         let draft = system_draft(event_type, "success").field(

@@ -562,6 +562,45 @@ async fn shutdown_keeps_every_acknowledged_event_and_kill_loses_at_most_a_flush_
     assert!(seawall.wait_exit(PROCESS_TIMEOUT).success());
     let stored = Stored::open(&seawall.data_dir());
     assert_eq!(stored.intact(Stream::Access).events as usize, kept + 1);
+
+    // The trail says where a run ended without a shutdown: one sys.crash, at the start after
+    // the kill, naming when the killed run started; none after the graceful stop.
+    let lifecycle: Vec<Value> = stored
+        .records(Stream::System)
+        .into_iter()
+        .map(|(_, record)| record.header_value())
+        .filter(|h| {
+            h["type"]
+                .as_str()
+                .is_some_and(|t| ["sys.startup", "sys.shutdown", "sys.crash"].contains(&t))
+        })
+        .collect();
+    let types: Vec<&str> = lifecycle
+        .iter()
+        .map(|h| h["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "sys.startup",
+            "sys.shutdown",
+            "sys.startup",
+            "sys.crash",
+            "sys.startup",
+            "sys.shutdown"
+        ]
+    );
+    let crash = &lifecycle[3];
+    assert_eq!(crash["outcome"], "failure");
+    // RFC 3339 in UTC with nanoseconds: compared as text. The killed run started after the
+    // first run's shutdown and before its own sys.startup.
+    let text = |h: &Value, field: &str| h[field].as_str().unwrap().to_string();
+    let previous_start = text(crash, "previous_start");
+    assert!(
+        text(&lifecycle[1], "time") < previous_start
+            && previous_start < text(&lifecycle[2], "time"),
+        "{lifecycle:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
