@@ -71,7 +71,6 @@ impl AppState {
     /// Opens the store and prepares everything else. Blocking (sled open): call at startup.
     pub fn build(config: Config) -> Result<AppState, StartError> {
         let store = Store::open(&config.store)?;
-        let unclean_previous_run = store.mark_running(SystemTime::now())?;
         let flags = Arc::new(FlagStore::open(&store, &config.flags)?);
         let mut breaker_configs: Vec<_> = config
             .upstreams
@@ -126,6 +125,8 @@ impl AppState {
                 )));
             }
         }
+        // Last, so a start that fails while opening does not pass for a crash next time.
+        let unclean_previous_run = store.mark_running(SystemTime::now())?;
         Ok(AppState {
             health: Arc::new(Health::new(config.health.clone(), probes)),
             stats: RequestStats::default(),
