@@ -158,6 +158,12 @@ impl AdminService {
             "On-disk size of the sled store, as of the latest store health check.",
             state.store_size.get() as f64,
         );
+        out.single(
+            "seawall_unclean_start",
+            "gauge",
+            "1 when this run started after the previous one ended without a shutdown (a sys.crash audit event records it).",
+            f64::from(u8::from(state.unclean_previous_run.is_some())),
+        );
         if let Some(seconds) = crate::backup::last_success(&state.store) {
             out.single(
                 "seawall_backup_last_success_timestamp_seconds",

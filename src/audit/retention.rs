@@ -6,10 +6,9 @@
 //! A run is idempotent and works in bounded batches, each applied under the store's write
 //! gate, so a backup never copies half a batch and an interrupted run leaves a consistent
 //! store: a key is either there or not, and its parts go before it does; a bucket is dropped
-//! only after the anchor that
-//! continues its stream's chain has been written, and [`verify`](crate::audit::verify)
-//! accepts a bucket that is anchored but not yet dropped. The request path never waits for a
-//! run: the writer is only held off for one batch at a time.
+//! only after the signed anchor that continues its stream's chain has been written, and
+//! [`verify`](crate::audit::verify) accepts a bucket that is anchored but not yet dropped. The
+//! request path never waits for a run: the writer is only held off for one batch at a time.
 //!
 //! A run refuses to prune when the clock is behind what the store has seen (a bucket for a
 //! later day than today, or a digest signed later than now): a clock that went back, or went

@@ -20,7 +20,7 @@ use tempfile::TempDir;
 
 use crate::backend::Backend;
 use crate::support::{
-    ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, assert_error, full, get, send,
+    ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, assert_error, full, get, metric, send,
 };
 
 pub(crate) fn config(backend: &Backend, extra: &str) -> String {
@@ -557,6 +557,8 @@ async fn shutdown_keeps_every_acknowledged_event_and_kill_loses_at_most_a_flush_
     // The store reopens without repair and the chain continues.
     let mut seawall = Seawall::start_in(dir, &config(&backend, ""), &[]);
     assert_eq!(get(&seawall.proxy_url("/api/status/200")).await.status, 200);
+    let metrics = get(&seawall.admin_url("/metrics")).await.text();
+    assert_eq!(metric(&metrics, "seawall_unclean_start"), Some(1.0));
     await_events(&seawall, "api", kept + 1).await;
     seawall.signal("TERM");
     assert!(seawall.wait_exit(PROCESS_TIMEOUT).success());

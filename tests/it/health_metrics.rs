@@ -51,6 +51,7 @@ async fn metrics_pass_promtool_and_count_requests() {
         "seawall_http_requests_in_flight{listener=\"proxy\"} 0",
         "seawall_health_check_status{check=\"store:responseTime\",status=\"pass\"} 1",
         "seawall_store_size_on_disk_bytes ",
+        "seawall_unclean_start 0",
         "process_resident_memory_bytes ",
         "process_cpu_seconds_total ",
         "process_open_fds ",
