@@ -24,6 +24,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
+use crate::audit::capacity::VolumeUsage;
 use crate::body::{self, Body};
 use crate::config::HealthConfig;
 use crate::metrics::{Exposition, Gauge};
@@ -394,15 +395,27 @@ impl Probe for StoreProbe {
             let store = self.store.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let elapsed = store.probe()?;
-                Ok::<_, crate::store::StoreError>((elapsed, store.size_on_disk()?))
+                // Informational: the capacity guard acts on it, not readiness.
+                let volume = VolumeUsage::read(store.dir()).ok();
+                Ok::<_, crate::store::StoreError>((elapsed, store.size_on_disk()?, volume))
             })
             .await;
             match result {
-                Ok(Ok((elapsed, size))) => {
+                Ok(Ok((elapsed, size, volume))) => {
                     self.size_on_disk.set(size as i64);
                     let ms = (elapsed.as_secs_f64() * 1e4).round() / 10.0;
                     let mut reading = Reading::pass(json!(ms), Some("ms"));
                     reading.extra.insert("sizeOnDiskBytes".into(), json!(size));
+                    if let Some(volume) = volume {
+                        let used = (volume.used_percent() * 10.0).round() / 10.0;
+                        reading
+                            .extra
+                            .insert("volumeUsedPercent".into(), json!(used));
+                        let available = volume.available_bytes;
+                        reading
+                            .extra
+                            .insert("volumeAvailableBytes".into(), json!(available));
+                    }
                     Some(reading)
                 }
                 Ok(Err(e)) => Some(Reading::fail(format!("store write/flush failed: {e}"))),

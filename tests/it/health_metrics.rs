@@ -25,6 +25,12 @@ async fn health_endpoints_answer_health_json() {
     let store = &detailed["checks"]["store:responseTime"][0];
     assert_eq!(store["status"], "pass", "{detailed}");
     assert_eq!(store["componentType"], "datastore");
+    assert!(
+        store["volumeAvailableBytes"].as_u64().unwrap() > 0,
+        "{store}"
+    );
+    let used = store["volumeUsedPercent"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&used), "{store}");
     assert!(detailed["checks"]["uptime"][0]["observedValue"].is_number());
     // The admin listener serves health too, without a token.
     assert_eq!(get(&seawall.admin_url("/health/ready")).await.status, 200);
