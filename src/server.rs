@@ -106,10 +106,6 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
     state.health.run_once().await;
     let background = state.start_background();
     if let Some(started) = state.unclean_previous_run {
-        tracing::warn!(
-            previous_start = %crate::audit::event::rfc3339_nanos(started),
-            "the previous run ended without a shutdown: audit events of its last flush interval may be missing"
-        );
         state.audit.unclean_end_event(started).await;
     }
     state.audit.system_event("sys.startup").await;

@@ -411,9 +411,6 @@ impl AuditLog {
     }
 }
 
-/// Records are stored in groups, one sled value per written batch of a stream and day, under
-/// the sequence number of the group's first record: one sled insert per event costs more than
-/// sealing and hashing it.
 /// The first byte of a group with compressed headers. Groups written before it are a postcard
 /// sequence of [`Record`]s, which starts with the record count, and the writer never wrote an
 /// empty group, so a stored group that starts with 0 and goes on is always this format.
@@ -437,7 +434,9 @@ struct RecordRest {
     chain: Hash,
 }
 
-/// Encodes consecutive records as one sled value: `0`, the record count, then the headers
+/// Encodes consecutive records as one sled value, stored under the sequence number of the
+/// first (one sled insert per event costs more than sealing and hashing it): `0`, the record
+/// count, then the headers
 /// (each after its length) compressed together with LZ4, then the rest of each record in
 /// postcard. Headers are most of a metadata event's bytes and repeat each other's field names
 /// and values, so this roughly halves them; the parts are ciphertext, which does not compress,

@@ -404,8 +404,13 @@ impl AuditTrail {
     /// (`sys.crash`, outcome failure): the events it acknowledged in its last flush interval
     /// may be missing, and the trail says so instead of leaving a silent gap.
     pub async fn unclean_end_event(&self, started: SystemTime) {
+        let previous_start = event::rfc3339_nanos(started);
+        tracing::warn!(
+            %previous_start,
+            "the previous run ended without a shutdown: audit events of its last flush interval may be missing"
+        );
         let draft = system_draft("sys.crash", "failure")
-            .field("previous_start", json!(event::rfc3339_nanos(started)))
+            .field("previous_start", json!(previous_start))
             .field(
                 "flush_interval_ms",
                 json!(self.config.flush_interval.as_millis() as u64),
