@@ -149,6 +149,7 @@ impl AdminService {
         state.breakers.render_metrics(&mut out);
         state.audit.render_metrics(&mut out);
         state.upstreams.render_metrics(&mut out);
+        state.tunnels.render_metrics(&mut out);
         if let Some(database) = &state.database {
             database.render_metrics(&mut out);
         }

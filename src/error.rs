@@ -72,6 +72,9 @@ pub enum Error {
     /// A `blocking-strict` route's request could not be audited in time: it was not forwarded.
     #[error("audit trail unavailable")]
     AuditUnavailable,
+    /// `server.max_upgraded_connections` tunnels are open (or shutdown began).
+    #[error("no room for another upgraded connection")]
+    UpgradesFull,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -94,7 +97,8 @@ impl Error {
             | Error::DatabaseUnavailable(_)
             | Error::DatabaseBusy
             | Error::StoreUnavailable(_)
-            | Error::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Error::AuditUnavailable
+            | Error::UpgradesFull => StatusCode::SERVICE_UNAVAILABLE,
             Error::QueryTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::QueryRejected { conflict: true, .. } => StatusCode::CONFLICT,
             Error::QueryRejected {
@@ -139,6 +143,7 @@ impl Error {
             Error::RequestTimeout(_) => "GATEWAY_TIMEOUT",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::AuditUnavailable => "AUDIT_UNAVAILABLE",
+            Error::UpgradesFull => "UPGRADES_FULL",
             Error::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -220,6 +225,10 @@ impl Error {
                 "This route is only served once its audit record is on disk, and seawall could not write it; the request was not forwarded."
                     .to_string()
             }
+            Error::UpgradesFull => {
+                "seawall holds as many upgraded connections (WebSockets) as it allows; retry shortly."
+                    .to_string()
+            }
             Error::Internal(_) => "Something went wrong inside seawall.".to_string(),
         }
     }
@@ -271,7 +280,8 @@ impl Error {
             Error::UpstreamBusy { .. }
             | Error::DatabaseUnavailable(_)
             | Error::DatabaseBusy
-            | Error::AuditUnavailable => {
+            | Error::AuditUnavailable
+            | Error::UpgradesFull => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Error::RateLimited(limited) => {

@@ -9,6 +9,7 @@
 //!   `shutdown` is the signal that starts it.
 //! - `router` (proxy listener) and `admin` (admin listener): what each request means.
 //! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams.
+//!   `tunnel`: WebSockets and other upgraded connections, joined byte for byte.
 //! - `request_context`: request id and client address (trusted proxies).
 //! - `error`: the request-path error and its HTTP mapping; `body`: response bodies.
 //! - `health`, `metrics`, `request_stats`, `process_metrics`: observability.
@@ -57,4 +58,5 @@ pub mod sql_route;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod tunnel;
 pub mod upstream;

@@ -5,14 +5,17 @@
 //! `X-Request-Id` added, forwarding headers from untrusted peers discarded. Pooling, slots and
 //! timeouts belong to `upstream`; which route and upstream to use is decided by `router`.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
 use crate::body::{Body, RequestBody};
 use crate::error::Error;
 use crate::request_context::RequestContext;
 use crate::route::{self, Route};
+use crate::tunnel::Tunnels;
 use crate::upstream::{CallOptions, Upstream, UpstreamError};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
@@ -43,18 +46,28 @@ const CLIENT_FORWARDING: [HeaderName; 5] = [
     header::FORWARDED,
 ];
 
-/// Sends `request` to `upstream` for `route` and returns the upstream's response.
+/// Sends `request` to `upstream` for `route` and returns the upstream's response. A request
+/// to switch to one of the route's `upgrades` keeps its `Upgrade`, and when the upstream
+/// answers 101 the two connections are handed to `tunnels` to be joined.
 pub async fn forward(
     upstream: &Upstream,
     route: &Route,
-    request: Request<RequestBody>,
+    mut request: Request<RequestBody>,
     ctx: &RequestContext,
     options: CallOptions,
+    tunnels: &Arc<Tunnels>,
 ) -> Result<Response<Body>, Error> {
     let limit = route.config.max_body_bytes;
     if declared_length(request.headers()).is_some_and(|length| length > limit) {
         return Err(Error::PayloadTooLarge { limit });
     }
+    let upgrade = match requested_upgrade(request.headers(), &route.config.upgrades) {
+        Some(protocols) => {
+            let slot = tunnels.reserve().ok_or(Error::UpgradesFull)?;
+            Some((protocols, slot, hyper::upgrade::on(&mut request)))
+        }
+        None => None,
+    };
     let (mut parts, body) = request.into_parts();
     let path = route::upstream_path(&route.config, parts.uri.path());
     let path_and_query = match parts.uri.query() {
@@ -65,13 +78,74 @@ pub async fn forward(
         .uri_for(&path_and_query)
         .map_err(|e| Error::BadRequest(format!("the request path cannot be forwarded: {e}")))?;
     rewrite_request_headers(&mut parts.headers, ctx);
+    if let Some((protocols, ..)) = &upgrade {
+        set_upgrade(&mut parts.headers, protocols.clone());
+    }
     let body = Limited::new(body, limit as usize).boxed();
     let mut response = upstream
         .call(Request::from_parts(parts, body), options)
         .await
         .map_err(|e| upstream_error(&upstream.config.name, e, limit))?;
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let protocol = response.headers().get(header::UPGRADE).cloned();
     remove_hop_by_hop(response.headers_mut());
-    Ok(response)
+    match (upgrade, protocol) {
+        (Some((_, slot, client)), Some(protocol)) if switched => {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            tunnels.open(slot, client, upstream_side);
+            set_upgrade(response.headers_mut(), protocol);
+            // A 101 has no body; an empty one lets the response end (and its audit event be
+            // recorded) as soon as the head is written.
+            Ok(response.map(|_| crate::body::empty()))
+        }
+        // hyper answers a 101 it cannot switch by closing the connection; this never reaches
+        // the client as a 101 without a tunnel behind it.
+        _ if switched => Err(Error::UpstreamUnavailable {
+            upstream: upstream.config.name.clone(),
+            detail: "answered 101 Switching Protocols to a request that did not ask to switch"
+                .to_string(),
+        }),
+        _ => Ok(response),
+    }
+}
+
+/// The protocols of a request's `Upgrade` that `allowed` names, if it asks to switch
+/// (`Connection: upgrade` and an `Upgrade` header) to at least one of them.
+fn requested_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+    if allowed.is_empty() || !connection_has(headers, "upgrade") {
+        return None;
+    }
+    let wanted: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|protocol| {
+            // A protocol may carry a version: `websocket`, `foo/2`.
+            let name = protocol.split('/').next().unwrap_or_default();
+            allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&wanted.join(", ")).ok()
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// `Connection: upgrade` and `Upgrade`, put back after the hop-by-hop headers went.
+fn set_upgrade(headers: &mut HeaderMap, protocols: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, protocols);
 }
 
 fn upstream_error(name: &str, error: UpstreamError, limit: u64) -> Error {
@@ -161,6 +235,30 @@ mod tests {
             map.append(*k, v.parse().unwrap());
         }
         map
+    }
+
+    #[test]
+    fn upgrades_are_kept_only_for_allowed_protocols_with_connection_upgrade() {
+        let allowed = ["websocket".to_string()];
+        let ask = |pairs: &[(&'static str, &str)]| requested_upgrade(&headers(pairs), &allowed);
+        let websocket = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+        ];
+        assert_eq!(ask(&websocket).unwrap(), "WebSocket");
+        assert_eq!(requested_upgrade(&headers(&websocket), &[]), None);
+        assert_eq!(
+            ask(&[("upgrade", "websocket")]),
+            None,
+            "no Connection: upgrade"
+        );
+        assert_eq!(ask(&[("connection", "upgrade")]), None, "no Upgrade");
+        let offered = [
+            ("connection", "upgrade"),
+            ("upgrade", "h2c, websocket/13, foo"),
+        ];
+        assert_eq!(ask(&offered).unwrap(), "websocket/13");
+        assert_eq!(ask(&[("connection", "upgrade"), ("upgrade", "h2c")]), None);
     }
 
     #[test]

@@ -205,7 +205,8 @@ impl ProxyService {
                         Error::Internal(format!("route {} names a missing upstream", route.name))
                     })?;
                     let options = self.state.call_options(ctx);
-                    proxy::forward(upstream, &route, request, ctx, options).await
+                    proxy::forward(upstream, &route, request, ctx, options, &self.state.tunnels)
+                        .await
                 }
                 RouteTarget::Postgres(sql) => {
                     let wrapped = route

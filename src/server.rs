@@ -9,7 +9,10 @@
 //!
 //! Shutdown runs in a fixed order: readiness answers 503, the listeners keep accepting for
 //! `shutdown_delay` so a load balancer can notice, then stop; open connections finish their
-//! in-flight request within `shutdown_grace`; the store is flushed; `run` returns.
+//! in-flight request within `shutdown_grace` while upgraded connections (`tunnel`) are
+//! closed; the store is flushed; `run` returns. Connections are served with upgrades enabled,
+//! so draining them is done here rather than by hyper-util's `GracefulShutdown`, which cannot
+//! watch such connections.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,7 +28,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
@@ -111,7 +113,9 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
     state.audit.system_event("sys.startup").await;
     tracing::info!(proxy = %listeners.proxy_addr(), admin = %listeners.admin_addr(), "listening");
 
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a receiver: it tells them to finish, and the sender sees
+    // when the last one has gone.
+    let (drain_tx, drain_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let proxy = Arc::new(ProxyService::new(state.clone()));
     let admin = Arc::new(AdminService::new(state.clone()));
@@ -121,14 +125,14 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
                 listeners.proxy,
                 proxy,
                 server.max_connections,
-                &graceful,
+                drain_rx.clone(),
                 stop_rx.clone()
             ),
             accept_loop(
                 listeners.admin,
                 admin,
                 server.admin_max_connections,
-                &graceful,
+                drain_rx.clone(),
                 stop_rx.clone()
             ),
         );
@@ -144,13 +148,17 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
         let _ = stop_tx.send(true);
     };
     tokio::join!(accepting, controller);
+    drop(drain_rx);
 
     tracing::info!(
-        connections = graceful.count(),
+        connections = drain_tx.receiver_count(),
+        tunnels = state.tunnels.open_count(),
         grace_ms = server.shutdown_grace.as_millis() as u64,
         "listeners closed; draining"
     );
-    if tokio::time::timeout(server.shutdown_grace, graceful.shutdown())
+    drain_tx.send_replace(true);
+    state.tunnels.close_all();
+    if tokio::time::timeout(server.shutdown_grace, drain_tx.closed())
         .await
         .is_err()
     {
@@ -177,7 +185,7 @@ async fn accept_loop<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
     max_connections: usize,
-    graceful: &GracefulShutdown,
+    drain: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -212,9 +220,21 @@ async fn accept_loop<S: Service>(
             let service = service.clone();
             async move { Ok::<_, Infallible>(exchange(&*service, request, peer).await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), handler));
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), handler)
+            .with_upgrades();
+        let mut drain = drain.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = async { drain.wait_for(|drain| *drain).await.is_ok() } => {
+                    // Finish the request in flight, then close; an idle connection closes now.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
             drop(permit);
@@ -456,8 +476,8 @@ mod tests {
         let service = Arc::new(Panicking {
             state: state.clone(),
         });
-        let graceful = GracefulShutdown::new();
-        let serving = accept_loop(listener, service, 4, &graceful, stopped);
+        let (_drain, draining) = watch::channel(false);
+        let serving = accept_loop(listener, service, 4, draining, stopped);
         let exercise = async {
             exercise(addr).await;
             stop.send_replace(true);

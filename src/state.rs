@@ -27,6 +27,7 @@ use crate::request_context::RequestContext;
 use crate::request_stats::RequestStats;
 use crate::route::RouteTable;
 use crate::store::{Store, StoreError};
+use crate::tunnel::Tunnels;
 use crate::upstream::{CallOptions, UpstreamProbe, Upstreams};
 
 /// Why seawall could not start with a valid configuration.
@@ -53,6 +54,8 @@ pub struct AppState {
     pub stats: RequestStats,
     pub routes: RouteTable,
     pub upstreams: Upstreams,
+    /// Upgraded connections (WebSockets) joined to their upstream.
+    pub tunnels: Arc<Tunnels>,
     pub ratelimiter: Arc<RateLimiter>,
     /// The PostgreSQL pool, when a database is configured.
     pub database: Option<Arc<Database>>,
@@ -132,6 +135,7 @@ impl AppState {
             stats: RequestStats::default(),
             routes: RouteTable::new(&config.routes),
             upstreams,
+            tunnels: Arc::new(Tunnels::new(&config.server)),
             ratelimiter,
             database,
             admin_token,

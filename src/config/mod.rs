@@ -77,6 +77,11 @@ pub struct ServerConfig {
     /// Deadline for in-flight requests once the listeners have closed.
     #[serde(serialize_with = "millis")]
     pub shutdown_grace: Duration,
+    /// Bound on open tunnels (WebSockets and other upgrades), apart from `max_connections`.
+    pub max_upgraded_connections: usize,
+    /// A tunnel in which nothing flows either way for this long is closed.
+    #[serde(serialize_with = "millis")]
+    pub upgraded_idle_timeout: Duration,
     /// Peers whose `Fly-Client-IP` / `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
     #[serde(serialize_with = "display_all")]
     pub trusted_proxies: Vec<IpNet>,
@@ -162,6 +167,9 @@ pub struct RouteConfig {
     pub target: RouteTarget,
     pub strip_prefix: Option<String>,
     pub max_body_bytes: u64,
+    /// Protocols (lowercase) a request may switch to with `Upgrade`, such as `websocket`;
+    /// empty for none (the `Upgrade` header is then removed like any hop-by-hop header).
+    pub upgrades: Vec<String>,
     /// Served only while this flag is on for the request; otherwise 404.
     pub flag: Option<String>,
     /// The route's quota tier and shedding order.

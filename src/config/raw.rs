@@ -50,6 +50,8 @@ pub struct RawServer {
     pub request_timeout_ms: Option<u64>,
     pub shutdown_delay_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
+    pub max_upgraded_connections: Option<u64>,
+    pub upgraded_idle_timeout_ms: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
     pub trust_fly_proxy: Option<bool>,
 }
@@ -121,6 +123,7 @@ pub struct RawRoute {
     pub upstream: Option<String>,
     pub strip_prefix: Option<String>,
     pub max_body_bytes: Option<u64>,
+    pub upgrades: Option<Vec<String>>,
     pub flag: Option<String>,
     pub postgres: Option<String>,
     pub params: Option<Vec<String>>,

@@ -148,6 +148,36 @@ fn routes_are_checked_against_upstreams_and_each_other() {
 }
 
 #[test]
+fn upgrades_are_protocol_names_on_http_upstream_routes() {
+    let config = load(
+        &format!("{ROUTED}upgrades = [\"WebSocket\", \"websocket\"]\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(config.routes[0].upgrades, ["websocket"]);
+    assert!(load(ROUTED, &[]).unwrap().routes[0].upgrades.is_empty());
+    for (list, expected) in [
+        ("[\"h2c\"]", "cannot be tunnelled"),
+        ("[\"web socket\"]", "not a protocol name"),
+        ("[\"\"]", "not a protocol name"),
+    ] {
+        let e = error(&format!("{ROUTED}upgrades = {list}\n"), &[]);
+        assert_eq!(e.key, "routes[0].upgrades", "{list}");
+        assert!(e.message.contains(expected), "{list}: {}", e.message);
+    }
+    let chroma = "[upstreams.vectors]\nkind = \"chroma\"\nurl = \"http://127.0.0.1:8000\"\n\
+                  [[routes]]\nname = \"v\"\nmatch = \"/v/*\"\nupstream = \"vectors\"\n\
+                  upgrades = [\"websocket\"]\n";
+    let e = error(chroma, &[]);
+    assert_eq!(e.key, "routes[0].upgrades");
+    assert!(e.message.contains("HTTP upstream"), "{}", e.message);
+    let e = error("[server]\nmax_upgraded_connections = 0\n", &[]);
+    assert_eq!(e.key, "server.max_upgraded_connections");
+    let e = error("[server]\nupgraded_idle_timeout_ms = 10\n", &[]);
+    assert_eq!(e.key, "server.upgraded_idle_timeout_ms");
+}
+
+#[test]
 fn secrets_are_masked_in_the_effective_config() {
     let config = load("", &[("SEAWALL_ADMIN_TOKEN", "a-very-secret-admin-token")]).unwrap();
     let shown = config.to_masked_json();
@@ -350,6 +380,8 @@ mod fuzz {
         "postgres",
         "params",
         "max_body_bytes",
+        "upgrades",
+        "max_upgraded_connections",
         "unknown_key",
     ];
 

@@ -224,6 +224,20 @@ impl Validator<'_> {
                 0,
                 300_000,
             )?,
+            max_upgraded_connections: self.range(
+                "server.max_upgraded_connections",
+                s.max_upgraded_connections,
+                1024,
+                1,
+                1_000_000,
+            )? as usize,
+            upgraded_idle_timeout: self.millis(
+                "server.upgraded_idle_timeout_ms",
+                s.upgraded_idle_timeout_ms,
+                300_000,
+                100,
+                86_400_000,
+            )?,
             trusted_proxies,
         })
     }
@@ -378,12 +392,17 @@ impl Validator<'_> {
                 format!("{prefix:?} must start with '/' and not end with '/'"),
             ));
         }
+        let upgrades = match &raw.upgrades {
+            None => Vec::new(),
+            Some(list) => self.upgrades(&key("upgrades"), list, &target, upstreams)?,
+        };
         Ok(RouteConfig {
             name,
             pattern,
             methods,
             target,
             strip_prefix: raw.strip_prefix.clone(),
+            upgrades,
             flag: raw.flag.clone(),
             priority: crate::ratelimit::Level::Medium,
             rate_limits: Vec::new(),
@@ -396,6 +415,49 @@ impl Validator<'_> {
                 1 << 40,
             )?,
         })
+    }
+
+    /// A route's `upgrades`: protocol names (HTTP tokens, compared without case) an HTTP
+    /// upstream route may switch a connection to.
+    fn upgrades(
+        &self,
+        at: &str,
+        list: &[String],
+        target: &RouteTarget,
+        upstreams: &[UpstreamConfig],
+    ) -> Result<Vec<String>, ConfigError> {
+        let http_upstream = match target {
+            RouteTarget::Upstream(name) => upstreams
+                .iter()
+                .any(|u| &u.name == name && u.kind == UpstreamKind::Http),
+            RouteTarget::Postgres(_) => false,
+        };
+        if !http_upstream {
+            let message = "only applies to routes to an HTTP upstream".to_string();
+            return Err(self.error(at, message));
+        }
+        let mut protocols = Vec::with_capacity(list.len());
+        for protocol in list {
+            let name = protocol.to_ascii_lowercase();
+            let is_token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !is_token {
+                let message = format!("{protocol:?} is not a protocol name (an HTTP token)");
+                return Err(self.error(at, message));
+            }
+            if name == "h2c" {
+                let message = "\"h2c\" cannot be tunnelled: seawall forwards HTTP/1.1, and a \
+                               connection switched to HTTP/2 would carry requests past every check"
+                    .to_string();
+                return Err(self.error(at, message));
+            }
+            if !protocols.contains(&name) {
+                protocols.push(name);
+            }
+        }
+        Ok(protocols)
     }
 
     /// A breaker section; defaults follow research/breaker-pool.md §7.2. The half-open wait

@@ -9,6 +9,7 @@
 //! | `/hang` | never answers |
 //! | `/hold` | 200 once the test calls [`Backend::release`] (at most a minute); announces the start on `slow_started` |
 //! | `/status/{code}` | an empty answer with that status |
+//! | `/upgrade` | with `Upgrade`: 101 to that protocol, with what it saw in `x-seen-*` headers and `sec-websocket-accept: accept-{key}`, then echoes bytes until end of stream; without: 426 |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -98,6 +100,7 @@ impl Backend {
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -121,7 +124,7 @@ impl Backend {
 }
 
 async fn handle(
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     slow_started: mpsc::UnboundedSender<()>,
     mut released: watch::Receiver<bool>,
 ) -> Result<Response<TestBody>, Infallible> {
@@ -175,6 +178,7 @@ async fn handle(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Response::new(full(""))
         }
+        ["upgrade"] => upgrade(&mut request),
         ["status", code] => {
             let mut response = Response::new(full(""));
             *response.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
@@ -187,4 +191,45 @@ async fn handle(
         }
     };
     Ok(response)
+}
+
+/// Switches to the requested protocol and echoes what arrives; 426 without `Upgrade`.
+fn upgrade(request: &mut Request<Incoming>) -> Response<TestBody> {
+    let Some(protocol) = request.headers().get("upgrade").cloned() else {
+        let mut response = Response::new(full("upgrade required"));
+        *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
+        return response;
+    };
+    let seen = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .cloned()
+            .unwrap_or(http::HeaderValue::from_static("-"))
+    };
+    let key = seen("sec-websocket-key");
+    let response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", protocol)
+        .header("x-seen-connection", seen("connection"))
+        .header("x-seen-upgrade", seen("upgrade"))
+        .header("x-seen-forwarded-for", seen("x-forwarded-for"))
+        .header(
+            "sec-websocket-accept",
+            format!("accept-{}", key.to_str().unwrap_or_default()),
+        )
+        .body(full(""))
+        .unwrap();
+    let switched = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        let Ok(upgraded) = switched.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        let (mut reader, mut writer) = tokio::io::split(&mut io);
+        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        let _ = writer.shutdown().await;
+    });
+    response
 }

@@ -27,3 +27,4 @@ mod postgres;
 mod proxying;
 mod ratelimit;
 mod shutdown;
+mod upgrades;
