@@ -291,11 +291,14 @@ async fn exchange<S: Service>(
             answer_error(&Error::Internal(format!("panic: {panic}")), &ctx, &span)
         }
     };
+    let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
         headers.insert("x-request-id", id);
     }
-    if state.health.is_draining() {
+    // A 101 keeps `Connection: upgrade` or the client cannot switch; its tunnel is closed
+    // when the drain begins, like the others.
+    if state.health.is_draining() && !switching {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Some(audit) = audit {

@@ -244,15 +244,27 @@ async fn silent_tunnels_are_closed_at_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_open_tunnels_and_exits_cleanly() {
     let backend = Backend::start().await;
-    let mut seawall = Seawall::start(&config(&backend, ""));
+    let config = config(&backend, "").replace("shutdown_delay_ms = 0", "shutdown_delay_ms = 800");
+    let mut seawall = Seawall::start(&config);
     let (mut stream, head) = handshake(&seawall, "/ws/upgrade").await;
     assert!(head.starts_with("http/1.1 101 "), "{head}");
     await_metric(&seawall, "seawall_upgraded_connections", 1.0).await;
 
     seawall.signal("TERM");
+    // While readiness is 503 and the listeners still accept, a handshake still switches
+    // (answers there carry `Connection: close`, which a 101 cannot).
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    while admin_get(&seawall, "/health/ready").await.status != 503 {
+        assert!(Instant::now() < deadline, "readiness never turned 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (mut late, head) = handshake(&seawall, "/ws/upgrade").await;
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert_header(&head, "connection: upgrade");
+    assert!(read_to_end(&mut late).await.is_empty());
     assert!(read_to_end(&mut stream).await.is_empty());
     let status = seawall.wait_exit(PROCESS_TIMEOUT);
     assert!(status.success(), "{status:?}\n{}", seawall.logs());
     let logs = seawall.logs();
-    assert!(logs.contains(r#""tunnels":1"#), "{logs}");
+    assert!(logs.contains(r#""tunnels":2"#), "{logs}");
 }
