@@ -20,6 +20,7 @@
 //!   ledger); `backup`: verified copies of the data directory.
 //! - `admin_*`: the admin API of each subsystem.
 //! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`: utilities.
+//!   `fd_limit`: the open-file limit raised at start to what the configuration can hold open.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -37,6 +38,7 @@ pub mod breakers;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fd_limit;
 pub mod features;
 pub mod flags;
 pub mod health;

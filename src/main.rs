@@ -10,7 +10,7 @@ use seawall::cli::{self, Command};
 use seawall::config::{Config, ProcessEnv};
 use seawall::server::{self, Listeners};
 use seawall::state::AppState;
-use seawall::{logging, shutdown};
+use seawall::{fd_limit, logging, shutdown};
 
 const EX_USAGE: u8 = 64;
 
@@ -124,6 +124,7 @@ fn run(config: Config) -> ExitCode {
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
+    fd_limit::raise(fd_limit::needed(&config)).log();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

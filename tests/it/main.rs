@@ -22,6 +22,7 @@ mod fly;
 mod gdpr;
 mod health_metrics;
 mod ofrep;
+mod open_files;
 mod openapi;
 mod postgres;
 mod proxying;

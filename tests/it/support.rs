@@ -56,7 +56,31 @@ impl Seawall {
     pub fn start_in(dir: Arc<TempDir>, config: &str, env: &[(&str, &str)]) -> Seawall {
         let config_path = dir.path().join("seawall.toml");
         std::fs::write(&config_path, config).unwrap();
-        let mut command = seawall_command(dir.path(), &config_path, env);
+        let command = seawall_command(dir.path(), &config_path, env);
+        Seawall::launch(command, dir)
+    }
+
+    /// Starts seawall with its open-file limits set to `soft` and `hard` (through the shell's
+    /// `ulimit`, which then `exec`s seawall, so the PID is seawall's).
+    pub fn start_with_open_file_limit(config: &str, soft: u64, hard: u64) -> Seawall {
+        let dir = Arc::new(TempDir::new().unwrap());
+        let config_path = dir.path().join("seawall.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let seawall = seawall_command(dir.path(), &config_path, &[]);
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" \"$@\""
+            ))
+            .arg(seawall.get_program())
+            .args(seawall.get_args())
+            .env_clear()
+            .envs(seawall.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        Seawall::launch(command, dir)
+    }
+
+    fn launch(mut command: Command, dir: Arc<TempDir>) -> Seawall {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("seawall binary starts");
         let logs = Arc::new(Mutex::new(Vec::new()));
