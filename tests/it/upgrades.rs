@@ -225,7 +225,7 @@ async fn upgrades_past_the_bound_are_refused_until_a_tunnel_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_tunnels_are_closed_at_the_idle_timeout() {
     let backend = Backend::start().await;
-    let seawall = Seawall::start(&config(&backend, "upgraded_idle_timeout_ms = 200"));
+    let seawall = Seawall::start(&config(&backend, "upgraded_idle_timeout_ms = 1000"));
     let (mut stream, head) = handshake(&seawall, "/ws/upgrade").await;
     assert!(head.starts_with("http/1.1 101 "), "{head}");
     stream.write_all(b"ping").await.unwrap();
@@ -244,7 +244,7 @@ async fn silent_tunnels_are_closed_at_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_closes_open_tunnels_and_exits_cleanly() {
     let backend = Backend::start().await;
-    let config = config(&backend, "").replace("shutdown_delay_ms = 0", "shutdown_delay_ms = 800");
+    let config = config(&backend, "").replace("shutdown_delay_ms = 0", "shutdown_delay_ms = 3000");
     let mut seawall = Seawall::start(&config);
     let (mut stream, head) = handshake(&seawall, "/ws/upgrade").await;
     assert!(head.starts_with("http/1.1 101 "), "{head}");
