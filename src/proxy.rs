@@ -98,8 +98,8 @@ pub async fn forward(
             // recorded) as soon as the head is written.
             Ok(response.map(|_| crate::body::empty()))
         }
-        // hyper answers a 101 it cannot switch by closing the connection; this never reaches
-        // the client as a 101 without a tunnel behind it.
+        // A 101 that answers no allowed upgrade cannot be passed on: the client would switch
+        // protocols with nothing joined behind it.
         _ if switched => Err(Error::UpstreamUnavailable {
             upstream: upstream.config.name.clone(),
             detail: "answered 101 Switching Protocols to a request that did not ask to switch"
@@ -112,7 +112,8 @@ pub async fn forward(
 /// The protocols of a request's `Upgrade` that `allowed` names, if it asks to switch
 /// (`Connection: upgrade` and an `Upgrade` header) to at least one of them.
 fn requested_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
-    if allowed.is_empty() || !connection_has(headers, "upgrade") {
+    if allowed.is_empty() || !connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
         return None;
     }
     let wanted: Vec<&str> = headers
@@ -133,13 +134,14 @@ fn requested_upgrade(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderVa
     HeaderValue::from_str(&wanted.join(", ")).ok()
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// The comma-separated tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
 }
 
 /// `Connection: upgrade` and `Upgrade`, put back after the hop-by-hop headers went.
@@ -205,12 +207,8 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 /// Removes hop-by-hop headers, including any that `Connection` names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
