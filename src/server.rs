@@ -42,6 +42,9 @@ use crate::request_stats::Listener;
 use crate::router::ProxyService;
 use crate::state::{AppState, StartError};
 
+/// The most a connection's read buffer holds, unless `server.max_header_bytes` is larger.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// What a listener serves. `classify` runs first and cheaply, so the route label for metrics
 /// is known even when `call` times out or fails.
 pub trait Service: Send + Sync + 'static {
@@ -190,10 +193,15 @@ async fn accept_loop<S: Service>(
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
     let header_read_timeout = service.state().config.server.header_read_timeout;
+    let max_header_bytes = service.state().config.server.max_header_bytes;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
+        .max_header_size(max_header_bytes)
+        // hyper's default read buffer (up to about 400 KiB per connection) times the connection
+        // cap would let clients pin gigabytes; bodies stream fine through 64 KiB.
+        .max_buf_size(max_header_bytes.max(READ_BUFFER))
         .keep_alive(true);
     loop {
         // Waiting for a slot before accepting leaves excess connections in the kernel's

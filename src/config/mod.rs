@@ -67,6 +67,9 @@ pub struct ServerConfig {
     pub admin_max_body_bytes: u64,
     #[serde(serialize_with = "millis")]
     pub header_read_timeout: Duration,
+    /// Bound on a request's head (request line and headers); a larger head is answered 431
+    /// by hyper. Each connection's read buffer holds at most this or 64 KiB, the larger.
+    pub max_header_bytes: usize,
     /// Bound on the time from a request's arrival to its response head.
     #[serde(serialize_with = "millis")]
     pub request_timeout: Duration,

@@ -47,6 +47,7 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     pub admin_max_body_bytes: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
+    pub max_header_bytes: Option<u64>,
     pub request_timeout_ms: Option<u64>,
     pub shutdown_delay_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,

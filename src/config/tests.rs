@@ -178,6 +178,14 @@ fn upgrades_are_protocol_names_on_http_upstream_routes() {
 }
 
 #[test]
+fn request_heads_are_bounded_from_hyper_minimum_up() {
+    assert_eq!(load("", &[]).unwrap().server.max_header_bytes, 32 * 1024);
+    let e = error("[server]\nmax_header_bytes = 4096\n", &[]);
+    assert_eq!(e.key, "server.max_header_bytes");
+    assert!(e.message.contains("8192"), "{}", e.message);
+}
+
+#[test]
 fn secrets_are_masked_in_the_effective_config() {
     let config = load("", &[("SEAWALL_ADMIN_TOKEN", "a-very-secret-admin-token")]).unwrap();
     let shown = config.to_masked_json();
@@ -382,6 +390,7 @@ mod fuzz {
         "max_body_bytes",
         "upgrades",
         "max_upgraded_connections",
+        "max_header_bytes",
         "unknown_key",
     ];
 

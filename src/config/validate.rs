@@ -203,6 +203,14 @@ impl Validator<'_> {
                 100,
                 600_000,
             )?,
+            // hyper's smallest read buffer is 8 KiB.
+            max_header_bytes: self.range(
+                "server.max_header_bytes",
+                s.max_header_bytes,
+                32 * 1024,
+                8 * 1024,
+                MIB,
+            )? as usize,
             request_timeout: self.millis(
                 "server.request_timeout_ms",
                 s.request_timeout_ms,

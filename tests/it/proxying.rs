@@ -147,6 +147,43 @@ async fn routes_reject_unknown_paths_and_methods_with_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_past_max_header_bytes_are_refused_with_431() {
+    let backend = Backend::start().await;
+    // The default bound is 32 KiB.
+    let seawall = Seawall::start(&config(&backend));
+    let within = "v".repeat(24 * 1024);
+    let reply = send(
+        Method::GET,
+        &seawall.proxy_url("/ro/headers"),
+        &[("x-large", &within)],
+        full(""),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["headers"]["x-large"], within.as_str());
+    let past = "v".repeat(40 * 1024);
+    let reply = send(
+        Method::GET,
+        &seawall.proxy_url("/ro/headers"),
+        &[("x-large", &past)],
+        full(""),
+    )
+    .await;
+    assert_eq!(reply.status, 431, "{}", reply.text());
+    // The same head passes where the bound is raised.
+    let raised = format!("[server]\nmax_header_bytes = 65536\n{}", config(&backend));
+    let seawall = Seawall::start(&raised);
+    let reply = send(
+        Method::GET,
+        &seawall.proxy_url("/ro/headers"),
+        &[("x-large", &past)],
+        full(""),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_become_json_502_and_504() {
     let backend = Backend::start().await;
     let seawall = Seawall::start(&config(&backend));
