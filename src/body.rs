@@ -3,10 +3,13 @@
 //! Proxied bodies stream through as boxed `hyper::body::Incoming`; answers seawall makes (JSON,
 //! metrics text) are small and complete. [`Guarded`] keeps a value alive until a streamed body is
 //! finished or dropped, which is how a connection slot stays taken while a proxied response is
-//! still flowing to the client.
+//! still flowing to the client; [`IdleTimeout`] fails a streamed body whose next piece does
+//! not come in time.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -14,6 +17,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde::Serialize;
+use tokio::time::Sleep;
 
 /// Errors inside bodies cross crate boundaries (hyper, the upstream client), so they are boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -153,5 +157,131 @@ fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_string(),
         None => message.to_string(),
+    }
+}
+
+/// A streamed body that fails when its next piece takes longer than `timeout` to come: an
+/// upstream that sent its head and then stalls must not hold the client and the upstream
+/// slot for ever. The timer starts only when a poll finds nothing ready.
+pub struct IdleTimeout<B> {
+    inner: B,
+    timeout: Duration,
+    waiting: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> IdleTimeout<B> {
+    pub fn new(inner: B, timeout: Duration) -> IdleTimeout<B> {
+        IdleTimeout {
+            inner,
+            timeout,
+            waiting: None,
+        }
+    }
+}
+
+/// The error of a body that stalled.
+#[derive(Debug, thiserror::Error)]
+#[error("no part of the body came for {0:?}")]
+pub struct BodyStalled(pub Duration);
+
+impl<B> HttpBody for IdleTimeout<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            self.waiting = None;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let timeout = self.timeout;
+        let waiting = self
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        ready!(waiting.as_mut().poll(cx));
+        Poll::Ready(Some(Err(BodyStalled(timeout).into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Gives its pieces, each once its delay has passed, then ends; `None` never comes.
+    struct Paced {
+        pieces: Vec<(Duration, Option<&'static str>)>,
+        delay: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl HttpBody for Paced {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            let Some((after, piece)) = self.pieces.first().copied() else {
+                return Poll::Ready(None);
+            };
+            let delay = self
+                .delay
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+            ready!(delay.as_mut().poll(cx));
+            self.delay = None;
+            match piece {
+                Some(piece) => {
+                    self.pieces.remove(0);
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(piece.as_bytes())))))
+                }
+                // Stalls for good.
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    fn paced(pieces: &[(u64, Option<&'static str>)]) -> IdleTimeout<Paced> {
+        let pieces = pieces
+            .iter()
+            .map(|(secs, piece)| (Duration::from_secs(*secs), *piece))
+            .collect();
+        IdleTimeout::new(
+            Paced {
+                pieces,
+                delay: None,
+            },
+            Duration::from_secs(60),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_whose_pieces_keep_coming_is_passed_whole() {
+        // Three minutes in all, never a minute between two pieces.
+        let body = paced(&[(59, Some("a")), (59, Some("b")), (59, Some("c"))]);
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "abc");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_fails_after_the_timeout() {
+        let started = tokio::time::Instant::now();
+        let body = paced(&[(1, Some("a")), (1, None)]);
+        let error = body.collect().await.unwrap_err();
+        assert!(error.is::<BodyStalled>(), "{error}");
+        assert_eq!(started.elapsed(), Duration::from_secs(61));
     }
 }

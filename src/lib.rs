@@ -6,7 +6,8 @@
 //! - `cli`, `config`: command line, then file + environment into a validated [`config::Config`].
 //! - `state`: the config turned into running state ([`state::AppState`]): store, pools, routes.
 //! - `server`: listeners, connection limits, the per-request frame, graceful shutdown;
-//!   `shutdown` is the signal that starts it.
+//!   `shutdown` is the signal that starts it; `send_timeout` closes connections whose client
+//!   stopped reading.
 //! - `router` (proxy listener) and `admin` (admin listener): what each request means.
 //! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams.
 //!   `tunnel`: WebSockets and other upgraded connections, joined byte for byte.
@@ -54,6 +55,7 @@ pub mod request_context;
 pub mod request_stats;
 pub mod route;
 pub mod router;
+pub mod send_timeout;
 pub mod server;
 pub mod shutdown;
 pub mod sql_route;

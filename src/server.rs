@@ -40,6 +40,7 @@ use crate::error::Error;
 use crate::request_context::RequestContext;
 use crate::request_stats::Listener;
 use crate::router::ProxyService;
+use crate::send_timeout::SendTimeout;
 use crate::state::{AppState, StartError};
 
 /// The most a connection's read buffer holds, unless `server.max_header_bytes` is larger.
@@ -194,6 +195,7 @@ async fn accept_loop<S: Service>(
     let slots = Arc::new(Semaphore::new(max_connections));
     let header_read_timeout = service.state().config.server.header_read_timeout;
     let max_header_bytes = service.state().config.server.max_header_bytes;
+    let send_timeout = service.state().config.server.send_timeout;
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -228,6 +230,7 @@ async fn accept_loop<S: Service>(
             let service = service.clone();
             async move { Ok::<_, Infallible>(exchange(&*service, request, peer).await) }
         });
+        let stream = SendTimeout::new(stream, send_timeout);
         let connection = builder
             .serve_connection(TokioIo::new(stream), handler)
             .with_upgrades();

@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{self, Body, Guarded};
+use crate::body::{self, Body, Guarded, IdleTimeout};
 use crate::breaker::{Breaker, Outcome, Rejected, State};
 use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::health::{Probe, ProbeFuture, Reading, Status};
@@ -188,7 +188,8 @@ impl Upstream {
             .await
             .map_err(|_| UpstreamError::Timeout(self.config.timeout))?
             .map_err(classify)?;
-        Ok(response.map(|body| Guarded::new(body, slot).map_err(Into::into).boxed()))
+        let body_timeout = self.config.body_timeout;
+        Ok(response.map(|body| Guarded::new(IdleTimeout::new(body, body_timeout), slot).boxed()))
     }
 
     async fn slot(

@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// Bound on a request's head (request line and headers); a larger head is answered 431
     /// by hyper. Each connection's read buffer holds at most this or 64 KiB, the larger.
     pub max_header_bytes: usize,
+    /// A write to a client that makes no progress for this long closes the connection, so a
+    /// client that stops reading cannot hold an upstream slot.
+    #[serde(serialize_with = "millis")]
+    pub send_timeout: Duration,
     /// Bound on the time from a request's arrival to its response head.
     #[serde(serialize_with = "millis")]
     pub request_timeout: Duration,
@@ -142,6 +146,9 @@ pub struct UpstreamConfig {
     /// Bound on the upstream's time to answer with a response head.
     #[serde(serialize_with = "millis")]
     pub timeout: Duration,
+    /// Bound on the wait for each next piece of the upstream's response body.
+    #[serde(serialize_with = "millis")]
+    pub body_timeout: Duration,
     /// With enhanced pooling: requests that may wait for a slot; more are refused at once.
     pub max_queue: usize,
     /// With enhanced pooling: the longest wait for a slot.

@@ -178,6 +178,20 @@ fn upgrades_are_protocol_names_on_http_upstream_routes() {
 }
 
 #[test]
+fn stalled_transfers_have_bounds() {
+    let config = load(ROUTED, &[]).unwrap();
+    assert_eq!(config.server.send_timeout, Duration::from_secs(60));
+    assert_eq!(config.upstreams[0].body_timeout, Duration::from_secs(60));
+    let e = error("[server]\nsend_timeout_ms = 0\n", &[]);
+    assert_eq!(e.key, "server.send_timeout_ms");
+    let e = error(
+        "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\nbody_timeout_ms = 10\n",
+        &[],
+    );
+    assert_eq!(e.key, "upstreams.app.body_timeout_ms");
+}
+
+#[test]
 fn request_heads_are_bounded_from_hyper_minimum_up() {
     assert_eq!(load("", &[]).unwrap().server.max_header_bytes, 32 * 1024);
     let e = error("[server]\nmax_header_bytes = 4096\n", &[]);
@@ -391,6 +405,8 @@ mod fuzz {
         "upgrades",
         "max_upgraded_connections",
         "max_header_bytes",
+        "send_timeout_ms",
+        "body_timeout_ms",
         "unknown_key",
     ];
 

@@ -211,6 +211,13 @@ impl Validator<'_> {
                 8 * 1024,
                 MIB,
             )? as usize,
+            send_timeout: self.millis(
+                "server.send_timeout_ms",
+                s.send_timeout_ms,
+                60_000,
+                100,
+                3_600_000,
+            )?,
             request_timeout: self.millis(
                 "server.request_timeout_ms",
                 s.request_timeout_ms,
@@ -307,6 +314,13 @@ impl Validator<'_> {
                 600_000,
             )?,
             timeout,
+            body_timeout: self.millis(
+                &key("body_timeout_ms"),
+                raw.body_timeout_ms,
+                60_000,
+                100,
+                3_600_000,
+            )?,
             max_queue: self.range(
                 &key("max_queue"),
                 raw.max_queue,

@@ -9,6 +9,7 @@
 //! | `/hang` | never answers |
 //! | `/hold` | 200 once the test calls [`Backend::release`] (at most a minute); announces the start on `slow_started` |
 //! | `/status/{code}` | an empty answer with that status |
+//! | `/stall` | a 200 whose body sends `first` and then nothing, never ending |
 //! | `/upgrade` | with `Upgrade`: 101 to that protocol, with what it saw in `x-seen-*` headers and `sec-websocket-accept: accept-{key}`, then echoes bytes until end of stream; without: 426 |
 
 use std::convert::Infallible;
@@ -67,6 +68,27 @@ impl Body for Generated {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// A body that gives one piece and then never another, nor its end.
+struct Stalled {
+    sent: bool,
+}
+
+impl Body for Stalled {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.sent {
+            return Poll::Pending;
+        }
+        self.sent = true;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"first")))))
     }
 }
 
@@ -179,6 +201,7 @@ async fn handle(
             Response::new(full(""))
         }
         ["upgrade"] => upgrade(&mut request),
+        ["stall"] => Response::new(Stalled { sent: false }.boxed()),
         ["status", code] => {
             let mut response = Response::new(full(""));
             *response.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();

@@ -28,4 +28,5 @@ mod postgres;
 mod proxying;
 mod ratelimit;
 mod shutdown;
+mod stalls;
 mod upgrades;
