@@ -6,7 +6,6 @@
 //! still flowing to the client; [`IdleTimeout`] fails a streamed body whose next piece does
 //! not come in time.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -17,7 +16,8 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use serde::Serialize;
-use tokio::time::Sleep;
+
+use crate::stall::StallTimer;
 
 /// Errors inside bodies cross crate boundaries (hyper, the upstream client), so they are boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -162,19 +162,17 @@ fn strip_position(message: &str) -> String {
 
 /// A streamed body that fails when its next piece takes longer than `timeout` to come: an
 /// upstream that sent its head and then stalls must not hold the client and the upstream
-/// slot for ever. The timer starts only when a poll finds nothing ready.
+/// slot for ever.
 pub struct IdleTimeout<B> {
     inner: B,
-    timeout: Duration,
-    waiting: Option<Pin<Box<Sleep>>>,
+    stall: StallTimer,
 }
 
 impl<B> IdleTimeout<B> {
     pub fn new(inner: B, timeout: Duration) -> IdleTimeout<B> {
         IdleTimeout {
             inner,
-            timeout,
-            waiting: None,
+            stall: StallTimer::new(timeout),
         }
     }
 }
@@ -197,15 +195,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            self.waiting = None;
+            self.stall.progressed();
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        let timeout = self.timeout;
-        let waiting = self
-            .waiting
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        ready!(waiting.as_mut().poll(cx));
-        Poll::Ready(Some(Err(BodyStalled(timeout).into())))
+        ready!(self.stall.poll_expired(cx));
+        Poll::Ready(Some(Err(BodyStalled(self.stall.timeout()).into())))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -219,6 +213,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
+    use tokio::time::Sleep;
+
     use super::*;
 
     /// Gives its pieces, each once its delay has passed, then ends; `None` never comes.

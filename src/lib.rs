@@ -7,7 +7,7 @@
 //! - `state`: the config turned into running state ([`state::AppState`]): store, pools, routes.
 //! - `server`: listeners, connection limits, the per-request frame, graceful shutdown;
 //!   `shutdown` is the signal that starts it; `send_timeout` closes connections whose client
-//!   stopped reading.
+//!   stopped reading (`stall`: the progress deadline it shares with upstream bodies).
 //! - `router` (proxy listener) and `admin` (admin listener): what each request means.
 //! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams.
 //!   `tunnel`: WebSockets and other upgraded connections, joined byte for byte.
@@ -59,6 +59,7 @@ pub mod send_timeout;
 pub mod server;
 pub mod shutdown;
 pub mod sql_route;
+pub mod stall;
 pub mod state;
 pub mod store;
 pub mod time;

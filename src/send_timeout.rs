@@ -7,52 +7,45 @@
 //! `server.send_timeout_ms` (nginx's `send_timeout`); hyper then closes the connection and the
 //! response body, with the upstream slot it holds, is dropped. Reading is left alone: idle
 //! keep-alive connections and request heads have hyper's own timeouts, and request bodies the
-//! request timeout. The timer is only created once a write has to wait.
+//! request timeout.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+
+use crate::stall::StallTimer;
 
 /// A socket whose writes fail after `timeout` without progress.
 pub struct SendTimeout<S> {
     inner: S,
-    timeout: Duration,
-    /// Armed while a write is waiting; cleared by any progress.
-    stalled: Option<Pin<Box<Sleep>>>,
+    stall: StallTimer,
 }
 
 impl<S> SendTimeout<S> {
     pub fn new(inner: S, timeout: Duration) -> SendTimeout<S> {
         SendTimeout {
             inner,
-            timeout,
-            stalled: None,
+            stall: StallTimer::new(timeout),
         }
     }
 
-    /// Passes on a finished write (and forgets any stall), or checks how long it has waited.
+    /// Passes on a finished write, or fails one that has waited too long.
     fn watch<T>(
         &mut self,
         cx: &mut Context<'_>,
         polled: Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
         if polled.is_ready() {
-            self.stalled = None;
+            self.stall.progressed();
             return polled;
         }
-        let timeout = self.timeout;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        ready!(stalled.as_mut().poll(cx));
+        ready!(self.stall.poll_expired(cx));
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
-            format!("the client read nothing for {timeout:?}"),
+            format!("the client read nothing for {:?}", self.stall.timeout()),
         )))
     }
 }

@@ -7,7 +7,7 @@ use http::{Method, Request};
 use http_body_util::BodyExt;
 
 use crate::backend::{Backend, Generated};
-use crate::support::{Seawall, assert_error, client, full, get, send};
+use crate::support::{Reply, Seawall, assert_error, client, full, get, send};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -148,38 +148,23 @@ async fn routes_reject_unknown_paths_and_methods_with_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_heads_past_max_header_bytes_are_refused_with_431() {
+    async fn with_header(seawall: &Seawall, value: &str) -> Reply {
+        let url = seawall.proxy_url("/ro/headers");
+        send(Method::GET, &url, &[("x-large", value)], full("")).await
+    }
     let backend = Backend::start().await;
     // The default bound is 32 KiB.
     let seawall = Seawall::start(&config(&backend));
     let within = "v".repeat(24 * 1024);
-    let reply = send(
-        Method::GET,
-        &seawall.proxy_url("/ro/headers"),
-        &[("x-large", &within)],
-        full(""),
-    )
-    .await;
+    let reply = with_header(&seawall, &within).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.json()["headers"]["x-large"], within.as_str());
     let past = "v".repeat(40 * 1024);
-    let reply = send(
-        Method::GET,
-        &seawall.proxy_url("/ro/headers"),
-        &[("x-large", &past)],
-        full(""),
-    )
-    .await;
+    let reply = with_header(&seawall, &past).await;
     assert_eq!(reply.status, 431, "{}", reply.text());
     // The same head passes where the bound is raised.
     let raised = format!("[server]\nmax_header_bytes = 65536\n{}", config(&backend));
-    let seawall = Seawall::start(&raised);
-    let reply = send(
-        Method::GET,
-        &seawall.proxy_url("/ro/headers"),
-        &[("x-large", &past)],
-        full(""),
-    )
-    .await;
+    let reply = with_header(&Seawall::start(&raised), &past).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
