@@ -78,6 +78,8 @@ pub struct RequestStats {
     durations: Family<RouteKey, Histogram>,
     in_flight_proxy: Gauge,
     in_flight_admin: Gauge,
+    /// Connections closed because the client read nothing for `server.send_timeout_ms`.
+    send_timeouts: Arc<Counter>,
     /// Microsecond latencies per (listener, route); a std mutex because recording is a few
     /// nanoseconds and never awaits.
     latency: Mutex<BTreeMap<SeriesKey, Hdr<u64>>>,
@@ -90,6 +92,7 @@ impl Default for RequestStats {
             durations: Family::new(|| Histogram::new(LATENCY_BUCKETS)),
             in_flight_proxy: Gauge::default(),
             in_flight_admin: Gauge::default(),
+            send_timeouts: Arc::default(),
             latency: Mutex::new(BTreeMap::new()),
         }
     }
@@ -162,7 +165,18 @@ impl RequestStats {
         self.in_flight_proxy.get()
     }
 
+    /// The counter a connection's `SendTimeout` increments when it gives up.
+    pub fn send_timeouts(&self) -> Arc<Counter> {
+        self.send_timeouts.clone()
+    }
+
     pub fn render(&self, out: &mut Exposition) {
+        out.single(
+            "seawall_http_send_timeouts_total",
+            "counter",
+            "Connections closed because the client read nothing of its response for server.send_timeout_ms.",
+            self.send_timeouts.get() as f64,
+        );
         out.counter_family(
             "seawall_http_requests_total",
             "HTTP requests answered, by listener, route, method and status code.",

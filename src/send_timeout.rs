@@ -11,24 +11,28 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::metrics::Counter;
 use crate::stall::StallTimer;
 
-/// A socket whose writes fail after `timeout` without progress.
+/// A socket whose writes fail after `timeout` without progress, counted in `timeouts`.
 pub struct SendTimeout<S> {
     inner: S,
     stall: StallTimer,
+    timeouts: Arc<Counter>,
 }
 
 impl<S> SendTimeout<S> {
-    pub fn new(inner: S, timeout: Duration) -> SendTimeout<S> {
+    pub fn new(inner: S, timeout: Duration, timeouts: Arc<Counter>) -> SendTimeout<S> {
         SendTimeout {
             inner,
             stall: StallTimer::new(timeout),
+            timeouts,
         }
     }
 
@@ -43,6 +47,7 @@ impl<S> SendTimeout<S> {
             return polled;
         }
         ready!(self.stall.poll_expired(cx));
+        self.timeouts.inc();
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("the client read nothing for {:?}", self.stall.timeout()),
@@ -102,17 +107,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_the_peer_does_not_read_fails_after_the_timeout() {
         let (socket, _peer) = duplex(16);
-        let mut socket = SendTimeout::new(socket, Duration::from_secs(60));
+        let timeouts = Arc::new(Counter::default());
+        let mut socket = SendTimeout::new(socket, Duration::from_secs(60), timeouts.clone());
         let started = tokio::time::Instant::now();
         let error = socket.write_all(&[0; 64]).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(60));
+        assert_eq!(timeouts.get(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_that_keeps_reading_is_served() {
         let (socket, mut peer) = duplex(16);
-        let mut socket = SendTimeout::new(socket, Duration::from_secs(60));
+        let timeouts = Arc::new(Counter::default());
+        let mut socket = SendTimeout::new(socket, Duration::from_secs(60), timeouts.clone());
         let reader = tokio::spawn(async move {
             let mut received = Vec::new();
             let mut chunk = [0; 16];
@@ -130,5 +138,6 @@ mod tests {
         socket.shutdown().await.unwrap();
         drop(socket);
         assert_eq!(reader.await.unwrap(), vec![7; 64]);
+        assert_eq!(timeouts.get(), 0);
     }
 }

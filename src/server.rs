@@ -196,6 +196,7 @@ async fn accept_loop<S: Service>(
     let header_read_timeout = service.state().config.server.header_read_timeout;
     let max_header_bytes = service.state().config.server.max_header_bytes;
     let send_timeout = service.state().config.server.send_timeout;
+    let send_timeouts = service.state().stats.send_timeouts();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -230,7 +231,7 @@ async fn accept_loop<S: Service>(
             let service = service.clone();
             async move { Ok::<_, Infallible>(exchange(&*service, request, peer).await) }
         });
-        let stream = SendTimeout::new(stream, send_timeout);
+        let stream = SendTimeout::new(stream, send_timeout, send_timeouts.clone());
         let connection = builder
             .serve_connection(TokioIo::new(stream), handler)
             .with_upgrades();

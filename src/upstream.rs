@@ -22,7 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{self, Body, Guarded, IdleTimeout};
+use crate::body::{self, Body, BodyStalled, Guarded, IdleTimeout};
 use crate::breaker::{Breaker, Outcome, Rejected, State};
 use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::health::{Probe, ProbeFuture, Reading, Status};
@@ -85,7 +85,8 @@ pub struct Upstream {
     /// Caps requests in flight, so one slow upstream cannot take every socket and task.
     slots: Arc<Semaphore>,
     waiters: AtomicUsize,
-    metrics: PoolMetrics,
+    /// Shared with response bodies, which count their own stalls.
+    metrics: Arc<PoolMetrics>,
 }
 
 #[derive(Default)]
@@ -96,12 +97,13 @@ struct PoolMetrics {
     acquire: Option<Histogram>,
 }
 
-const ERROR_KINDS: [&str; 6] = [
+const ERROR_KINDS: [&str; 7] = [
     "queue_full",
     "slot_timeout",
     "connect",
     "timeout",
     "body_too_large",
+    "body_timeout",
     "failed",
 ];
 
@@ -115,14 +117,14 @@ impl Upstream {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(config.max_connections)
             .build(connector);
-        let metrics = PoolMetrics {
+        let metrics = Arc::new(PoolMetrics {
             requests: Counter::default(),
             errors: ERROR_KINDS
                 .iter()
                 .map(|k| (*k, Counter::default()))
                 .collect(),
             acquire: Some(Histogram::new(LATENCY_BUCKETS)),
-        };
+        });
         Upstream {
             name: Arc::from(config.name.as_str()),
             slots: Arc::new(Semaphore::new(config.max_connections)),
@@ -189,7 +191,17 @@ impl Upstream {
             .map_err(|_| UpstreamError::Timeout(self.config.timeout))?
             .map_err(classify)?;
         let body_timeout = self.config.body_timeout;
-        Ok(response.map(|body| Guarded::new(IdleTimeout::new(body, body_timeout), slot).boxed()))
+        let metrics = self.metrics.clone();
+        Ok(response.map(|body| {
+            Guarded::new(IdleTimeout::new(body, body_timeout), slot)
+                .map_err(move |e| {
+                    if e.is::<BodyStalled>() {
+                        metrics.errors["body_timeout"].inc();
+                    }
+                    e
+                })
+                .boxed()
+        }))
     }
 
     async fn slot(

@@ -70,6 +70,8 @@ async fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream_slot() {
     }
     // Nothing more is read from `stream`; seawall's writes stall and it gives up.
     await_slots_free(&seawall).await;
+    let text = admin_get(&seawall, "/metrics").await.text();
+    assert_eq!(metric(&text, "seawall_http_send_timeouts_total"), Some(1.0));
     drop(stream);
 }
 
@@ -93,4 +95,7 @@ async fn an_upstream_that_stops_sending_its_body_is_cut_off_and_frees_its_slot()
         "a stalled body is cut off, not passed as complete"
     );
     await_slots_free(&seawall).await;
+    let text = admin_get(&seawall, "/metrics").await.text();
+    let stalls = "seawall_pool_errors_total{pool=\"app\",kind=\"body_timeout\"}";
+    assert_eq!(metric(&text, stalls), Some(1.0), "{text}");
 }
