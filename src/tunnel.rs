@@ -33,8 +33,8 @@ pub struct Tunnels {
     closing: watch::Sender<bool>,
     opened: Counter,
     refused: Counter,
-    /// By how they ended: [`End::ALL`] order.
-    ended: [Counter; 4],
+    /// By how they ended, indexed by [`End`].
+    ended: [Counter; End::ALL.len()],
 }
 
 /// A reserved place for one tunnel, taken before the upstream is asked to switch.
@@ -56,6 +56,7 @@ pub enum End {
 }
 
 impl End {
+    /// In discriminant order, so `end as usize` indexes per-end arrays.
     const ALL: [End; 4] = [End::Closed, End::Idle, End::Shutdown, End::Error];
 
     fn as_str(self) -> &'static str {
@@ -118,7 +119,7 @@ impl Tunnels {
                 }
             };
             tracing::debug!(end = end.as_str(), "tunnel ended");
-            tunnels.ended[End::ALL.iter().position(|e| *e == end).expect("listed")].inc();
+            tunnels.ended[end as usize].inc();
             drop(slot);
         });
     }

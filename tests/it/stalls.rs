@@ -1,15 +1,13 @@
 //! Stalled transfers end: a client that stops reading its response, and an upstream that stops
 //! sending its body, each release the upstream slot they held.
 
-use std::time::{Duration, Instant};
-
 use http::Method;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::backend::Backend;
-use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, client, full, metric};
+use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, await_metric, client, full, metric};
 
 fn config(backend: &Backend) -> String {
     format!(
@@ -33,26 +31,6 @@ strip_prefix = "/app"
 
 const IN_FLIGHT: &str = "seawall_pool_in_flight{pool=\"app\"}";
 
-/// Polls `/metrics` until the upstream has no request in flight.
-async fn await_slots_free(seawall: &Seawall) {
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    loop {
-        let text = admin_get(seawall, "/metrics").await.text();
-        if metric(&text, IN_FLIGHT) == Some(0.0) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the upstream slot was never freed:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn in_flight(seawall: &Seawall) -> Option<f64> {
-    metric(&admin_get(seawall, "/metrics").await.text(), IN_FLIGHT)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream_slot() {
     let backend = Backend::start().await;
@@ -63,13 +41,9 @@ async fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream_slot() {
         .write_all(b"GET /app/bytes/200000000 HTTP/1.1\r\nHost: app.example\r\n\r\n")
         .await
         .unwrap();
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    while in_flight(&seawall).await != Some(1.0) {
-        assert!(Instant::now() < deadline, "the download never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    await_metric(&seawall, IN_FLIGHT, 1.0).await;
     // Nothing more is read from `stream`; seawall's writes stall and it gives up.
-    await_slots_free(&seawall).await;
+    await_metric(&seawall, IN_FLIGHT, 0.0).await;
     let text = admin_get(&seawall, "/metrics").await.text();
     assert_eq!(metric(&text, "seawall_http_send_timeouts_total"), Some(1.0));
     drop(stream);
@@ -94,7 +68,7 @@ async fn an_upstream_that_stops_sending_its_body_is_cut_off_and_frees_its_slot()
         read.is_err(),
         "a stalled body is cut off, not passed as complete"
     );
-    await_slots_free(&seawall).await;
+    await_metric(&seawall, IN_FLIGHT, 0.0).await;
     let text = admin_get(&seawall, "/metrics").await.text();
     let stalls = "seawall_pool_errors_total{pool=\"app\",kind=\"body_timeout\"}";
     assert_eq!(metric(&text, stalls), Some(1.0), "{text}");

@@ -431,6 +431,19 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Polls `/metrics` until `series` has `value`.
+pub async fn await_metric(seawall: &Seawall, series: &str, value: f64) {
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    loop {
+        let text = admin_get(seawall, "/metrics").await.text();
+        if metric(&text, series) == Some(value) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} never {value}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A PostgreSQL cluster of this test's own, on a free port, that the test may stop and start.
 /// PostgreSQL refuses to run as root, so its commands run as `SEAWALL_TEST_PG_USER`.
 pub struct Pg {

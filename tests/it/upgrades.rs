@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::audit::await_events;
 use crate::backend::Backend;
-use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, metric};
+use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, await_metric, metric};
 
 fn config(backend: &Backend, server: &str) -> String {
     format!(
@@ -84,19 +84,6 @@ async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
         .expect("the tunnel closes")
         .unwrap();
     rest
-}
-
-/// Polls `/metrics` until `series` has `value`.
-async fn await_metric(seawall: &Seawall, series: &str, value: f64) {
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    loop {
-        let text = admin_get(seawall, "/metrics").await.text();
-        if metric(&text, series) == Some(value) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} never {value}:\n{text}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
