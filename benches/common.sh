@@ -49,3 +49,22 @@ start_default_seawall() {
   track
   wait_http "http://127.0.0.1:$proxy/health/ready"
 }
+
+# `start_configured_seawall NAME <<TOML`: starts the release seawall with the sections read from
+# stdin after its own `[server]` (free loopback ports) and `[store]` (`$work/NAME-data`), logging
+# to `$work/NAME.log`, and waits until it is ready. Sets `proxy`, `admin` and `seawall_pid`.
+# Variables set on the call (`FF_X=true start_configured_seawall ...`) reach seawall.
+start_configured_seawall() {
+  local name=$1
+  proxy=$(free_port)
+  admin=$(free_port)
+  {
+    printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n\n' "$proxy" "$admin"
+    printf '[store]\ndata_dir = "%s"\n\n' "$work/$name-data"
+    cat
+  } >"$work/$name.toml"
+  RUST_LOG=warn target/release/seawall --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+  seawall_pid=$!
+  track
+  wait_http "http://127.0.0.1:$admin/health/ready"
+}

@@ -68,17 +68,7 @@ wait_http "http://127.0.0.1:$nginx_port/"
 # --- two seawalls: features off, and all four on ---------------------------------------
 start_seawall() {
   local name=$1 features=$2
-  local proxy_port admin_port
-  proxy_port=$(free_port)
-  admin_port=$(free_port)
-  cat > "$work/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$proxy_port"
-admin_listen = "127.0.0.1:$admin_port"
-
-[store]
-data_dir = "$work/$name-data"
-
+  FF_LOAD_GATE=true start_configured_seawall "$name" <<TOML
 [features]
 $features
 
@@ -114,22 +104,15 @@ strip_prefix = "/strict"
 flag = "load-gate"
 audit = { level = "metadata", durability = "blocking-strict" }
 TOML
-  FF_LOAD_GATE=true RUST_LOG=warn target/release/seawall --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
-  started_pid=$!
-  track
-  wait_http "http://127.0.0.1:$proxy_port/health/ready"
-  started_ports="$proxy_port $admin_port"
 }
 # Called in this shell (not a subshell), so the cleanup trap knows every PID.
 start_seawall plain ""
-plain_pid=$started_pid
-read -r plain_port plain_admin <<<"$started_ports"
+plain_pid=$seawall_pid plain_port=$proxy plain_admin=$admin
 start_seawall all "circuit_breaker = true
 enhanced_pooling = true
 prioritized_rate_limit = true
 audit_trail = true"
-all_pid=$started_pid
-read -r all_port all_admin <<<"$started_ports"
+all_pid=$seawall_pid all_port=$proxy all_admin=$admin
 
 declare -A url=(
   [direct]="http://127.0.0.1:$upstream_port/"

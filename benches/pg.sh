@@ -29,16 +29,7 @@ as_pg "$pg_bin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
 "$pg_bin/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres bench
 "$pg_bin/pgbench" -h 127.0.0.1 -p "$pg_port" -U postgres -i -s 1 -q bench >/dev/null 2>&1
 
-proxy=$(free_port)
-admin=$(free_port)
-cat > "$work/seawall.toml" <<TOML
-[server]
-listen = "127.0.0.1:$proxy"
-admin_listen = "127.0.0.1:$admin"
-
-[store]
-data_dir = "$work/data"
-
+start_configured_seawall seawall <<TOML
 [postgres]
 url = "postgres://postgres@127.0.0.1:$pg_port/bench"
 pool_max = $connections
@@ -51,8 +42,6 @@ methods = ["GET"]
 postgres = "SELECT abalance FROM pgbench_accounts WHERE aid = \$1::int"
 params = ["aid"]
 TOML
-RUST_LOG=warn target/release/seawall --config "$work/seawall.toml" >"$work/seawall.log" 2>&1 &
-track
 wait_http "http://127.0.0.1:$proxy/accounts/1"
 
 cat > "$work/lookup.lua" <<'LUA'

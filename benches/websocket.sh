@@ -93,14 +93,7 @@ echo_port=$(free_port)
 track
 for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$echo_port") 2>/dev/null && break; sleep 0.1; done
 
-proxy=$(free_port)
-admin=$(free_port)
-cat >"$work/seawall.toml" <<TOML
-[server]
-listen = "127.0.0.1:$proxy"
-admin_listen = "127.0.0.1:$admin"
-[store]
-data_dir = "$work/data"
+start_configured_seawall seawall <<TOML
 [upstreams.echo]
 url = "http://127.0.0.1:$echo_port"
 [[routes]]
@@ -110,10 +103,6 @@ upstream = "echo"
 strip_prefix = "/live"
 upgrades = ["websocket"]
 TOML
-RUST_LOG=warn target/release/seawall --config "$work/seawall.toml" >"$work/seawall.log" 2>&1 &
-track
-seawall_pid=$!
-wait_http "http://127.0.0.1:$admin/health/ready"
 
 echo "websocket.sh: ${duration} s per phase, $connections connections, $(nproc) cores"
 direct=$("$python" "$work/client.py" "ws://127.0.0.1:$echo_port/" "$duration" "$connections")
