@@ -1,12 +1,16 @@
 """An independent verifier of seawall's audit trail, written from docs/audit-format.md alone.
 
     verify_audit.py < FETCHED.json
+    verify_audit.py --export < EXPORT.json
 
 Standard input holds what the document says to fetch:
 {"public_key": hex, "streams": {name: {"events": [...], "digests": [...], "anchor": {...}}}}
 ("anchor" only for a stream retention has cut).
 Prints one line per stream and exits 0 when every stream verifies, 1 at the first break
 (printed as "break: <stream> <what> <where>").
+
+With --export, standard input is {"public_key": hex, "export": <a subject access export>}, and
+each exported event's inclusion proof is checked against the signed digest it names.
 """
 
 import datetime
@@ -46,12 +50,57 @@ def genesis(origin, stream):
 
 
 def signing_string(d):
+    root = d.get("batch_merkle_root")
     fields = [
-        "seawall-audit-digest-v1", d["alg"], d["origin"], d["stream"], str(d["number"]),
+        "seawall-audit-digest-v2" if root is not None else "seawall-audit-digest-v1",
+        d["alg"], d["origin"], d["stream"], str(d["number"]),
         str(d["from_seq"]), str(d["next_seq"]), d["chain_head"], d["time"],
         d["prev_digest"] if d["prev_digest"] is not None else "-", d["key_fingerprint"],
-    ]
+    ] + ([root] if root is not None else [])
     return "\n".join(fields)
+
+
+def merkle_tree_hash(leaves):
+    """RFC 6962 section 2.1 MTH over leaf hashes, as the RFC writes it (recursive split)."""
+    if not leaves:
+        return sha256(b"")
+    if len(leaves) == 1:
+        return leaves[0]
+    k = 1
+    while k * 2 < len(leaves):
+        k *= 2
+    return sha256(b"\x01", merkle_tree_hash(leaves[:k]), merkle_tree_hash(leaves[k:]))
+
+
+def root_from_inclusion_proof(leaf, index, size, path):
+    """RFC 9162 section 2.1.3.2: the root a proof leads to, or None."""
+    if index >= size:
+        return None
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        if sn == 0:
+            return None
+        if fn & 1 or fn == sn:
+            r = sha256(b"\x01", p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = sha256(b"\x01", r, p)
+        fn >>= 1
+        sn >>= 1
+    return r if sn == 0 else None
+
+
+def check_digest_signature(d, public_key):
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
+    fingerprint = sha256(bytes.fromhex(public_key))[:16].hex()
+    if d["alg"] != "Ed25519" or d["key_fingerprint"] != fingerprint:
+        raise Break(f"digest {d['number']}: alg or key fingerprint")
+    try:
+        key.verify(bytes.fromhex(d["signature"]), signing_string(d).encode())
+    except InvalidSignature:
+        raise Break(f"digest {d['number']}: signature")
 
 
 def anchor_signing_string(a):
@@ -98,8 +147,16 @@ def starting_point(stream, events, digests, anchor):
     raise Break(f"pruned stream: no digest boundary among seq {first_seq}..{last_seq}")
 
 
+def leaf_of(event):
+    """The leaf an event's header and part digests give."""
+    header = {k: v for k, v in event.items() if k != "integrity"}
+    digests_of_parts = [bytes.fromhex(d) for d in event["integrity"]["part_digests"]]
+    payload = sha256(b"\x03", *digests_of_parts) if digests_of_parts else bytes(32)
+    return sha256(b"\x00", sha256(jcs(header).encode()), payload)
+
+
 def check_chain(stream, events, digests, anchor):
-    """The chain value after each checked seq, checking every leaf and link."""
+    """The (chain value, leaf) after each checked seq, checking every leaf and link."""
     chains = {}
     if not events:
         return chains, None
@@ -107,21 +164,18 @@ def check_chain(stream, events, digests, anchor):
     expected_seq = events[start]["seq"] if start < len(events) else None
     for event in events[start:]:
         integrity = event["integrity"]
-        header = {k: v for k, v in event.items() if k != "integrity"}
-        seq = header["seq"]
-        if header["stream"] != stream:
-            raise Break(f"stream: seq {seq} says {header['stream']}")
+        seq = event["seq"]
+        if event["stream"] != stream:
+            raise Break(f"stream: seq {seq} says {event['stream']}")
         if seq != expected_seq:
             raise Break(f"gap or order: seq {seq} where {expected_seq} was due")
-        digests_of_parts = [bytes.fromhex(d) for d in integrity["part_digests"]]
-        payload = sha256(b"\x03", *digests_of_parts) if digests_of_parts else bytes(32)
-        leaf = sha256(b"\x00", sha256(jcs(header).encode()), payload)
+        leaf = leaf_of(event)
         if leaf.hex() != integrity["leaf"]:
             raise Break(f"leaf: seq {seq}")
         chain = sha256(b"\x02", previous, leaf)
         if chain.hex() != integrity["chain"]:
             raise Break(f"chain: seq {seq}")
-        chains[seq] = chain
+        chains[seq] = (chain, leaf)
         previous = chain
         expected_seq = seq + 1
     return chains, events[start]["seq"] if start < len(events) else None
@@ -129,18 +183,13 @@ def check_chain(stream, events, digests, anchor):
 
 def check_digests(stream, digests, chains, checked_from, origin, public_key):
     """Checks every digest; returns how many events the newest one signs for."""
-    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
-    fingerprint = sha256(bytes.fromhex(public_key))[:16].hex()
     previous = None
     for d in digests:
         n = d["number"]
-        if d["alg"] != "Ed25519" or d["stream"] != stream or d["key_fingerprint"] != fingerprint:
-            raise Break(f"digest {n}: alg, stream or key fingerprint")
+        if d["stream"] != stream:
+            raise Break(f"digest {n}: stream")
+        check_digest_signature(d, public_key)
         text = signing_string(d)
-        try:
-            key.verify(bytes.fromhex(d["signature"]), text.encode())
-        except InvalidSignature:
-            raise Break(f"digest {n}: signature")
         if previous is None:
             # Retention removes the digests that only cover removed events, so the first one
             # listed may be later than number 0; its own link cannot be checked then.
@@ -156,18 +205,64 @@ def check_digests(stream, digests, chains, checked_from, origin, public_key):
             if origin is not None and d["chain_head"] != genesis(origin, stream).hex():
                 raise Break(f"digest {n}: chain_head of an empty stream is not genesis")
         elif checked_from is not None and next_seq - 1 >= checked_from:
-            head = chains.get(next_seq - 1)
-            if head is None:
+            if next_seq - 1 not in chains:
                 raise Break(f"digest {n}: covers seq {next_seq - 1}, which is not stored")
-            if head.hex() != d["chain_head"]:
+            if chains[next_seq - 1][0].hex() != d["chain_head"]:
                 raise Break(f"digest {n}: chain_head differs from the chain after seq {next_seq - 1}")
+        covered = range(d["from_seq"], next_seq)
+        root = d.get("batch_merkle_root")
+        if root is not None and all(chains.get(seq, (None, None))[1] is not None for seq in covered):
+            if merkle_tree_hash([chains[seq][1] for seq in covered]).hex() != root:
+                raise Break(f"digest {n}: batch_merkle_root is not that of seq {d['from_seq']}..{next_seq - 1}")
         # Otherwise the digest covers only events before the checked ones: pruned, or before
         # the boundary whose chain_head the chain starts from.
         previous = (text, d)
     return previous[1]["next_seq"] if previous else 0
 
 
+def check_export(fetched):
+    """Each exported event's inclusion proof, against the signed digest it names."""
+    export, public_key = fetched["export"], fetched["public_key"]
+    digests = {(d["stream"], d["number"]): d for d in export["digests"]}
+    for d in digests.values():
+        check_digest_signature(d, public_key)
+    proven = pending = 0
+    for event in export["events"]:
+        integrity = event["integrity"]
+        stream, seq = integrity["stream"], integrity["seq"]
+        where = f"{stream} seq {seq}"
+        header = json.loads(integrity["header"])
+        if (header["stream"], header["seq"], header["time"]) != (stream, seq, event["time"]):
+            raise Break(f"{where}: the header names another event")
+        part_digests = [bytes.fromhex(d) for d in integrity["part_digests"]]
+        payload = sha256(b"\x03", *part_digests) if part_digests else bytes(32)
+        leaf = sha256(b"\x00", sha256(integrity["header"].encode()), payload)
+        if leaf.hex() != integrity["leaf"]:
+            raise Break(f"{where}: leaf")
+        proof = integrity["proof"]
+        if proof is None:
+            # After the newest digest: nothing signed covers it yet.
+            pending += 1
+            continue
+        d = digests.get((stream, integrity["digest"]))
+        if d is None or not d["from_seq"] <= seq < d["next_seq"] or d.get("batch_merkle_root") is None:
+            raise Break(f"{where}: the digest it names does not cover it with a Merkle root")
+        path = [bytes.fromhex(h) for h in proof["path"]]
+        root = root_from_inclusion_proof(leaf, seq - d["from_seq"], d["next_seq"] - d["from_seq"], path)
+        if root is None or root.hex() != d["batch_merkle_root"]:
+            raise Break(f"{where}: inclusion proof")
+        proven += 1
+    print(f"export: {proven} events proven under {len(digests)} signed digests, {pending} not yet signed")
+
+
 def main():
+    if sys.argv[1:] == ["--export"]:
+        try:
+            check_export(json.load(sys.stdin))
+        except Break as e:
+            print(f"break: {e}")
+            sys.exit(1)
+        sys.exit(0)
     fetched = json.load(sys.stdin)
     ok = True
     for stream, data in sorted(fetched["streams"].items()):
@@ -179,7 +274,7 @@ def main():
             chains, checked_from = check_chain(stream, events, digests, anchor)
             if anchor is not None and checked_from == anchor[0] + 1:
                 # A digest ending at the cut names the anchor's chain value.
-                chains[anchor[0]] = anchor[1]
+                chains[anchor[0]] = (anchor[1], None)
                 checked_from = anchor[0]
             origin = events[0]["origin"] if events else (digests[0]["origin"] if digests else None)
             signed = check_digests(stream, digests, chains, checked_from, origin,

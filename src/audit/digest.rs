@@ -31,6 +31,11 @@ pub struct Digest {
     pub next_seq: u64,
     /// Hex chain value after event `next_seq - 1` (the anchor's or genesis when none).
     pub chain_head: String,
+    /// Hex RFC 6962 Merkle Tree Hash of the covered events' leaves (see `merkle`), which
+    /// single-event inclusion proofs lead to. Absent in digests signed before it existed (their
+    /// signing string is version 1), and when the writer could not read every leaf of the range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_merkle_root: Option<String>,
     pub time: String,
     /// Hex SHA-256 of the previous digest's signing string and signature.
     pub prev_digest: Option<String>,
@@ -46,6 +51,7 @@ pub struct Coverage<'a> {
     pub from_seq: u64,
     pub next_seq: u64,
     pub chain_head: &'a Hash,
+    pub batch_merkle_root: Option<Hash>,
     pub time: String,
 }
 
@@ -60,6 +66,7 @@ impl Digest {
             from_seq: coverage.from_seq,
             next_seq: coverage.next_seq,
             chain_head: hex(coverage.chain_head),
+            batch_merkle_root: coverage.batch_merkle_root.as_ref().map(|root| hex(root)),
             time: coverage.time,
             prev_digest: previous.map(|p| hex(&p.hash())),
             key_fingerprint: fingerprint(&key.verifying_key()),
@@ -69,10 +76,15 @@ impl Digest {
         digest
     }
 
-    /// The newline-joined fields the signature covers, in this order.
+    /// The newline-joined fields the signature covers, in this order; version 2 adds the
+    /// Merkle root as a last line.
     pub fn signing_string(&self) -> String {
+        let version = match self.batch_merkle_root {
+            Some(_) => "seawall-audit-digest-v2",
+            None => "seawall-audit-digest-v1",
+        };
         [
-            "seawall-audit-digest-v1",
+            version,
             &self.alg,
             &self.origin,
             self.stream.as_str(),
@@ -84,6 +96,9 @@ impl Digest {
             self.prev_digest.as_deref().unwrap_or("-"),
             &self.key_fingerprint,
         ]
+        .into_iter()
+        .chain(self.batch_merkle_root.as_deref())
+        .collect::<Vec<_>>()
         .join("\n")
     }
 
@@ -210,6 +225,7 @@ mod tests {
             from_seq: 0,
             next_seq: 10,
             chain_head: head,
+            batch_merkle_root: Some([3; 32]),
             time: "2026-01-01T00:00:00Z".into(),
         }
     }
@@ -231,5 +247,47 @@ mod tests {
         assert!(parse_public_key(&hex(key.verifying_key().as_bytes())).is_some());
         assert_eq!(unhex("0aff"), Some(vec![10, 255]));
         assert_eq!(unhex("0g"), None);
+    }
+
+    #[test]
+    fn the_merkle_root_is_signed_and_digests_from_before_it_still_verify() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let digest = Digest::sign(&key, coverage(&[1; 32]), None);
+        assert!(
+            digest
+                .signing_string()
+                .starts_with("seawall-audit-digest-v2\n")
+        );
+        assert!(
+            digest
+                .signing_string()
+                .ends_with(&format!("\n{}", hex(&[3; 32])))
+        );
+        let mut altered = digest.clone();
+        altered.batch_merkle_root = Some(hex(&[4; 32]));
+        assert!(!altered.signed_by(&key.verifying_key()));
+        let mut dropped = digest.clone();
+        dropped.batch_merkle_root = None;
+        assert!(!dropped.signed_by(&key.verifying_key()));
+
+        // A version 1 digest, as stored before roots existed: no such member, the v1 string.
+        let old = Digest::sign(
+            &key,
+            Coverage {
+                batch_merkle_root: None,
+                ..coverage(&[1; 32])
+            },
+            None,
+        );
+        let mut stored = serde_json::to_value(&old).unwrap();
+        assert!(stored.get("batch_merkle_root").is_none(), "{stored}");
+        stored.as_object_mut().unwrap().remove("batch_merkle_root");
+        let read: Digest = serde_json::from_value(stored).unwrap();
+        assert!(
+            read.signing_string()
+                .starts_with("seawall-audit-digest-v1\n")
+        );
+        assert_eq!(read.signing_string().lines().count(), 11);
+        assert!(read.signed_by(&key.verifying_key()));
     }
 }

@@ -18,9 +18,10 @@ use crate::audit::event::{self, Hash, Record, Stream, Subject};
 use crate::audit::keys::Pseudonym;
 use crate::audit::ledger::Ledger;
 use crate::audit::log::{self, AuditLog, KeyRecord};
+use crate::audit::proofs::{Inclusion, Proofs};
 use crate::audit::shred::{self, Shredded};
 use crate::audit::verify::hex;
-use crate::audit::{AuditConfig, ErasureAction, digest};
+use crate::audit::{AuditConfig, ErasureAction};
 use crate::store::StoreError;
 
 /// Events one export returns at most; a subject with more is asked for by stream ranges
@@ -318,27 +319,30 @@ pub fn export(
 ) -> Result<Result<Value, usize>, StoreError> {
     // Only the streams the subject has events in: digests are many on a busy machine.
     let streams: BTreeSet<Stream> = found.index.iter().map(|(_, s, _)| *s).collect();
-    let mut digests: BTreeMap<Stream, Vec<(u64, u64)>> = BTreeMap::new();
-    for stream in streams {
-        let ranges = digest::list(log, stream, 0)?
-            .into_iter()
-            .flatten()
-            .map(|d| (d.next_seq, d.number))
-            .collect();
-        digests.insert(stream, ranges);
-    }
+    let mut proofs = Proofs::new(log, &streams)?;
     let mut events = Vec::new();
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut too_many = 0;
+    let mut failed = None;
     found.each_event(log, |stream, seq, record| {
         if events.len() == MAX_EXPORT_EVENTS {
             too_many += 1;
             return true;
         }
+        let inclusion = match proofs.prove(stream, seq) {
+            Ok(inclusion) => inclusion,
+            Err(e) => {
+                failed = Some(e);
+                return false;
+            }
+        };
         *counts.entry(stream.as_str()).or_default() += 1;
-        events.push(exported(log, config, found, stream, seq, record, &digests));
+        events.push(exported(log, config, found, stream, seq, record, inclusion));
         true
     })?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     if too_many > 0 {
         return Ok(Err(MAX_EXPORT_EVENTS + too_many));
     }
@@ -349,6 +353,7 @@ pub fn export(
     );
     document.insert("counts".into(), json!(counts));
     document.insert("events".into(), Value::Array(events));
+    document.insert("digests".into(), json!(proofs.cited()));
     Ok(Ok(Value::Object(document)))
 }
 
@@ -359,7 +364,7 @@ fn exported(
     stream: Stream,
     seq: u64,
     record: &Record,
-    digests: &BTreeMap<Stream, Vec<(u64, u64)>>,
+    inclusion: Inclusion,
 ) -> Value {
     let header = record.header_value();
     let event_type = header["type"].as_str().unwrap_or_default().to_string();
@@ -384,10 +389,6 @@ fn exported(
         .as_str()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map_or(0, |t| log::day_of(SystemTime::from(t)));
-    let digest = digests
-        .get(&stream)
-        .and_then(|ranges| ranges.iter().find(|(next_seq, _)| *next_seq > seq))
-        .map(|(_, number)| *number);
     let mut event = json!({
         "time": header["time"],
         "event_type": event_type,
@@ -403,8 +404,13 @@ fn exported(
         "integrity": {
             "stream": stream.as_str(),
             "seq": seq,
+            "header": record.header,
+            "part_digests": record.parts.iter().map(|p| hex(&p.digest)).collect::<Vec<_>>(),
             "leaf": hex(&record.leaf),
-            "digest": digest,
+            "digest": inclusion.digest,
+            "proof": inclusion.path.map(|path| json!({
+                "path": path.iter().map(|h| hex(h)).collect::<Vec<_>>(),
+            })),
         },
     });
     if let Some(http) = header.get("http") {

@@ -236,6 +236,54 @@ impl AuditLog {
             .flat_map(move |day| self.bucket_events(stream, day, 0))
     }
 
+    /// The stored events of a stream from sequence number `from` on, in order. A bucket that
+    /// ends before `from` costs the decoding of its newest group only.
+    pub fn events_from(
+        &self,
+        stream: Stream,
+        from: u64,
+    ) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
+        let days: Vec<u32> = self
+            .buckets(stream)
+            .into_iter()
+            .filter(|day| {
+                match self
+                    .bucket(stream, *day)
+                    .and_then(|b| self.newest(&b, stream))
+                {
+                    Ok(Some((last, _))) => last >= from,
+                    Ok(None) => false,
+                    // Kept, so that the error surfaces when the bucket is read.
+                    Err(_) => true,
+                }
+            })
+            .collect();
+        days.into_iter()
+            .flat_map(move |day| self.bucket_events(stream, day, from))
+    }
+
+    /// The leaves of the stored events `from..next` of `stream`, in order; `None` when any of
+    /// them is gone (retention cut into the range). Blocking.
+    pub fn leaves(
+        &self,
+        stream: Stream,
+        from: u64,
+        next: u64,
+    ) -> Result<Option<Vec<Hash>>, StoreError> {
+        let mut leaves = Vec::new();
+        for item in self.events_from(stream, from) {
+            let (seq, record) = item?;
+            if seq >= next {
+                break;
+            }
+            if seq != from + leaves.len() as u64 {
+                return Ok(None);
+            }
+            leaves.push(record.leaf);
+        }
+        Ok((from + leaves.len() as u64 == next).then_some(leaves))
+    }
+
     /// The events of one bucket from sequence number `from` on.
     pub fn bucket_events(
         &self,

@@ -9,8 +9,10 @@
 //! - `retention`: expiring personal parts (by destroying keys) and headers (by whole buckets),
 //!   `anchor`: the signed record of where it cut a stream; `capacity`: shortening the least
 //!   needed periods when the data volume fills up.
-//! - `verify`, `digest`: checking chains, and the signed digests that cover them.
-//! - `gdpr`, `shred`, `ledger`: subject access, erasure and its record.
+//! - `verify`, `digest`, `merkle`: checking chains, and the signed digests that cover them
+//!   (with a Merkle root over each batch, for single-event inclusion proofs).
+//! - `gdpr`, `shred`, `ledger`: subject access, erasure and its record; `proofs`: the
+//!   exported events' inclusion proofs.
 //! - `query`: the admin query of headers.
 //! - `jobs`: the background maintenance (retention, verification, KEK rotation) and its events.
 //!
@@ -30,8 +32,10 @@ mod jobs;
 pub mod keys;
 pub mod ledger;
 pub mod log;
+pub mod merkle;
 pub mod middleware;
 pub mod policy;
+pub mod proofs;
 pub mod query;
 pub mod redact;
 pub mod retention;

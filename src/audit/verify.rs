@@ -1,8 +1,8 @@
 //! Checking a stream: every stored record is recomputed from its header and part digests and
 //! chained onto its predecessor, starting from the genesis value or from where retention cut
 //! the stream (its anchor, whose signature and period are checked too); then every signed
-//! digest is checked against the pinned public key, its predecessor, and the chain value it
-//! names (research/audit.md §4.4).
+//! digest is checked against the pinned public key, its predecessor, the chain value it names
+//! and the Merkle root of the leaves it covers (research/audit.md §4.4).
 //!
 //! Sealed parts are not opened: the chain commits to their digests, so a stream whose keys
 //! were destroyed (retention, erasure) still verifies. A record whose sealed bytes no longer
@@ -20,6 +20,7 @@ use crate::audit::anchor::{self, Anchor};
 use crate::audit::digest::{self, Digest};
 use crate::audit::event::{self, Hash, Record, Stream};
 use crate::audit::log::AuditLog;
+use crate::audit::merkle::{self, Frontier};
 use crate::store::StoreError;
 
 /// The result of checking several streams.
@@ -124,7 +125,8 @@ pub struct Break {
     /// (a part's stored digest altered), `ciphertext` (sealed bytes altered), `leaf`, `chain`.
     /// Digests: `signature` (not signed by the pinned key), `digest_link` (the digest chain is
     /// broken), `head` (the chain value it signed differs: history was rewritten somewhere in
-    /// its range, reported at its first event), `truncated` (it covers events that are gone).
+    /// its range, reported at its first event), `merkle` (the Merkle root it signed is not
+    /// that of the leaves it covers), `truncated` (it covers events that are gone).
     pub kind: &'static str,
     /// The digest number, for digest problems.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,7 +171,15 @@ pub fn stream(
         .flatten()
         .filter_map(|d| d.next_seq.checked_sub(1))
         .collect();
-    let mut chains: HashMap<u64, Hash> = HashMap::new();
+    let starts: BTreeSet<u64> = digests.iter().flatten().map(|d| d.from_seq).collect();
+    let mut recomputed = Recomputed {
+        start_seq,
+        start_chain,
+        chains: HashMap::new(),
+        roots: HashMap::new(),
+    };
+    // The tree of the digest range being passed through, from its first event on.
+    let mut tree: Option<Frontier> = None;
     let mut report = StreamReport {
         stream,
         events: 0,
@@ -231,8 +241,17 @@ pub fn stream(
         report.last_seq = Some(seq);
         report.events += 1;
         previous = record.chain;
+        if starts.contains(&seq) {
+            tree = Some(Frontier::default());
+        }
+        if let Some(tree) = &mut tree {
+            tree.push(&record.leaf);
+        }
         if wanted.contains(&seq) {
-            chains.insert(seq, previous);
+            recomputed.chains.insert(seq, previous);
+            if let Some(tree) = tree.take() {
+                recomputed.roots.insert(seq + 1, tree.root());
+            }
         }
         expected_seq = seq + 1;
     }
@@ -241,14 +260,7 @@ pub fn stream(
     if let Some(found) = check_digests(
         &digests,
         pinned,
-        |next_seq| {
-            if next_seq == start_seq {
-                Some(start_chain)
-            } else {
-                chains.get(&(next_seq - 1)).copied()
-            }
-        },
-        start_seq,
+        &recomputed,
         expected_seq,
         checked_until,
         &mut report,
@@ -308,18 +320,47 @@ fn record_problem(record: &Record, previous: &Hash) -> Option<&'static str> {
     (event::chain(previous, &record.leaf) != record.chain).then_some("chain")
 }
 
-/// Checks the digests in order; returns the first problem. `chain_at(next_seq)` is the
-/// verified chain value before event `next_seq`, when the records pass reached it.
-#[allow(clippy::too_many_arguments)]
+/// What the records pass computed, for the digests to be checked against.
+struct Recomputed {
+    /// Where the records start (after the anchor, or 0), and the chain value before that.
+    start_seq: u64,
+    start_chain: Hash,
+    /// The verified chain value after event `seq`, for each digest's last event.
+    chains: HashMap<u64, Hash>,
+    /// Per digest range passed whole, keyed by its `next_seq`: the Merkle root of its leaves.
+    roots: HashMap<u64, Hash>,
+}
+
+impl Recomputed {
+    /// The verified chain value before event `next_seq`, when the records pass reached it.
+    fn chain_before(&self, next_seq: u64) -> Option<Hash> {
+        if next_seq == self.start_seq {
+            Some(self.start_chain)
+        } else {
+            self.chains.get(&(next_seq - 1)).copied()
+        }
+    }
+
+    /// The Merkle root of the leaves `digest` covers, when the records pass saw them all.
+    fn root_of(&self, digest: &Digest) -> Option<Hash> {
+        if digest.from_seq == digest.next_seq {
+            Some(merkle::empty_root())
+        } else {
+            self.roots.get(&digest.next_seq).copied()
+        }
+    }
+}
+
+/// Checks the digests in order; returns the first problem.
 fn check_digests(
     digests: &[Result<Digest, u64>],
     pinned: &VerifyingKey,
-    chain_at: impl Fn(u64) -> Option<Hash>,
-    start_seq: u64,
+    recomputed: &Recomputed,
     stored_next: u64,
     checked_until: u64,
     report: &mut StreamReport,
 ) -> Option<Break> {
+    let start_seq = recomputed.start_seq;
     let mut previous: Option<&Digest> = None;
     let mut signed_next = None;
     let mut found = None;
@@ -366,13 +407,22 @@ fn check_digests(
             break;
         }
         if digest.next_seq >= start_seq && digest.next_seq <= checked_until {
-            match chain_at(digest.next_seq) {
+            match recomputed.chain_before(digest.next_seq) {
                 Some(chain) if hex(&chain) == digest.chain_head => {}
                 _ => {
                     found = Some(at("head"));
                     break;
                 }
             }
+        }
+        // A range retention cut into cannot be recomputed; its chain head was checked.
+        if let Some(signed_root) = &digest.batch_merkle_root
+            && digest.from_seq >= start_seq
+            && digest.next_seq <= checked_until
+            && recomputed.root_of(digest).map(|root| hex(&root)).as_ref() != Some(signed_root)
+        {
+            found = Some(at("merkle"));
+            break;
         }
         report.digests += 1;
         signed_next = Some(digest.next_seq);

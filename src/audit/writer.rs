@@ -17,6 +17,7 @@ use crate::audit::digest::{self, Coverage, Digest};
 use crate::audit::event::{self, Draft, Hash, KeyClass, Record, StoredPart, Stream, Subject};
 use crate::audit::keys::{self, DataKey, Pseudonym};
 use crate::audit::log::{self, AuditLog, KeyRecord};
+use crate::audit::merkle::Frontier;
 use crate::store::StoreError;
 
 /// Bounds on the writer's caches: past these they are cleared and refilled from sled.
@@ -36,6 +37,9 @@ pub struct Writer {
     linked: HashSet<(Pseudonym, Pseudonym)>,
     /// Per stream: the newest digest and when it was signed.
     signed: HashMap<Stream, (Option<Digest>, SystemTime)>,
+    /// Per stream: the Merkle tree of the events since the newest digest, which the next one
+    /// signs the root of; `None` when some of them could not be read back at start.
+    unsigned: HashMap<Stream, Option<Frontier>>,
     /// The origin as a JSON string, the same in every header.
     origin_json: String,
     /// The log's generation the caches were filled at.
@@ -77,6 +81,32 @@ fn groups(first: u64, records: &[Record]) -> Vec<(u64, &[Record])> {
     out
 }
 
+/// The first event of `stream` the next digest covers: the one after the newest digest, or
+/// after where retention cut the stream, or the first.
+fn unsigned_from(log: &AuditLog, stream: Stream, last: Option<&Digest>) -> Result<u64, StoreError> {
+    Ok(match last {
+        Some(last) => last.next_seq,
+        None => match anchor::load(log, stream)? {
+            Some(anchor) => anchor.pruned_through + 1,
+            None => 0,
+        },
+    })
+}
+
+/// The Merkle tree of the stored events `from..next` of `stream`; `None` if any is missing.
+fn stored_frontier(
+    log: &AuditLog,
+    stream: Stream,
+    from: u64,
+    next: u64,
+) -> Result<Option<Frontier>, StoreError> {
+    Ok(log.leaves(stream, from, next)?.map(|leaves| {
+        let mut frontier = Frontier::default();
+        leaves.iter().for_each(|leaf| frontier.push(leaf));
+        frontier
+    }))
+}
+
 /// Writes prepared for one batch.
 #[derive(Default)]
 struct Pending {
@@ -96,13 +126,17 @@ impl Writer {
     pub fn new(log: Arc<AuditLog>) -> Result<Writer, StoreError> {
         let mut heads = HashMap::new();
         let mut signed = HashMap::new();
+        let mut unsigned = HashMap::new();
         for stream in Stream::ALL {
-            heads.insert(stream, log.head(stream)?);
+            let head = log.head(stream)?;
+            heads.insert(stream, head);
             let last = digest::last(&log, stream)?;
             let time = last
                 .as_ref()
                 .and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.time).ok())
                 .map_or_else(SystemTime::now, SystemTime::from);
+            let from_seq = unsigned_from(&log, stream, last.as_ref())?;
+            unsigned.insert(stream, stored_frontier(&log, stream, from_seq, head.0)?);
             signed.insert(stream, (last, time));
         }
         let day = log.newest_day().unwrap_or(0);
@@ -117,6 +151,7 @@ impl Writer {
             pseudonyms: HashMap::new(),
             linked: HashSet::new(),
             signed,
+            unsigned,
             generation,
             day,
         })
@@ -150,6 +185,11 @@ impl Writer {
         for draft in drafts {
             self.prepare(draft, day, &mut pending)?;
         }
+        let leaves: Vec<(Stream, Hash)> = pending
+            .buckets
+            .iter()
+            .flat_map(|((stream, _), (_, records))| records.iter().map(|r| (*stream, r.leaf)))
+            .collect();
         let _writing = self.log.store.writing();
         self.log
             .keys
@@ -169,6 +209,11 @@ impl Writer {
             bucket.apply_batch(batch)?;
         }
         self.heads.extend(pending.heads);
+        for (stream, leaf) in &leaves {
+            if let Some(Some(frontier)) = self.unsigned.get_mut(stream) {
+                frontier.push(leaf);
+            }
+        }
         if self.keys.len() + pending.new_keys.len() > KEY_CACHE {
             self.keys.clear();
         }
@@ -196,13 +241,7 @@ impl Writer {
         for stream in Stream::ALL {
             let (next_seq, head) = self.heads[&stream];
             let (last, last_time) = &self.signed[&stream];
-            let from_seq = match last {
-                Some(last) => last.next_seq,
-                None => match anchor::load(&self.log, stream)? {
-                    Some(anchor) => anchor.pruned_through + 1,
-                    None => 0,
-                },
-            };
+            let from_seq = unsigned_from(&self.log, stream, last.as_ref())?;
             let new = next_seq - from_seq.min(next_seq);
             let age = now.duration_since(*last_time).unwrap_or_default();
             let due =
@@ -216,6 +255,11 @@ impl Writer {
                 from_seq,
                 next_seq,
                 chain_head: &head,
+                // A tree that does not cover exactly this range would prove nothing.
+                batch_merkle_root: match &self.unsigned[&stream] {
+                    Some(tree) if from_seq + tree.size() == next_seq => Some(tree.root()),
+                    _ => None,
+                },
                 time: event::rfc3339_nanos(now),
             };
             let digest = Digest::sign(self.log.keyring.signing_key(), coverage, last.as_ref());
@@ -224,6 +268,7 @@ impl Writer {
                 digest::store(&self.log, &digest)?;
             }
             self.signed.insert(stream, (Some(digest), now));
+            self.unsigned.insert(stream, Some(Frontier::default()));
             signed += 1;
         }
         Ok(signed)

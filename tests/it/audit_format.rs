@@ -276,3 +276,76 @@ fn anchor_inside_stored_events(dir: &std::path::Path, seq: u64) {
     );
     anchor::store(log, Stream::Access, &moved).unwrap();
 }
+
+/// E1's inclusion proofs, checked from docs/audit-format.md alone: each exported event a
+/// signed digest covers leads to that digest's Merkle root without any other event of its
+/// batch, and an altered proof, header or digest does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exported_event_is_proven_under_its_signed_digest_alone() {
+    let backend = Backend::start().await;
+    let seawall = Seawall::start(&config(&backend, "\n[audit]\ndigest_every = 4\n"));
+    // One subject's events among another's, in one stream.
+    for i in 0..11 {
+        let user = if i % 3 == 0 { "u-41" } else { "u-other" };
+        let event = json!({"type": "data.update", "outcome": "success",
+                           "actor": {"user_id": user}, "details": {"n": i}});
+        let reply = admin(&seawall, Method::POST, "/admin/audit/events", event, &[]).await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    let body = json!({"identifiers": [{"type": "user_id", "value": "u-41"}]});
+    let reply = admin(&seawall, Method::POST, "/admin/gdpr/export", body, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let export = reply.json();
+    assert_eq!(export["counts"], json!({"data_change": 4}), "{export}");
+    let public_key = admin_get(&seawall, "/admin/audit/pubkey").await.json()["public_key"].clone();
+    let check = |export: &Value| {
+        let input = json!({"public_key": public_key, "export": export});
+        python_check(
+            "verify_audit.py",
+            &["--export".as_ref()],
+            &input.to_string(),
+        )
+    };
+
+    let (passed, report) = check(&export);
+    assert!(passed, "{report}");
+    let counts: Vec<u64> = report
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let [proven, digests, pending] = counts[..] else {
+        panic!("{report}")
+    };
+    assert!(
+        proven >= 2 && digests >= 1 && proven + pending == 4,
+        "a digest every 4 events covers most of them: {report}"
+    );
+    let first = export["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|e| !e["integrity"]["proof"].is_null())
+        .unwrap();
+    let path = &export["events"][first]["integrity"]["proof"]["path"];
+    assert!(!path.as_array().unwrap().is_empty(), "{export}");
+
+    // A sibling hash changed: the path leads elsewhere.
+    let mut altered = export.clone();
+    altered["events"][first]["integrity"]["proof"]["path"][0] = json!("00".repeat(32));
+    let (passed, report) = check(&altered);
+    assert!(!passed && report.contains("inclusion proof"), "{report}");
+    // The header changed: its leaf is another.
+    let mut altered = export.clone();
+    let header = altered["events"][first]["integrity"]["header"]
+        .as_str()
+        .unwrap()
+        .replace("\"success\"", "\"failure\"");
+    altered["events"][first]["integrity"]["header"] = json!(header);
+    let (passed, report) = check(&altered);
+    assert!(!passed && report.contains(": leaf"), "{report}");
+    // The signed root changed: the digest's signature fails.
+    let mut altered = export.clone();
+    altered["digests"][0]["batch_merkle_root"] = json!("11".repeat(32));
+    let (passed, report) = check(&altered);
+    assert!(!passed && report.contains("signature"), "{report}");
+}

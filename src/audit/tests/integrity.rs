@@ -6,23 +6,31 @@ use ed25519_dalek::SigningKey;
 use super::*;
 use crate::audit::DigestPolicy;
 use crate::audit::digest::{self, Coverage, Digest};
-use crate::audit::event::{self, Record};
+use crate::audit::event::{self, Hash, Record};
+use crate::audit::merkle;
 use crate::audit::verify::Break;
+
+/// A digest every five events, and none for time alone.
+fn every_five() -> DigestPolicy {
+    DigestPolicy {
+        every: 5,
+        interval: Duration::from_secs(3600),
+        idle: Duration::from_secs(86_400),
+    }
+}
+
+fn access_events(n: usize) -> Vec<Draft> {
+    (0..n)
+        .map(|_| request_event(Stream::Access, "10.1.1.1", false))
+        .collect()
+}
 
 /// Ten access events in one stored group (seq 0-9) with digests every five events.
 fn signed_fixture() -> Fixture {
     let mut f = fixture();
-    let policy = DigestPolicy {
-        every: 5,
-        interval: Duration::from_secs(3600),
-        idle: Duration::from_secs(86_400),
-    };
     for _ in 0..2 {
-        let drafts: Vec<Draft> = (0..5)
-            .map(|_| request_event(Stream::Access, "10.1.1.1", false))
-            .collect();
-        f.writer.commit(drafts, day0()).unwrap();
-        f.writer.sign_due(day0(), &policy).unwrap();
+        f.writer.commit(access_events(5), day0()).unwrap();
+        f.writer.sign_due(day0(), &every_five()).unwrap();
     }
     f
 }
@@ -156,10 +164,7 @@ fn deleted_swapped_and_cut_records_are_found() {
 #[test]
 fn a_cut_after_the_last_digest_is_only_an_unanchored_tail() {
     let mut f = signed_fixture();
-    let drafts: Vec<Draft> = (0..3)
-        .map(|_| request_event(Stream::Access, "10.1.1.1", false))
-        .collect();
-    f.writer.commit(drafts, day0()).unwrap();
+    f.writer.commit(access_events(3), day0()).unwrap();
     assert_eq!(check(&f.log, Stream::Access).unanchored_tail, 3);
     let bucket = f.log.bucket(Stream::Access, day_of(day0())).unwrap();
     bucket.remove(10u64.to_be_bytes()).unwrap();
@@ -211,6 +216,15 @@ fn a_rewritten_history_fails_on_its_digest_and_a_new_key_fails_the_pinned_one() 
                 from_seq: old.from_seq,
                 next_seq: old.next_seq,
                 chain_head: &head,
+                batch_merkle_root: Some(
+                    merkle::Tree::new(
+                        all[old.from_seq as usize..old.next_seq as usize]
+                            .iter()
+                            .map(|r| r.leaf)
+                            .collect(),
+                    )
+                    .root(),
+                ),
                 time: old.time.clone(),
             },
             previous.as_ref(),
@@ -229,16 +243,8 @@ fn a_rewritten_history_fails_on_its_digest_and_a_new_key_fails_the_pinned_one() 
 #[test]
 fn a_missing_digest_breaks_the_digest_chain() {
     let mut f = signed_fixture();
-    let policy = DigestPolicy {
-        every: 5,
-        interval: Duration::from_secs(3600),
-        idle: Duration::from_secs(86_400),
-    };
-    let drafts: Vec<Draft> = (0..5)
-        .map(|_| request_event(Stream::Access, "10.1.1.1", false))
-        .collect();
-    f.writer.commit(drafts, day0()).unwrap();
-    f.writer.sign_due(day0(), &policy).unwrap();
+    f.writer.commit(access_events(5), day0()).unwrap();
+    f.writer.sign_due(day0(), &every_five()).unwrap();
     assert_eq!(check(&f.log, Stream::Access).digests, 3);
     let mut key = vec![Stream::Access.code()];
     key.extend_from_slice(&1u64.to_be_bytes());
@@ -366,4 +372,80 @@ fn an_unsigned_anchor_of_an_earlier_version_is_signed_at_start() {
     let report = check(&f.log, Stream::Access);
     assert_eq!(report.broken, None);
     assert_eq!(report.cut.map(|c| c.header_days), Some(0));
+}
+
+/// Digest 1 of the signed fixture, signed again by the machine's key with `root` instead.
+fn resign_second_digest(f: &Fixture, root: Option<Hash>) {
+    let digests: Vec<Digest> = digest::list(&f.log, Stream::Access, 0)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let head = digest::unhex(&digests[1].chain_head).unwrap();
+    let resigned = Digest::sign(
+        f.log.keyring.signing_key(),
+        Coverage {
+            origin: &f.log.origin,
+            stream: Stream::Access,
+            from_seq: digests[1].from_seq,
+            next_seq: digests[1].next_seq,
+            chain_head: &head.try_into().unwrap(),
+            batch_merkle_root: root,
+            time: digests[1].time.clone(),
+        },
+        Some(&digests[0]),
+    );
+    digest::store(&f.log, &resigned).unwrap();
+}
+
+#[test]
+fn each_digest_signs_the_merkle_root_of_its_events_also_across_a_restart() {
+    let mut f = fixture();
+    let policy = every_five();
+    f.writer.commit(access_events(3), day0()).unwrap();
+    assert_eq!(f.writer.sign_due(day0(), &policy).unwrap(), 0);
+    // A restart between: the new writer reads the three unsigned leaves back.
+    let mut writer = Writer::new(f.log.clone()).unwrap();
+    writer.commit(access_events(4), day0()).unwrap();
+    assert_eq!(writer.sign_due(day0(), &policy).unwrap(), 1);
+    let idle = day0() + Duration::from_secs(86_401);
+    writer.sign_due(idle, &policy).unwrap();
+
+    let digests: Vec<Digest> = digest::list(&f.log, Stream::Access, 0)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let (_, groups) = records(&f);
+    let leaves: Vec<Hash> = groups.iter().flat_map(|(_, r)| r).map(|r| r.leaf).collect();
+    assert_eq!(leaves.len(), 7);
+    let expected = [
+        (0, 7, merkle::Tree::new(leaves).root()),
+        (7, 7, merkle::empty_root()),
+    ];
+    let signed: Vec<(u64, u64, Option<String>)> = digests
+        .iter()
+        .map(|d| (d.from_seq, d.next_seq, d.batch_merkle_root.clone()))
+        .collect();
+    let expected: Vec<(u64, u64, Option<String>)> = expected
+        .iter()
+        .map(|(from, next, root)| (*from, *next, Some(verify::hex(root))))
+        .collect();
+    assert_eq!(signed, expected);
+    assert_eq!(check(&f.log, Stream::Access).broken, None);
+}
+
+#[test]
+fn a_signed_root_that_is_not_the_leaves_is_found_and_a_digest_without_one_passes() {
+    let f = signed_fixture();
+    resign_second_digest(&f, Some([9; 32]));
+    let report = check(&f.log, Stream::Access);
+    assert_eq!(
+        report.broken.map(|b| (b.seq, b.kind, b.digest)),
+        Some((5, "merkle", Some(1)))
+    );
+    // A digest signed before roots existed (version 1) is checked by its chain head alone.
+    resign_second_digest(&f, None);
+    let report = check(&f.log, Stream::Access);
+    assert_eq!((report.broken, report.digests), (None, 2));
 }
