@@ -11,6 +11,7 @@ usage: seawall [run] [--config PATH]
        seawall check-config [--config PATH]
        seawall backup --to DIR [--config PATH]
        seawall audit verify --data DIR [--pubkey HEX] [--config PATH]
+       seawall audit verify-export --pubkey HEX FILE
        seawall --help | --version
 
 Runs the seawall resilience gateway. Configuration comes from the optional TOML file
@@ -20,7 +21,11 @@ Runs the seawall resilience gateway. Configuration comes from the optional TOML 
 `audit verify` recomputes every audit chain and checks the signed digests of a
 data directory no server is using (a copy or a backup), against --pubkey (the
 hex key from GET /admin/audit/pubkey, recorded off the machine) or the
-directory's own key; it prints a JSON report and exits 1 when anything breaks.";
+directory's own key; it prints a JSON report and exits 1 when anything breaks.
+`audit verify-export` checks a subject-access export (FILE, or - for standard
+input) on its own: the digests it lists against --pubkey, and each event's
+leaf and inclusion proof; it prints a JSON report and exits 1 when anything
+breaks.";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -39,6 +44,11 @@ pub enum Command {
         data: PathBuf,
         pubkey: Option<String>,
     },
+    AuditVerifyExport {
+        /// `-` for standard input.
+        file: PathBuf,
+        pubkey: String,
+    },
     Help,
     Version,
 }
@@ -51,6 +61,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut to: Option<PathBuf> = None;
     let mut data: Option<PathBuf> = None;
     let mut pubkey: Option<String> = None;
+    let mut file: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -81,8 +92,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             "run" | "check-config" | "backup" | "audit" if command.is_none() => {
                 command = Some(text.to_string())
             }
-            "verify" if command.as_deref() == Some("audit") => {
-                command = Some("audit verify".to_string())
+            "verify" | "verify-export" if command.as_deref() == Some("audit") => {
+                command = Some(format!("audit {text}"))
+            }
+            _ if command.as_deref() == Some("audit verify-export") && file.is_none() => {
+                file = Some(PathBuf::from(text))
             }
             other => return Err(format!("unexpected argument {other:?}")),
         }
@@ -90,8 +104,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     if to.is_some() && command.as_deref() != Some("backup") {
         return Err("--to only applies to backup".to_string());
     }
-    if (data.is_some() || pubkey.is_some()) && command.as_deref() != Some("audit verify") {
-        return Err("--data and --pubkey only apply to audit verify".to_string());
+    if data.is_some() && command.as_deref() != Some("audit verify") {
+        return Err("--data only applies to audit verify".to_string());
+    }
+    if pubkey.is_some() && !command.as_deref().is_some_and(|c| c.starts_with("audit ")) {
+        return Err("--pubkey only applies to audit verify and audit verify-export".to_string());
     }
     Ok(match command.as_deref() {
         Some("check-config") => Command::CheckConfig { config },
@@ -99,11 +116,17 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             config,
             to: to.ok_or("backup needs --to DIR")?,
         },
-        Some("audit") => return Err("audit needs a subcommand: verify".to_string()),
+        Some("audit") => {
+            return Err("audit needs a subcommand: verify or verify-export".to_string());
+        }
         Some("audit verify") => Command::AuditVerify {
             config,
             data: data.ok_or("audit verify needs --data DIR")?,
             pubkey,
+        },
+        Some("audit verify-export") => Command::AuditVerifyExport {
+            file: file.ok_or("audit verify-export needs a FILE (- for standard input)")?,
+            pubkey: pubkey.ok_or("audit verify-export needs --pubkey HEX")?,
         },
         _ => Command::Run { config },
     })
@@ -156,5 +179,17 @@ mod tests {
         assert!(parse_str(&["audit", "verify"]).is_err());
         assert!(parse_str(&["verify"]).is_err());
         assert!(parse_str(&["run", "--data", "/d"]).is_err());
+        assert_eq!(
+            parse_str(&["audit", "verify-export", "--pubkey", "ab", "-"]),
+            Ok(Command::AuditVerifyExport {
+                file: "-".into(),
+                pubkey: "ab".into()
+            })
+        );
+        assert!(parse_str(&["audit", "verify-export", "e.json"]).is_err());
+        assert!(parse_str(&["audit", "verify-export", "--pubkey", "ab"]).is_err());
+        assert!(parse_str(&["audit", "verify-export", "--pubkey", "ab", "a", "b"]).is_err());
+        assert!(parse_str(&["audit", "verify-export", "--data", "/d", "x"]).is_err());
+        assert!(parse_str(&["run", "--pubkey", "ab"]).is_err());
     }
 }

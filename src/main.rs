@@ -89,25 +89,53 @@ fn main() -> ExitCode {
                 }
             };
             match seawall::audit::verify::data_dir(&data, &config.audit.origin, pinned) {
-                Ok(report) => {
-                    let json = serde_json::to_string_pretty(&report).expect("reports serialize");
-                    println!("{json}");
-                    if report.ok {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    }
-                }
+                Ok(report) => print_verdict(&report, report.ok),
                 Err(e) => {
                     eprintln!("seawall: audit verify failed: {e}");
                     ExitCode::FAILURE
                 }
             }
         }
+        Command::AuditVerifyExport { file, pubkey } => verify_export(&file, &pubkey),
         Command::Run { config } => match load(config) {
             Ok(config) => run(config),
             Err(status) => status,
         },
+    }
+}
+
+/// `seawall audit verify-export`: the report on standard output, 1 when anything breaks.
+fn verify_export(file: &std::path::Path, pubkey: &str) -> ExitCode {
+    let Some(pinned) = seawall::audit::digest::parse_public_key(pubkey) else {
+        eprintln!("seawall: --pubkey must be a 64-digit hex Ed25519 public key");
+        return ExitCode::from(EX_USAGE);
+    };
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    };
+    let checked = text
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))
+        .and_then(|text| serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}")))
+        .and_then(|document| seawall::audit::export_check::check(&document, &pinned));
+    match checked {
+        Ok(report) => print_verdict(&report, report.ok),
+        Err(e) => {
+            eprintln!("seawall: audit verify-export: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A verification report on standard output; exit status 1 unless it passed.
+fn print_verdict(report: &impl serde::Serialize, passed: bool) -> ExitCode {
+    let json = serde_json::to_string_pretty(report).expect("reports serialize");
+    println!("{json}");
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

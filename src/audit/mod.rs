@@ -12,7 +12,7 @@
 //! - `verify`, `digest`, `merkle`: checking chains, and the signed digests that cover them
 //!   (with a Merkle root over each batch, for single-event inclusion proofs).
 //! - `gdpr`, `shred`, `ledger`: subject access, erasure and its record; `proofs`: the
-//!   exported events' inclusion proofs.
+//!   exported events' inclusion proofs; `export_check`: checking an export offline.
 //! - `query`: the admin query of headers.
 //! - `jobs`: the background maintenance (retention, verification, KEK rotation) and its events.
 //!
@@ -27,6 +27,7 @@ pub mod capacity;
 pub mod detect;
 pub mod digest;
 pub mod event;
+pub mod export_check;
 pub mod gdpr;
 mod jobs;
 pub mod keys;

@@ -348,4 +348,44 @@ async fn an_exported_event_is_proven_under_its_signed_digest_alone() {
     altered["digests"][0]["batch_merkle_root"] = json!("11".repeat(32));
     let (passed, report) = check(&altered);
     assert!(!passed && report.contains("signature"), "{report}");
+
+    // seawall's own offline checker, as a holder of the export would run it, agrees.
+    let pubkey = public_key.as_str().unwrap();
+    let (status, report) = verify_export_command(&export, pubkey);
+    assert_eq!((status, &report["ok"]), (Some(0), &json!(true)), "{report}");
+    assert_eq!(
+        (&report["proven"], &report["unproven"]),
+        (&json!(proven), &json!(pending)),
+        "{report}"
+    );
+    let mut altered = export.clone();
+    altered["events"][first]["integrity"]["proof"]["path"][0] = json!("00".repeat(32));
+    let (status, report) = verify_export_command(&altered, pubkey);
+    assert_eq!(status, Some(1), "{report}");
+    assert_eq!(
+        report["broken"],
+        json!({"list": "events", "index": first, "kind": "proof"})
+    );
+}
+
+/// `seawall audit verify-export --pubkey KEY -` with `export` on standard input: the exit
+/// status and the JSON report.
+fn verify_export_command(export: &Value, pubkey: &str) -> (Option<i32>, Value) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["audit", "verify-export", "--pubkey", pubkey, "-"])
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(export.to_string().as_bytes()).unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let report = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+    (output.status.code(), report)
 }
