@@ -20,12 +20,14 @@ use serde_json::{Value, json};
 
 use crate::audit::event::{IdKind, Role, Stream, Subject, rfc3339_nanos};
 use crate::audit::gdpr::{self, Hold};
+use crate::audit::manifest;
 use crate::audit::verify::hex;
 use crate::audit::{Draft, event};
 use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::request_context::new_request_id;
 use crate::state::AppState;
+use crate::store::StoreError;
 
 const MAX_IDENTIFIERS: usize = 16;
 const MAX_VALUE: usize = 512;
@@ -214,9 +216,16 @@ async fn export(
     // The subject is told the periods that apply to their data now (Art 15(1)(d)).
     let config = state.audit.effective_config();
     let now = SystemTime::now();
+    let id = new_request_id();
+    let request_id = id.clone();
     let document = tokio::task::spawn_blocking(move || {
         let found = gdpr::find(&log, &subjects)?;
-        gdpr::export(&log, &config, &found, now)
+        let document = gdpr::export(&log, &config, &found, now)?;
+        Ok::<_, StoreError>(document.map(|mut document| {
+            document["request_id"] = json!(request_id);
+            manifest::attach(log.keyring.signing_key(), &mut document);
+            document
+        }))
     })
     .await
     .map_err(|_| Error::Internal("the export panicked".to_string()))?
@@ -228,7 +237,6 @@ async fn export(
             gdpr::MAX_EXPORT_EVENTS
         ),
     })?;
-    let id = new_request_id();
     let events = document["events"].as_array().map_or(0, Vec::len);
     record(
         state,
@@ -239,8 +247,6 @@ async fn export(
         json!({"ticket": ask.ticket, "reason": ask.reason}),
     )
     .await;
-    let mut document = document;
-    document["request_id"] = json!(id);
     Ok(body::json(StatusCode::OK, &document))
 }
 

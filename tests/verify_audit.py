@@ -9,11 +9,13 @@ Standard input holds what the document says to fetch:
 Prints one line per stream and exits 0 when every stream verifies, 1 at the first break
 (printed as "break: <stream> <what> <where>").
 
-With --export, standard input is {"public_key": hex, "export": <a subject access export>}, and
-each exported event's inclusion proof is checked against the signed digest it names.
+With --export, standard input is {"public_key": hex, "export": <a subject access export>}: each
+exported event's inclusion proof is checked against the signed digest it names, then the
+export's manifest against the whole document.
 """
 
 import datetime
+import decimal
 import hashlib
 import json
 import sys
@@ -33,16 +35,40 @@ def sha256(*parts):
     return h.digest()
 
 
-def jcs(value):
-    # RFC 8785 for what headers hold: no floats, so Python's integer and string forms match.
-    if isinstance(value, float):
+def jcs(value, floats=False):
+    """RFC 8785. Headers hold no floats; an export may (captured bodies), with floats=True."""
+    if isinstance(value, float) and not floats:
         raise Break(f"a header holds a float ({value!r})")
     if isinstance(value, dict):
         keys = sorted(value, key=lambda k: k.encode("utf-16-be"))
-        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + jcs(value[k]) for k in keys) + "}"
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + jcs(value[k], floats) for k in keys) + "}"
     if isinstance(value, list):
-        return "[" + ",".join(jcs(v) for v in value) + "]"
+        return "[" + ",".join(jcs(v, floats) for v in value) + "]"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return es6_number(value)
     return json.dumps(value, ensure_ascii=False)
+
+
+def es6_number(value):
+    """ECMAScript's Number.prototype.toString, which RFC 8785 section 3.2.2.3 prescribes."""
+    if isinstance(value, int) and abs(value) <= 2 ** 53:
+        return str(value)
+    x = float(value)
+    if x == 0:
+        return "0"
+    # repr gives the shortest digits that read back as the same double.
+    _, digit_tuple, exponent = decimal.Decimal(repr(abs(x))).normalize().as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    k, n = len(digits), exponent + len(digits)
+    sign = "-" if x < 0 else ""
+    if k <= n <= 21:
+        return sign + digits + "0" * (n - k)
+    if 0 < n <= 21:
+        return sign + digits[:n] + "." + digits[n:]
+    if -6 < n <= 0:
+        return sign + "0." + "0" * -n + digits
+    mantissa = digits[0] + ("." + digits[1:] if k > 1 else "")
+    return f"{sign}{mantissa}e{'+' if n > 0 else '-'}{abs(n - 1)}"
 
 
 def genesis(origin, stream):
@@ -252,7 +278,24 @@ def check_export(fetched):
         if root is None or root.hex() != d["batch_merkle_root"]:
             raise Break(f"{where}: inclusion proof")
         proven += 1
+    check_manifest(export, public_key)
     print(f"export: {proven} events proven under {len(digests)} signed digests, {pending} not yet signed")
+
+
+def check_manifest(export, public_key):
+    """The manifest signs the SHA-256 of the rest of the document in RFC 8785 form."""
+    manifest = export["manifest"]
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_key))
+    if manifest["alg"] != "Ed25519" or manifest["key_fingerprint"] != sha256(bytes.fromhex(public_key))[:16].hex():
+        raise Break("manifest: alg or key fingerprint")
+    text = "\n".join(["seawall-audit-export-v1", "Ed25519", manifest["content_sha256"], manifest["key_fingerprint"]])
+    try:
+        key.verify(bytes.fromhex(manifest["signature"]), text.encode())
+    except InvalidSignature:
+        raise Break("manifest: signature")
+    rest = {k: v for k, v in export.items() if k != "manifest"}
+    if sha256(jcs(rest, floats=True).encode()).hex() != manifest["content_sha256"]:
+        raise Break("manifest: the document is not the one it signed")
 
 
 def main():

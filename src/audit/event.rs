@@ -250,6 +250,11 @@ impl Draft {
 
     /// Sets a header field from any JSON value (its object keys are sorted here).
     pub fn field(self, name: &'static str, value: Value) -> Draft {
+        // Verifiers may assume headers have no fractions (docs/audit-format.md).
+        debug_assert!(
+            !has_float(&value),
+            "audit headers hold no floating-point numbers: {value}"
+        );
         let text = canonical(&value);
         self.set(name, |values| values.extend_from_slice(text.as_bytes()))
     }
@@ -362,8 +367,8 @@ pub fn join(fields: &[(&str, &[u8])]) -> String {
     String::from_utf8(out).expect("names and JSON values are UTF-8")
 }
 
-/// RFC 8785 (JCS) canonical JSON for the values a header holds (no floats): object keys sorted,
-/// no whitespace, serde_json's string escaping (which JCS shares for these characters).
+/// RFC 8785 (JCS) canonical JSON: object keys sorted by UTF-16 code units, no whitespace,
+/// serde_json's string escaping (which JCS shares), numbers as ECMAScript writes them.
 pub fn canonical(value: &Value) -> String {
     let mut out = Vec::with_capacity(512);
     write_canonical(value, &mut out);
@@ -396,15 +401,61 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        scalar => {
-            // JCS renders floats by ECMAScript's rules, which serde_json does not follow; the
-            // format has none (docs/audit-format.md), so producers round to integers.
-            debug_assert!(
-                !matches!(scalar, Value::Number(n) if n.is_f64()),
-                "audit headers hold no floating-point numbers: {scalar}"
-            );
-            serde_json::to_writer(&mut *out, scalar).expect("scalars serialize")
-        }
+        Value::Number(number) => write_number(number, out),
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("scalars serialize"),
+    }
+}
+
+/// Integers that a double holds exactly are written as they are; every other number as
+/// ECMAScript writes its double (RFC 8785 §3.2.2.3).
+fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) {
+    const EXACT: u64 = 1 << 53;
+    let text = match (number.as_u64(), number.as_i64()) {
+        (Some(n), _) if n <= EXACT => n.to_string(),
+        (_, Some(n)) if n.unsigned_abs() <= EXACT => n.to_string(),
+        _ => ecmascript_number(number.as_f64().expect("JSON numbers are finite")),
+    };
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// ECMAScript's `Number.prototype.toString` for a finite double: the shortest digits that
+/// read back as the same double, in plain notation from 1e-6 up to 1e21, else as `d.ddde±n`.
+pub fn ecmascript_number(value: f64) -> String {
+    if value == 0.0 {
+        return "0".to_string();
+    }
+    // Rust's `{:e}` writes exactly those shortest digits: "3.3333333333333335e-6".
+    let scientific = format!("{:e}", value.abs());
+    let (mantissa, exponent) = scientific.split_once('e').expect("{:e} writes an exponent");
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let k = digits.len() as i32;
+    // The value is 0.DIGITS × 10^n.
+    let n = exponent.parse::<i32>().expect("a decimal exponent") + 1;
+    let sign = if value < 0.0 { "-" } else { "" };
+    if k <= n && n <= 21 {
+        format!("{sign}{digits}{}", "0".repeat((n - k) as usize))
+    } else if 0 < n && n <= 21 {
+        let (whole, fraction) = digits.split_at(n as usize);
+        format!("{sign}{whole}.{fraction}")
+    } else if -6 < n && n <= 0 {
+        format!("{sign}0.{}{digits}", "0".repeat(-n as usize))
+    } else {
+        let (first, rest) = digits.split_at(1);
+        let point = if rest.is_empty() { "" } else { "." };
+        let exponent_sign = if n > 0 { "+" } else { "-" };
+        format!(
+            "{sign}{first}{point}{rest}e{exponent_sign}{}",
+            (n - 1).abs()
+        )
+    }
+}
+
+fn has_float(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(items) => items.iter().any(has_float),
+        Value::Object(map) => map.values().any(has_float),
+        _ => false,
     }
 }
 
@@ -531,6 +582,51 @@ mod tests {
         assert_eq!(
             canonical(&value),
             r#"{"a":{"c":"é","d":[true,null,"x\n"]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn numbers_are_written_as_rfc_8785_appendix_b_says() {
+        let vectors = [
+            (0x0000_0000_0000_0000u64, "0"),
+            (0x8000_0000_0000_0000, "0"),
+            (0x0000_0000_0000_0001, "5e-324"),
+            (0x8000_0000_0000_0001, "-5e-324"),
+            (0x7fef_ffff_ffff_ffff, "1.7976931348623157e+308"),
+            (0xffef_ffff_ffff_ffff, "-1.7976931348623157e+308"),
+            (0x4340_0000_0000_0000, "9007199254740992"),
+            (0xc340_0000_0000_0000, "-9007199254740992"),
+            (0x4430_0000_0000_0000, "295147905179352830000"),
+            (0x44b5_2d02_c7e1_4af5, "9.999999999999997e+22"),
+            (0x44b5_2d02_c7e1_4af6, "1e+23"),
+            (0x44b5_2d02_c7e1_4af7, "1.0000000000000001e+23"),
+            (0x444b_1ae4_d6e2_ef4e, "999999999999999700000"),
+            (0x444b_1ae4_d6e2_ef4f, "999999999999999900000"),
+            (0x444b_1ae4_d6e2_ef50, "1e+21"),
+            (0x3eb0_c6f7_a0b5_ed8c, "9.999999999999997e-7"),
+            (0x3eb0_c6f7_a0b5_ed8d, "0.000001"),
+            (0x41b3_de43_5555_5553, "333333333.3333332"),
+            (0x41b3_de43_5555_5554, "333333333.33333325"),
+            (0x41b3_de43_5555_5555, "333333333.3333333"),
+            (0x41b3_de43_5555_5556, "333333333.3333334"),
+            (0x41b3_de43_5555_5557, "333333333.33333343"),
+            (0xbecb_f647_612f_3696, "-0.0000033333333333333333"),
+        ];
+        for (bits, expected) in vectors {
+            assert_eq!(
+                ecmascript_number(f64::from_bits(bits)),
+                expected,
+                "{bits:016x}"
+            );
+        }
+        // Through `canonical`: integers a double holds exactly stay as written, larger ones and
+        // fractions go through the double.
+        let value: Value =
+            serde_json::from_str(r#"[4.50, 2e-3, 1E30, 12, -7, 18446744073709551615, 100.0]"#)
+                .unwrap();
+        assert_eq!(
+            canonical(&value),
+            "[4.5,0.002,1e+30,12,-7,18446744073709552000,100]"
         );
     }
 

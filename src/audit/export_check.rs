@@ -1,11 +1,12 @@
 //! Checking a subject-access export away from the trail it came from (`seawall audit
-//! verify-export`): each listed digest is signed by the pinned key, each event's leaf follows
-//! from its header and part digests, and each inclusion proof leads from that leaf to the Merkle
-//! root its digest signed (docs/audit-format.md, "Checking one exported event").
+//! verify-export`): the document is the one its manifest signed, each listed digest is signed
+//! by the pinned key, each event's leaf follows from its header and part digests, and each
+//! inclusion proof leads from that leaf to the Merkle root its digest signed
+//! (docs/audit-format.md, "Checking one exported event").
 //!
 //! It reads only the document and the key, so whoever holds an export (the subject, their
 //! lawyer, a regulator) can run it. Building the proofs is `proofs`' job; the tree math is
-//! `merkle`'s.
+//! `merkle`'s; the manifest's form is `manifest`'s.
 
 use std::collections::HashMap;
 
@@ -15,8 +16,8 @@ use serde_json::Value;
 
 use crate::audit::digest::{self, Digest};
 use crate::audit::event::{self, Hash, Stream};
-use crate::audit::merkle;
 use crate::audit::verify::hex;
+use crate::audit::{manifest, merkle};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExportReport {
@@ -36,11 +37,12 @@ pub struct ExportReport {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExportBreak {
-    /// `digests` or `events`, and the position in that list.
+    /// `manifest`, `digests` or `events`, and the position in that list (0 for the manifest).
     pub list: &'static str,
     pub index: usize,
-    /// `malformed` (a member missing or of the wrong form), `signature` (a digest not signed
-    /// by the pinned key), `header` (the header names another event), `leaf` (the header and
+    /// `malformed` (a member missing or of the wrong form), `signature` (the manifest or a
+    /// digest not signed by the pinned key), `content` (the document is not the one the
+    /// manifest signed), `header` (the header names another event), `leaf` (the header and
     /// part digests do not give the leaf), `digest` (the digest an event names is not listed,
     /// does not cover it or signed no root), `proof` (the path does not lead to the root).
     pub kind: &'static str,
@@ -64,6 +66,14 @@ pub fn check(document: &Value, pinned: &VerifyingKey) -> Result<ExportReport, St
         unproven: 0,
         broken: None,
     };
+    if let Some(kind) = manifest::problem(document, pinned) {
+        report.broken = Some(ExportBreak {
+            list: "manifest",
+            index: 0,
+            kind,
+        });
+        return Ok(report);
+    }
     let mut digests = HashMap::new();
     for (index, value) in listed.iter().enumerate() {
         let kind = match serde_json::from_value::<Digest>(value.clone()) {
@@ -161,7 +171,7 @@ mod tests {
 
     /// An export of events 1 and 3 of a five-event batch, with its digest, built the way
     /// `gdpr::export` builds one; and the key that signed it.
-    fn export() -> (Value, VerifyingKey) {
+    fn export() -> (Value, SigningKey) {
         let key = SigningKey::from_bytes(&[5; 32]);
         let headers: Vec<String> = (0..5)
             .map(|seq| {
@@ -201,23 +211,38 @@ mod tests {
             })
         };
         let path = |seq| json!({"path": tree.path(seq).unwrap().iter().map(|h| hex(h)).collect::<Vec<_>>()});
-        let document = json!({
+        let mut document = json!({
             "events": [event(1, path(1)), event(3, path(3)), event(4, Value::Null)],
             "digests": [digest],
         });
-        (document, key.verifying_key())
+        manifest::attach(&key, &mut document);
+        (document, key)
     }
 
-    fn broken(document: &Value, key: &VerifyingKey) -> Option<(&'static str, usize, &'static str)> {
-        let report = check(document, key).unwrap();
+    fn first_problem(
+        document: &Value,
+        pinned: &VerifyingKey,
+    ) -> Option<(&'static str, usize, &'static str)> {
+        let report = check(document, pinned).unwrap();
         assert_eq!(report.ok, report.broken.is_none());
         report.broken.map(|b| (b.list, b.index, b.kind))
+    }
+
+    /// The first problem of `document` once its manifest is signed again, as if whoever holds
+    /// the key had altered it: the proofs must still catch what they cover.
+    fn resigned_problem(
+        document: &Value,
+        key: &SigningKey,
+    ) -> Option<(&'static str, usize, &'static str)> {
+        let mut document = document.clone();
+        manifest::attach(key, &mut document);
+        first_problem(&document, &key.verifying_key())
     }
 
     #[test]
     fn an_untouched_export_is_proven_event_by_event() {
         let (document, key) = export();
-        let report = check(&document, &key).unwrap();
+        let report = check(&document, &key.verifying_key()).unwrap();
         assert!(report.ok, "{report:?}");
         assert_eq!((report.proven, report.unproven, report.digests), (2, 1, 1));
     }
@@ -259,15 +284,28 @@ mod tests {
                 ("digests", 0, "signature"),
             ),
         ];
+        let pinned = key.verifying_key();
         for (pointer, value, expected) in cases {
             let mut altered = document.clone();
             *altered.pointer_mut(pointer).unwrap() = value;
-            assert_eq!(broken(&altered, &key), Some(expected), "{pointer}");
+            assert_eq!(
+                first_problem(&altered, &pinned),
+                Some(("manifest", 0, "content")),
+                "{pointer}"
+            );
+            assert_eq!(
+                resigned_problem(&altered, &key),
+                Some(expected),
+                "{pointer}"
+            );
         }
-        // The right proof under another digest's key, and a header edited consistently with
-        // its leaf (but not with the signed root).
+        // Another key, and a header edited consistently with its leaf (but not with the
+        // signed root).
         let other = SigningKey::from_bytes(&[6; 32]).verifying_key();
-        assert_eq!(broken(&document, &other), Some(("digests", 0, "signature")));
+        assert_eq!(
+            first_problem(&document, &other),
+            Some(("manifest", 0, "signature"))
+        );
         let mut altered = document.clone();
         let header = altered["events"][0]["integrity"]["header"]
             .as_str()
@@ -276,15 +314,24 @@ mod tests {
         let leaf = event::leaf(&event::header_hash(&header), &[[7; 32]]);
         altered["events"][0]["integrity"]["header"] = json!(header);
         altered["events"][0]["integrity"]["leaf"] = json!(hex(&leaf));
-        assert_eq!(broken(&altered, &key), Some(("events", 0, "proof")));
+        assert_eq!(
+            resigned_problem(&altered, &key),
+            Some(("events", 0, "proof"))
+        );
     }
 
     #[test]
     fn a_document_that_is_not_an_export_is_refused() {
         let (_, key) = export();
-        assert!(check(&json!({"events": []}), &key).is_err());
-        assert!(check(&json!([1, 2]), &key).is_err());
-        let report = check(&json!({"events": [], "digests": []}), &key).unwrap();
-        assert!(report.ok && report.events == 0);
+        let pinned = key.verifying_key();
+        assert!(check(&json!({"events": []}), &pinned).is_err());
+        assert!(check(&json!([1, 2]), &pinned).is_err());
+        let mut empty = json!({"events": [], "digests": []});
+        assert_eq!(
+            first_problem(&empty, &pinned),
+            Some(("manifest", 0, "malformed"))
+        );
+        manifest::attach(&key, &mut empty);
+        assert_eq!(first_problem(&empty, &pinned), None);
     }
 }

@@ -12,7 +12,8 @@
 //! - `verify`, `digest`, `merkle`: checking chains, and the signed digests that cover them
 //!   (with a Merkle root over each batch, for single-event inclusion proofs).
 //! - `gdpr`, `shred`, `ledger`: subject access, erasure and its record; `proofs`: the
-//!   exported events' inclusion proofs; `export_check`: checking an export offline.
+//!   exported events' inclusion proofs; `manifest`: the export's signature; `export_check`:
+//!   checking an export offline.
 //! - `query`: the admin query of headers.
 //! - `jobs`: the background maintenance (retention, verification, KEK rotation) and its events.
 //!
@@ -33,6 +34,7 @@ mod jobs;
 pub mod keys;
 pub mod ledger;
 pub mod log;
+pub mod manifest;
 pub mod merkle;
 pub mod middleware;
 pub mod policy;

@@ -287,8 +287,10 @@ async fn an_exported_event_is_proven_under_its_signed_digest_alone() {
     // One subject's events among another's, in one stream.
     for i in 0..11 {
         let user = if i % 3 == 0 { "u-41" } else { "u-other" };
+        // Fractions too: the manifest's canonical form writes them as ECMAScript does.
         let event = json!({"type": "data.update", "outcome": "success",
-                           "actor": {"user_id": user}, "details": {"n": i}});
+                           "actor": {"user_id": user},
+                           "details": {"n": i, "amount": 12.5, "rate": 1e-7, "big": 1e21}});
         let reply = admin(&seawall, Method::POST, "/admin/audit/events", event, &[]).await;
         assert_eq!(reply.status, 201, "{}", reply.text());
     }
@@ -326,6 +328,11 @@ async fn an_exported_event_is_proven_under_its_signed_digest_alone() {
         .iter()
         .position(|e| !e["integrity"]["proof"].is_null())
         .unwrap();
+    assert_eq!(
+        export["events"][first]["your_data"]["details"]["rate"],
+        json!(1e-7),
+        "{export}"
+    );
     let path = &export["events"][first]["integrity"]["proof"]["path"];
     assert!(!path.as_array().unwrap().is_empty(), "{export}");
 
@@ -348,6 +355,14 @@ async fn an_exported_event_is_proven_under_its_signed_digest_alone() {
     altered["digests"][0]["batch_merkle_root"] = json!("11".repeat(32));
     let (passed, report) = check(&altered);
     assert!(!passed && report.contains("signature"), "{report}");
+    // The subject's own data changed: only the manifest covers it.
+    let mut altered = export.clone();
+    altered["events"][first]["your_data"]["details"]["amount"] = json!(12.25);
+    let (passed, report) = check(&altered);
+    assert!(
+        !passed && report.contains("manifest: the document is not the one it signed"),
+        "{report}"
+    );
 
     // seawall's own offline checker, as a holder of the export would run it, agrees.
     let pubkey = public_key.as_str().unwrap();
@@ -364,7 +379,7 @@ async fn an_exported_event_is_proven_under_its_signed_digest_alone() {
     assert_eq!(status, Some(1), "{report}");
     assert_eq!(
         report["broken"],
-        json!({"list": "events", "index": first, "kind": "proof"})
+        json!({"list": "manifest", "index": 0, "kind": "content"})
     );
 }
 
