@@ -236,29 +236,22 @@ impl AuditLog {
             .flat_map(move |day| self.bucket_events(stream, day, 0))
     }
 
-    /// The stored events of a stream from sequence number `from` on, in order. A bucket that
-    /// ends before `from` costs the decoding of its newest group only.
+    /// The stored events of a stream from sequence number `from` on, in order. Buckets hold
+    /// consecutive numbers in day order, so reading starts at the last one whose first group
+    /// begins at or before `from`, found by its keys alone.
     pub fn events_from(
         &self,
         stream: Stream,
         from: u64,
     ) -> impl Iterator<Item = Result<(u64, Record), StoreError>> + '_ {
-        let days: Vec<u32> = self
-            .buckets(stream)
-            .into_iter()
-            .filter(|day| {
-                match self
-                    .bucket(stream, *day)
-                    .and_then(|b| self.newest(&b, stream))
-                {
-                    Ok(Some((last, _))) => last >= from,
-                    Ok(None) => false,
-                    // Kept, so that the error surfaces when the bucket is read.
-                    Err(_) => true,
-                }
-            })
-            .collect();
+        let days = self.buckets(stream);
+        let starts_at_or_before = |day: &u32| {
+            let first = self.bucket(stream, *day).ok().and_then(|b| b.first().ok()?);
+            first.is_some_and(|(key, _)| group_key(&key, stream).is_ok_and(|seq| seq <= from))
+        };
+        let start = days.partition_point(starts_at_or_before).saturating_sub(1);
         days.into_iter()
+            .skip(start)
             .flat_map(move |day| self.bucket_events(stream, day, from))
     }
 

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::anchor::{self, Anchor};
 use super::capacity::Step;
-use super::event::{self, Draft, IdKind, Role, Stream, Subject};
+use super::event::{self, Draft, Hash, IdKind, Role, Stream, Subject};
 use super::keys::Keyring;
 use super::log::{AuditLog, day_of, decode_group, encode_group};
 use super::writer::Writer;
@@ -140,6 +140,41 @@ fn sequence_numbers_are_gapless_per_stream_and_chains_verify() {
     let record = f.log.events(Stream::Access).next().unwrap().unwrap().1;
     let parts = open_parts(&f.log, &record);
     assert_eq!(parts["client"]["address"], "10.0.0.1");
+}
+
+#[test]
+fn reading_from_a_sequence_number_starts_in_its_bucket_and_crosses_into_the_next() {
+    let mut f = fixture();
+    // Ten events a day for three days: buckets 0-9, 10-19, 20-29, many groups each.
+    for day in 0..3 {
+        for _ in 0..10 {
+            commit_access(&mut f.writer, "10.9.9.9", true, at(day));
+        }
+    }
+    assert_eq!(f.log.buckets(Stream::Access).len(), 3);
+    let all: Vec<Hash> = f
+        .log
+        .events(Stream::Access)
+        .map(|item| item.unwrap().1.leaf)
+        .collect();
+    for from in [0, 7, 10, 15, 19, 20, 29, 30, 45] {
+        let read: Vec<(u64, Hash)> = f
+            .log
+            .events_from(Stream::Access, from)
+            .map(|item| item.map(|(seq, record)| (seq, record.leaf)).unwrap())
+            .collect();
+        let expected: Vec<(u64, Hash)> = (from..30).map(|seq| (seq, all[seq as usize])).collect();
+        assert_eq!(read, expected, "from {from}");
+    }
+    assert_eq!(
+        f.log.leaves(Stream::Access, 8, 23).unwrap().unwrap(),
+        all[8..23]
+    );
+    assert_eq!(
+        f.log.leaves(Stream::Access, 25, 31).unwrap(),
+        None,
+        "31 is not stored"
+    );
 }
 
 #[test]
