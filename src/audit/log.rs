@@ -255,26 +255,29 @@ impl AuditLog {
             .flat_map(move |day| self.bucket_events(stream, day, from))
     }
 
-    /// The leaves of the stored events `from..next` of `stream`, in order; `None` when any of
-    /// them is gone (retention cut into the range). Blocking.
-    pub fn leaves(
+    /// Visits the leaves of the stored events `from..next` of `stream`, in order; false when
+    /// any of them is gone (retention cut into the range), and then not all were visited.
+    /// Blocking.
+    pub fn each_leaf(
         &self,
         stream: Stream,
         from: u64,
         next: u64,
-    ) -> Result<Option<Vec<Hash>>, StoreError> {
-        let mut leaves = Vec::new();
+        mut visit: impl FnMut(&Hash),
+    ) -> Result<bool, StoreError> {
+        let mut expected = from;
         for item in self.events_from(stream, from) {
             let (seq, record) = item?;
             if seq >= next {
                 break;
             }
-            if seq != from + leaves.len() as u64 {
-                return Ok(None);
+            if seq != expected {
+                return Ok(false);
             }
-            leaves.push(record.leaf);
+            visit(&record.leaf);
+            expected += 1;
         }
-        Ok((from + leaves.len() as u64 == next).then_some(leaves))
+        Ok(expected == next)
     }
 
     /// The events of one bucket from sequence number `from` on.

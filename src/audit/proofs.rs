@@ -14,7 +14,9 @@ use crate::audit::merkle::Tree;
 use crate::store::StoreError;
 
 /// Proofs for events visited in sequence order per stream: one digest's tree is kept at a
-/// time, read back from the store when an event of another range comes.
+/// time, read back from the store when an event of another range comes. A range holds at most
+/// `audit.digest_every` events plus one writer batch (the writer signs as soon as that many are
+/// new), so that bounds the memory, and every stored event is read at most once per export.
 pub struct Proofs<'a> {
     log: &'a AuditLog,
     digests: BTreeMap<Stream, Vec<Digest>>,
@@ -67,8 +69,13 @@ impl<'a> Proofs<'a> {
         }
         let slot = (stream, digest.number);
         if self.tree.as_ref().is_none_or(|(held, _)| *held != slot) {
-            let leaves = self.log.leaves(stream, digest.from_seq, digest.next_seq)?;
-            self.tree = Some((slot, leaves.map(Tree::new)));
+            let mut leaves = Vec::new();
+            let complete =
+                self.log
+                    .each_leaf(stream, digest.from_seq, digest.next_seq, |leaf| {
+                        leaves.push(*leaf)
+                    })?;
+            self.tree = Some((slot, complete.then(|| Tree::new(leaves))));
         }
         let path = self
             .tree

@@ -100,11 +100,9 @@ fn stored_frontier(
     from: u64,
     next: u64,
 ) -> Result<Option<Frontier>, StoreError> {
-    Ok(log.leaves(stream, from, next)?.map(|leaves| {
-        let mut frontier = Frontier::default();
-        leaves.iter().for_each(|leaf| frontier.push(leaf));
-        frontier
-    }))
+    let mut frontier = Frontier::default();
+    let complete = log.each_leaf(stream, from, next, |leaf| frontier.push(leaf))?;
+    Ok(complete.then_some(frontier))
 }
 
 /// Writes prepared for one batch.
