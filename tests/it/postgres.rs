@@ -1,5 +1,6 @@
 //! SQL routes against a real PostgreSQL of each test's own: binding, errors, outages,
-//! recovery, killed backends, slow statements, exhaustion and shutdown.
+//! recovery, refused logins and role limits, killed backends, slow statements, exhaustion and
+//! shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,11 @@ const SCHEMA: &str = "CREATE TABLE pets (id bigint PRIMARY KEY, name text NOT NU
                       INSERT INTO pets VALUES (1, 'rex'), (2, 'tom');";
 
 fn config(pg: &Pg, extra: &str) -> String {
+    config_for(&pg.url(), extra)
+}
+
+/// The test configuration, connecting with `url`.
+fn config_for(url: &str, extra: &str) -> String {
     format!(
         r#"
 [health]
@@ -66,7 +72,7 @@ match = "/sleep/{{seconds}}"
 postgres = "SELECT pg_sleep($1::float8)::text AS slept"
 params = ["seconds"]
 "#,
-        pg.url()
+        url
     )
 }
 
@@ -323,6 +329,68 @@ async fn terminated_backends_are_replaced_without_failing_requests() {
         failed <= 1,
         "{failed} of 10 requests failed after the backends were killed"
     );
+    assert_eq!(postgres_breaker(&seawall).await["state"], "closed");
+}
+
+/// research/breaker-pool.md §9 C12 and C13: a login PostgreSQL refuses is counted as `auth` and
+/// opens the breaker; a role past its connection limit is counted as `too_many_connections`
+/// while the connections it has go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_logins_and_role_limits_are_counted_by_kind() {
+    let setup = format!(
+        "{SCHEMA} CREATE ROLE limited LOGIN CONNECTION LIMIT 2; GRANT SELECT ON pets TO limited;"
+    );
+    let pg = Pg::start(&setup);
+    let connection_errors = |metrics: &str, kind: &str| {
+        let name =
+            format!("seawall_db_pool_connection_errors_total{{pool=\"postgres\",kind=\"{kind}\"}}");
+        metric(metrics, &name).unwrap_or(0.0)
+    };
+
+    // A role that does not exist: SQLSTATE 28000.
+    let unknown = pg.url().replace("postgres@", "nobody@");
+    let seawall = Seawall::start_in(
+        Arc::new(TempDir::new().unwrap()),
+        &config_for(&unknown, ""),
+        &BREAKER_ON,
+    );
+    let mut attempts = 0;
+    loop {
+        let reply = get(&seawall.proxy_url("/pets/1")).await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        if reply.json()["error"] == "CIRCUIT_OPEN" {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts <= 10, "the breaker never opened: {}", reply.text());
+    }
+    let metrics = get(&seawall.admin_url("/metrics")).await.text();
+    assert!(connection_errors(&metrics, "auth") >= 1.0, "{metrics}");
+    assert_eq!(connection_errors(&metrics, "too_many_connections"), 0.0);
+    drop(seawall);
+
+    // A role allowed two connections, in a pool that keeps four: the other two are refused
+    // with SQLSTATE 53300, again and again, and requests are served all the same.
+    let limited = pg.url().replace("postgres@", "limited@");
+    let seawall = Seawall::start_in(
+        Arc::new(TempDir::new().unwrap()),
+        &config_for(&limited, "").replace("pool_min = 1", "pool_min = 4"),
+        &BREAKER_ON,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = get(&seawall.admin_url("/metrics")).await.text();
+        if connection_errors(&metrics, "too_many_connections") >= 1.0 {
+            assert_eq!(connection_errors(&metrics, "auth"), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 53300 was counted: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..10 {
+        let reply = get(&seawall.proxy_url("/pets/1")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
     assert_eq!(postgres_breaker(&seawall).await["state"], "closed");
 }
 
