@@ -1,6 +1,6 @@
 //! SQL routes against a real PostgreSQL of each test's own: binding, errors, outages,
-//! recovery, refused logins and role limits, killed backends, slow statements, exhaustion and
-//! shutdown.
+//! recovery, refused logins and role limits, a database that never answers, killed backends,
+//! slow statements, exhaustion and shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,6 +108,27 @@ async fn postgres_breaker(seawall: &Seawall) -> Value {
 async fn postgres_check(seawall: &Seawall) -> Value {
     get(&seawall.proxy_url("/health/detailed")).await.json()["checks"]["postgres:responseTime"][0]
         .clone()
+}
+
+/// Calls `path` until the breaker refuses it (`CIRCUIT_OPEN`), at most ten times; every answer
+/// must have one of `statuses` and come within the call timeout (3 s here) and some slack.
+async fn until_open(seawall: &Seawall, path: &str, statuses: &[u16]) -> Reply {
+    let bound = Duration::from_secs(3 + 5);
+    for _ in 0..10 {
+        let started = Instant::now();
+        let reply = get(&seawall.proxy_url(path)).await;
+        let took = started.elapsed();
+        assert!(took < bound, "a call took {took:?}");
+        assert!(
+            statuses.contains(&reply.status.as_u16()),
+            "{}",
+            reply.text()
+        );
+        if reply.json()["error"] == "CIRCUIT_OPEN" {
+            return reply;
+        }
+    }
+    panic!("the breaker on {path} never opened");
 }
 
 /// Polls `path` until it answers 200, within `limit`; the answers on the way must be 503s.
@@ -266,16 +287,7 @@ async fn postgres_stopped_mid_traffic_opens_the_breaker_and_its_restart_closes_i
         assert_eq!(get(&seawall.proxy_url("/pets/2")).await.status, 200);
     }
     pg.stop();
-    let mut attempts = 0;
-    let open = loop {
-        let reply = get(&seawall.proxy_url("/pets/2")).await;
-        assert_eq!(reply.status, 503, "{}", reply.text());
-        if reply.json()["error"] == "CIRCUIT_OPEN" {
-            break reply;
-        }
-        attempts += 1;
-        assert!(attempts <= 10, "the breaker never opened: {}", reply.text());
-    };
+    let open = until_open(&seawall, "/pets/2", &[503]).await;
     let retry_after: u64 = open.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     let started = Instant::now();
@@ -354,16 +366,7 @@ async fn refused_logins_and_role_limits_are_counted_by_kind() {
         &config_for(&unknown, ""),
         &BREAKER_ON,
     );
-    let mut attempts = 0;
-    loop {
-        let reply = get(&seawall.proxy_url("/pets/1")).await;
-        assert_eq!(reply.status, 503, "{}", reply.text());
-        if reply.json()["error"] == "CIRCUIT_OPEN" {
-            break;
-        }
-        attempts += 1;
-        assert!(attempts <= 10, "the breaker never opened: {}", reply.text());
-    }
+    until_open(&seawall, "/pets/1", &[503]).await;
     let metrics = get(&seawall.admin_url("/metrics")).await.text();
     assert!(connection_errors(&metrics, "auth") >= 1.0, "{metrics}");
     assert_eq!(connection_errors(&metrics, "too_many_connections"), 0.0);
@@ -392,6 +395,30 @@ async fn refused_logins_and_role_limits_are_counted_by_kind() {
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
     assert_eq!(postgres_breaker(&seawall).await["state"], "closed");
+}
+
+/// research/breaker-pool.md §9 C14: a database that accepts connections and never answers
+/// (frozen, or a black-holed path) costs each request at most its call timeout, opens the
+/// breaker, leaves everything else answering, and is recovered from once it answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_never_answers_costs_each_call_its_timeout_and_opens_the_breaker() {
+    let pg = Pg::start(SCHEMA);
+    let seawall = start(&pg, "");
+    for _ in 0..3 {
+        assert_eq!(get(&seawall.proxy_url("/pets/1")).await.status, 200);
+    }
+    let frozen = pg.freeze();
+    // Each call ends by its timeout (504), or by the acquire timeout while the pool's
+    // connections are stuck (503), until the breaker opens.
+    until_open(&seawall, "/pets/1", &[503, 504]).await;
+    for path in ["/health/live", "/health/ready"] {
+        assert_eq!(get(&seawall.proxy_url(path)).await.status, 200, "{path}");
+    }
+    assert_eq!(admin_get(&seawall, "/admin/flags").await.status, 200);
+
+    drop(frozen);
+    let back = until_ok(&seawall, "/pets/1", Duration::from_secs(60)).await;
+    assert_eq!(back.json(), json!([{"id": 1, "name": "rex"}]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

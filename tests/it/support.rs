@@ -527,6 +527,24 @@ impl Pg {
             .args(["-m", "fast", "-w", "-t", "60", "stop"]));
     }
 
+    /// Stops every process of the cluster (SIGSTOP) until the guard is dropped: connections,
+    /// new and established, are accepted by the kernel and then never answered, the way a
+    /// black-holed network path or a frozen host behaves.
+    pub fn freeze(&self) -> Frozen {
+        let postmaster: Vec<String> = std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .take(1)
+            .map(str::to_string)
+            .collect();
+        // Children first, so the postmaster cannot start new ones in between.
+        run(Command::new("pkill").args(["-STOP", "-P", &postmaster[0]]));
+        run(Command::new("kill").args(["-STOP", &postmaster[0]]));
+        Frozen {
+            postmaster: postmaster[0].clone(),
+        }
+    }
+
     /// Runs SQL as the superuser and returns the unaligned, tuples-only output.
     pub fn psql(&self, database: &str, sql: &str) -> String {
         let out = Command::new(self.bin.join("psql"))
@@ -552,6 +570,22 @@ impl Pg {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+/// A frozen cluster (see [`Pg::freeze`]); dropping it lets it run again.
+pub struct Frozen {
+    postmaster: String,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.postmaster])
+            .status();
+        let _ = Command::new("pkill")
+            .args(["-CONT", "-P", &self.postmaster])
+            .status();
     }
 }
 
