@@ -1,6 +1,6 @@
 //! SQL routes against a real PostgreSQL of each test's own: binding, errors, outages,
-//! recovery, refused logins and role limits, a database that never answers, killed backends,
-//! slow statements, exhaustion and shutdown.
+//! recovery, refused logins and role limits, a database that never answers, a client that
+//! hangs up mid-statement, killed backends, slow statements, exhaustion and shutdown.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::support::{
-    BREAKER_ON, PROCESS_TIMEOUT, Pg, Reply, Seawall, admin_get, assert_error, full, get, metric,
-    send,
+    BREAKER_ON, PROCESS_TIMEOUT, Pg, Reply, Seawall, admin_get, assert_error, await_metric, full,
+    get, metric, send,
 };
 
 const SCHEMA: &str = "CREATE TABLE pets (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);
@@ -419,6 +419,56 @@ async fn a_database_that_never_answers_costs_each_call_its_timeout_and_opens_the
     drop(frozen);
     let back = until_ok(&seawall, "/pets/1", Duration::from_secs(60)).await;
     assert_eq!(back.json(), json!([{"id": 1, "name": "rex"}]));
+}
+
+/// research/breaker-pool.md §9 C17: a client that hangs up during a slow statement is counted
+/// once, as ignored (not as a failure of the database); the statement finishes on its own and
+/// its connection goes back to the pool, in use by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_statement_costs_the_breaker_nothing() {
+    let pg = Pg::start(SCHEMA);
+    let seawall = start(&pg, "");
+    for _ in 0..3 {
+        assert_eq!(get(&seawall.proxy_url("/pets/1")).await.status, 200);
+    }
+    let calls = |kind: &str| {
+        format!("seawall_circuit_breaker_calls_total{{name=\"postgres\",kind=\"{kind}\"}}")
+    };
+    await_metric(&seawall, &calls("successful"), 3.0).await;
+
+    // Under the statement timeout (1 s), so the statement itself succeeds.
+    let hung_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        get(&seawall.proxy_url("/sleep/0.8")),
+    )
+    .await;
+    assert!(hung_up.is_err(), "the client gave up first");
+    await_metric(&seawall, &calls("ignored"), 1.0).await;
+    // The statement runs on, then ends; only then are the counts final.
+    let sleeping = "SELECT count(*) FROM pg_stat_activity \
+                    WHERE state = 'active' AND query LIKE '%SELECT pg_sleep(%' \
+                    AND pid <> pg_backend_pid()";
+    for running in ["1", "0"] {
+        let deadline = Instant::now() + PROCESS_TIMEOUT;
+        while pg.psql("seawall", sleeping) != running {
+            assert!(
+                Instant::now() < deadline,
+                "the statement never showed {running}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    await_metric(
+        &seawall,
+        "seawall_db_pool_connections{pool=\"postgres\",state=\"in_use\"}",
+        0.0,
+    )
+    .await;
+    let metrics = get(&seawall.admin_url("/metrics")).await.text();
+    for (kind, expected) in [("successful", 3.0), ("failed", 0.0), ("ignored", 1.0)] {
+        assert_eq!(metric(&metrics, &calls(kind)), Some(expected), "{kind}");
+    }
+    assert_eq!(get(&seawall.proxy_url("/pets/1")).await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
