@@ -524,6 +524,9 @@ async fn slow_statements_are_cut_and_exhaustion_is_refused_at_once() {
     assert_eq!(postgres["name"], "postgres");
     assert!(postgres["rejected"].as_u64().unwrap() >= 6, "{postgres}");
     assert_eq!(postgres["waiters"], 0);
+    // Refusing work the pool has no room for says nothing about the database (research C16).
+    let breaker = postgres_breaker(&seawall).await;
+    assert_eq!(breaker["calls"]["failed"], 1, "{breaker}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
