@@ -386,10 +386,18 @@ async fn an_exported_event_is_proven_under_its_signed_digest_alone() {
 /// `seawall audit verify-export --pubkey KEY -` with `export` on standard input: the exit
 /// status and the JSON report.
 fn verify_export_command(export: &Value, pubkey: &str) -> (Option<i32>, Value) {
+    let (status, stdout, stderr) = run_verify_export(pubkey, "-", &export.to_string());
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{stderr}"));
+    (status, report)
+}
+
+/// `seawall audit verify-export --pubkey KEY FILE` with `input` on standard input: the exit
+/// status, standard output and standard error.
+fn run_verify_export(pubkey: &str, file: &str, input: &str) -> (Option<i32>, String, String) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["audit", "verify-export", "--pubkey", pubkey, "-"])
+        .args(["audit", "verify-export", "--pubkey", pubkey, file])
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -397,10 +405,49 @@ fn verify_export_command(export: &Value, pubkey: &str) -> (Option<i32>, Value) {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(export.to_string().as_bytes()).unwrap();
+    // A command that fails before reading its input closes the pipe early.
+    let _ = stdin.write_all(input.as_bytes());
     drop(stdin);
     let output = child.wait_with_output().unwrap();
-    let report = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
-    (output.status.code(), report)
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+#[test]
+fn verify_export_says_what_it_cannot_check() {
+    let key: String = ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+        .verifying_key()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let key = key.as_str();
+    let cases = [
+        (
+            "not-a-key",
+            "-",
+            "{}",
+            64,
+            "--pubkey must be a 64-digit hex",
+        ),
+        (key, "-", "not json", 1, "not JSON"),
+        (key, "-", r#"{"events": []}"#, 1, "no \"digests\" list"),
+        (
+            key,
+            "/nonexistent/export.json",
+            "",
+            1,
+            "cannot read /nonexistent/export.json",
+        ),
+    ];
+    for (pubkey, file, input, status, message) in cases {
+        let (code, stdout, stderr) = run_verify_export(pubkey, file, input);
+        assert_eq!(code, Some(status), "{input}: {stderr}");
+        assert!(stderr.contains(message), "{input}: {stderr}");
+        assert!(stdout.is_empty(), "no report: {stdout}");
+    }
 }
