@@ -371,51 +371,60 @@ pub fn join(fields: &[(&str, &[u8])]) -> String {
 /// serde_json's string escaping (which JCS shares), numbers as ECMAScript writes them.
 pub fn canonical(value: &Value) -> String {
     let mut out = Vec::with_capacity(512);
-    write_canonical(value, &mut out);
+    write_canonical(value, None, &mut out).expect("writing to memory cannot fail");
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+/// Writes `value` in canonical form (see [`canonical`]) to `out`, leaving out the top-level
+/// member named `except`: how a signed document is hashed without its signature, streamed,
+/// with no copy of a large document.
+pub fn write_canonical(
+    value: &Value,
+    except: Option<&str>,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
+            let mut keys: Vec<&String> = map
+                .keys()
+                .filter(|key| Some(key.as_str()) != except)
+                .collect();
             keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
-            out.push(b'{');
+            out.write_all(b"{")?;
             for (i, key) in keys.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.write_all(b",")?;
                 }
-                serde_json::to_writer(&mut *out, key).expect("strings serialize");
-                out.push(b':');
-                write_canonical(&map[key], out);
+                serde_json::to_writer(&mut *out, key)?;
+                out.write_all(b":")?;
+                write_canonical(&map[key], None, out)?;
             }
-            out.push(b'}');
+            out.write_all(b"}")
         }
         Value::Array(items) => {
-            out.push(b'[');
+            out.write_all(b"[")?;
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(b',');
+                    out.write_all(b",")?;
                 }
-                write_canonical(item, out);
+                write_canonical(item, None, out)?;
             }
-            out.push(b']');
+            out.write_all(b"]")
         }
-        Value::Number(number) => write_number(number, out),
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("scalars serialize"),
+        Value::Number(number) => out.write_all(number_text(number).as_bytes()),
+        scalar => Ok(serde_json::to_writer(&mut *out, scalar)?),
     }
 }
 
 /// Integers that a double holds exactly are written as they are; every other number as
 /// ECMAScript writes its double (RFC 8785 §3.2.2.3).
-fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) {
+fn number_text(number: &serde_json::Number) -> String {
     const EXACT: u64 = 1 << 53;
-    let text = match (number.as_u64(), number.as_i64()) {
+    match (number.as_u64(), number.as_i64()) {
         (Some(n), _) if n <= EXACT => n.to_string(),
         (_, Some(n)) if n.unsigned_abs() <= EXACT => n.to_string(),
         _ => ecmascript_number(number.as_f64().expect("JSON numbers are finite")),
-    };
-    out.extend_from_slice(text.as_bytes());
+    }
 }
 
 /// ECMAScript's `Number.prototype.toString` for a finite double: the shortest digits that
@@ -470,7 +479,8 @@ pub fn sha256(parts: &[&[u8]]) -> Hash {
     finish(hasher)
 }
 
-fn finish(hasher: ring::digest::Context) -> Hash {
+/// The 32 bytes of a finished SHA-256.
+pub fn finish(hasher: ring::digest::Context) -> Hash {
     hasher
         .finish()
         .as_ref()

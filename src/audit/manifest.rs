@@ -9,7 +9,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde_json::{Value, json};
 
 use crate::audit::digest::{self, ALGORITHM};
-use crate::audit::event::{canonical, sha256};
+use crate::audit::event::{Hash, finish, write_canonical};
 use crate::audit::verify::hex;
 
 /// The first line of the signing string; the digests' strings start differently, so one
@@ -25,7 +25,7 @@ pub fn attach(key: &SigningKey, document: &mut Value) {
     if let Some(members) = document.as_object_mut() {
         members.remove(MEMBER);
     }
-    let content = hex(&sha256(&[canonical(document).as_bytes()]));
+    let content = hex(&content_sha256(document));
     let fingerprint = digest::fingerprint(&key.verifying_key());
     let signature = key.sign(signing_string(&content, &fingerprint).as_bytes());
     document[MEMBER] = json!({
@@ -59,11 +59,24 @@ pub fn problem(document: &Value, pinned: &VerifyingKey) -> Option<&'static str> 
     if !signed {
         return Some("signature");
     }
-    let mut unsigned = document.clone();
-    if let Some(members) = unsigned.as_object_mut() {
-        members.remove(MEMBER);
+    (hex(&content_sha256(document)) != content).then_some("content")
+}
+
+/// SHA-256 of the document's canonical form without its manifest, hashed as it is written.
+fn content_sha256(document: &Value) -> Hash {
+    struct Hashing(ring::digest::Context);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    (hex(&sha256(&[canonical(&unsigned).as_bytes()])) != content).then_some("content")
+    let mut hashing = Hashing(ring::digest::Context::new(&ring::digest::SHA256));
+    write_canonical(document, Some(MEMBER), &mut hashing).expect("hashing cannot fail");
+    finish(hashing.0)
 }
 
 fn signing_string(content: &str, fingerprint: &str) -> String {
