@@ -14,6 +14,10 @@ use crate::audit::capacity::{CapacityGuard, Step, VolumeUsage};
 use crate::audit::{AuditConfig, AuditTrail, Stream, retention, shred, system_draft, verify};
 use crate::store::StoreError;
 
+/// How long after start the first scheduled verification runs: late enough that a start is
+/// not slowed by it, soon enough that frequent restarts do not skip it.
+const FIRST_VERIFICATION: Duration = Duration::from_secs(600);
+
 impl AuditTrail {
     /// Runs retention every `retention_interval`, starting now, and reads the data volume every
     /// `capacity.check_interval`: a change of the capacity guard's step runs retention at once.
@@ -139,17 +143,22 @@ impl AuditTrail {
         result
     }
 
-    /// Verifies every stream every `verify_interval`, the first time one interval after start,
-    /// recording `integrity.verified` or `integrity.failure`.
+    /// Verifies every stream every `verify_interval`, the first time [`FIRST_VERIFICATION`]
+    /// after start (or one interval, if shorter): a machine restarted more often than the
+    /// interval (daily deploys) is still verified. Records `integrity.verified` or
+    /// `integrity.failure`.
     pub fn spawn_verification(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let trail = self.clone();
         tokio::spawn(async move {
             let period = trail.config.verify_interval;
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            let first = tokio::time::Instant::now() + period.min(FIRST_VERIFICATION);
+            let mut ticker = tokio::time::interval_at(first, period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticker.tick().await;
-                let _ = trail.verify_against(None, trail.public_key(), true).await;
+                if let Err(e) = trail.verify_against(None, trail.public_key(), true).await {
+                    tracing::error!(error = %e, "audit trail verification could not run");
+                }
             }
         })
     }
@@ -165,9 +174,13 @@ impl AuditTrail {
     ) -> Result<verify::Report, StoreError> {
         let log = self.log.clone();
         let streams = streams.unwrap_or_else(|| Stream::ALL.to_vec());
+        let full = streams.len() == Stream::ALL.len() && pinned == self.public_key();
         let report = tokio::task::spawn_blocking(move || verify::streams(&log, &streams, &pinned))
             .await
             .expect("verification does not panic")?;
+        if full {
+            self.note_verification(report.ok);
+        }
         if report.ok && !record_success {
             return Ok(report);
         }
@@ -187,6 +200,21 @@ impl AuditTrail {
         };
         self.record(draft.important()).await;
         Ok(report)
+    }
+
+    /// Counts a full verification against this machine's key and keeps its verdict, which
+    /// the `SeawallAuditIntegrityBroken` alert watches.
+    fn note_verification(&self, passed: bool) {
+        let metrics = &self.metrics;
+        match passed {
+            true => metrics.verifications_passed.inc(),
+            false => metrics.verifications_failed.inc(),
+        }
+        metrics.verification_broken.set(i64::from(!passed));
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics.verified_at.set(now.as_secs() as i64);
     }
 
     /// Rotates the KEK whenever the current one is `kek_rotation_interval` old.

@@ -263,6 +263,12 @@ struct AuditMetrics {
     strict_refusals: Counter,
     volume_size: Gauge,
     volume_available: Gauge,
+    /// Full verifications against this machine's key (the scheduled ones, and admin calls over
+    /// every stream), by result; the latest one's verdict and time.
+    verifications_passed: Counter,
+    verifications_failed: Counter,
+    verification_broken: Gauge,
+    verified_at: Gauge,
 }
 
 pub struct AuditTrail {
@@ -507,23 +513,51 @@ impl AuditTrail {
         for (name, help, counter) in counters {
             out.single(name, "counter", help, counter.get() as f64);
         }
+        out.header(
+            "seawall_audit_verifications_total",
+            "counter",
+            "Full verifications of the audit trail against this machine's key, by result.",
+        );
+        for (result, counter) in [
+            ("passed", &self.metrics.verifications_passed),
+            ("failed", &self.metrics.verifications_failed),
+        ] {
+            out.sample(
+                "seawall_audit_verifications_total",
+                &[("result", result)],
+                counter.get() as f64,
+            );
+        }
+        let gauges = [
+            (
+                "seawall_audit_verification_broken",
+                "1 when the latest full verification found the trail broken (an integrity.failure event says where), else 0.",
+                &self.metrics.verification_broken,
+            ),
+            (
+                "seawall_audit_last_verification_timestamp_seconds",
+                "When the latest full verification ended (Unix seconds; 0 before the first).",
+                &self.metrics.verified_at,
+            ),
+            (
+                "seawall_data_volume_size_bytes",
+                "Size of the file system holding the data directory (0 until first read).",
+                &self.metrics.volume_size,
+            ),
+            (
+                "seawall_data_volume_available_bytes",
+                "Space left on the file system holding the data directory.",
+                &self.metrics.volume_available,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            out.single(name, "gauge", help, gauge.get() as f64);
+        }
         out.single(
             "seawall_audit_capacity_step",
             "gauge",
             "How far the capacity guard has shortened audit retention: 0 configured, 1 bodies, 2 access personal parts, 3 access headers.",
             f64::from(self.capacity_step().level()),
-        );
-        out.single(
-            "seawall_data_volume_size_bytes",
-            "gauge",
-            "Size of the file system holding the data directory (0 until first read).",
-            self.metrics.volume_size.get() as f64,
-        );
-        out.single(
-            "seawall_data_volume_available_bytes",
-            "gauge",
-            "Space left on the file system holding the data directory.",
-            self.metrics.volume_available.get() as f64,
         );
         let depth = self.config.queue_capacity - self.tx.capacity();
         out.single(

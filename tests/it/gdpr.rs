@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use crate::audit::{Stored, admin, all_bytes, config, contains, copy_tree, query_all};
 use crate::backend::Backend;
-use crate::support::{PROCESS_TIMEOUT, Seawall, admin_get, assert_error, assert_python_check};
+use crate::support::{
+    PROCESS_TIMEOUT, Seawall, admin_get, assert_error, assert_python_check, await_metric, metric,
+};
 
 const A_ID: &str = "alice-canary-70331";
 const A_MAIL: &str = "Alice.Canary.70331@example.org";
@@ -505,10 +507,12 @@ async fn d2_d3_erased_data_is_gone_from_the_files_and_stays_gone_after_a_restore
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scheduled_verification_records_its_result() {
     let backend = Backend::start().await;
-    let seawall = Seawall::start(&config(
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let config = config(
         &backend,
         "\n[audit]\nverify_interval_ms = 200\ndigest_every = 1\n",
-    ));
+    );
+    let mut seawall = Seawall::start_in(dir.clone(), &config, &[]);
     record_events(&seawall).await;
     let deadline = std::time::Instant::now() + PROCESS_TIMEOUT;
     loop {
@@ -530,4 +534,28 @@ async fn scheduled_verification_records_its_result() {
             .await
             .is_empty()
     );
+    let metrics = admin_get(&seawall, "/metrics").await.text();
+    assert_eq!(
+        metric(&metrics, "seawall_audit_verification_broken"),
+        Some(0.0)
+    );
+    let passed = "seawall_audit_verifications_total{result=\"passed\"}";
+    assert!(metric(&metrics, passed).unwrap() >= 1.0, "{metrics}");
+    let at = metric(
+        &metrics,
+        "seawall_audit_last_verification_timestamp_seconds",
+    )
+    .unwrap();
+    assert!(at > 1.7e9, "a Unix time: {at}");
+
+    // The signing key lost while stopped: the next start makes a new one, which signed none
+    // of the stored digests, and the next scheduled run says so, in its gauge and an event.
+    seawall.signal("TERM");
+    assert!(seawall.wait_exit(PROCESS_TIMEOUT).success());
+    std::fs::remove_file(dir.path().join("data/keys/signing.key")).unwrap();
+    let seawall = Seawall::start_in(dir.clone(), &config, &[]);
+    await_metric(&seawall, "seawall_audit_verification_broken", 1.0).await;
+    let failures = query_all(&seawall, "type=integrity.failure").await;
+    let breaks = failures.last().expect("an integrity.failure event")["breaks"].to_string();
+    assert!(breaks.contains("\"kind\":\"signature\""), "{breaks}");
 }
