@@ -133,6 +133,17 @@ impl Writer {
                 .as_ref()
                 .and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.time).ok())
                 .map_or_else(SystemTime::now, SystemTime::from);
+            let own = digest::fingerprint(&log.keyring.signing_key().verifying_key());
+            if let Some(last) = last.as_ref().filter(|d| d.key_fingerprint != own) {
+                // The next digest links to one this key did not sign: verification will fail
+                // from there back (SeawallAuditIntegrityBroken), so say why now.
+                tracing::warn!(
+                    stream = stream.as_str(),
+                    signed_by = %last.key_fingerprint,
+                    key = %own,
+                    "the stored digests were signed by another key than keys/signing.key: restore the original key from a backup, or record this one off the machine"
+                );
+            }
             let from_seq = unsigned_from(&log, stream, last.as_ref())?;
             unsigned.insert(stream, stored_frontier(&log, stream, from_seq, head.0)?);
             signed.insert(stream, (last, time));

@@ -555,6 +555,12 @@ async fn scheduled_verification_records_its_result() {
     std::fs::remove_file(dir.path().join("data/keys/signing.key")).unwrap();
     let seawall = Seawall::start_in(dir.clone(), &config, &[]);
     await_metric(&seawall, "seawall_audit_verification_broken", 1.0).await;
+    assert!(
+        seawall
+            .logs()
+            .contains("signed by another key than keys/signing.key"),
+        "the start says why before the verification does"
+    );
     let failures = query_all(&seawall, "type=integrity.failure").await;
     let breaks = failures.last().expect("an integrity.failure event")["breaks"].to_string();
     assert!(breaks.contains("\"kind\":\"signature\""), "{breaks}");
