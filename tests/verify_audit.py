@@ -176,9 +176,14 @@ def starting_point(stream, events, digests, anchor):
 def leaf_of(event):
     """The leaf an event's header and part digests give."""
     header = {k: v for k, v in event.items() if k != "integrity"}
-    digests_of_parts = [bytes.fromhex(d) for d in event["integrity"]["part_digests"]]
+    return leaf_from(jcs(header), event["integrity"]["part_digests"])
+
+
+def leaf_from(header_text, part_digests):
+    """SHA-256(0x00 || SHA-256(header) || payload), payload over the hex part digests."""
+    digests_of_parts = [bytes.fromhex(d) for d in part_digests]
     payload = sha256(b"\x03", *digests_of_parts) if digests_of_parts else bytes(32)
-    return sha256(b"\x00", sha256(jcs(header).encode()), payload)
+    return sha256(b"\x00", sha256(header_text.encode()), payload)
 
 
 def check_chain(stream, events, digests, anchor):
@@ -260,9 +265,7 @@ def check_export(fetched):
         header = json.loads(integrity["header"])
         if (header["stream"], header["seq"], header["time"]) != (stream, seq, event["time"]):
             raise Break(f"{where}: the header names another event")
-        part_digests = [bytes.fromhex(d) for d in integrity["part_digests"]]
-        payload = sha256(b"\x03", *part_digests) if part_digests else bytes(32)
-        leaf = sha256(b"\x00", sha256(integrity["header"].encode()), payload)
+        leaf = leaf_from(integrity["header"], integrity["part_digests"])
         if leaf.hex() != integrity["leaf"]:
             raise Break(f"{where}: leaf")
         proof = integrity["proof"]

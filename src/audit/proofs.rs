@@ -93,7 +93,10 @@ impl<'a> Proofs<'a> {
         self.cited
             .iter()
             .filter_map(|(stream, number)| {
-                self.digests[stream].iter().find(|d| d.number == *number)
+                // Listed in number order, as stored.
+                let list = &self.digests[stream];
+                let at = list.binary_search_by_key(number, |d| d.number).ok()?;
+                Some(&list[at])
             })
             .collect()
     }

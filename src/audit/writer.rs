@@ -125,6 +125,7 @@ impl Writer {
         let mut heads = HashMap::new();
         let mut signed = HashMap::new();
         let mut unsigned = HashMap::new();
+        let own = digest::fingerprint(&log.keyring.signing_key().verifying_key());
         for stream in Stream::ALL {
             let head = log.head(stream)?;
             heads.insert(stream, head);
@@ -133,7 +134,6 @@ impl Writer {
                 .as_ref()
                 .and_then(|d| chrono::DateTime::parse_from_rfc3339(&d.time).ok())
                 .map_or_else(SystemTime::now, SystemTime::from);
-            let own = digest::fingerprint(&log.keyring.signing_key().verifying_key());
             if let Some(last) = last.as_ref().filter(|d| d.key_fingerprint != own) {
                 // The next digest links to one this key did not sign: verification will fail
                 // from there back (SeawallAuditIntegrityBroken), so say why now.
@@ -194,11 +194,6 @@ impl Writer {
         for draft in drafts {
             self.prepare(draft, day, &mut pending)?;
         }
-        let leaves: Vec<(Stream, Hash)> = pending
-            .buckets
-            .iter()
-            .flat_map(|((stream, _), (_, records))| records.iter().map(|r| (*stream, r.leaf)))
-            .collect();
         let _writing = self.log.store.writing();
         self.log
             .keys
@@ -209,18 +204,21 @@ impl Writer {
         self.log
             .subjects
             .apply_batch(std::mem::take(&mut pending.subjects))?;
-        for ((stream, day), (first, records)) in std::mem::take(&mut pending.buckets) {
+        for (&(stream, day), (first, records)) in &pending.buckets {
             let bucket = self.log.bucket(stream, day)?;
             let mut batch = sled::Batch::default();
-            for (first, group) in groups(first, &records) {
+            for (first, group) in groups(*first, records) {
                 batch.insert(&first.to_be_bytes(), log::encode_group(group));
             }
             bucket.apply_batch(batch)?;
         }
         self.heads.extend(pending.heads);
-        for (stream, leaf) in &leaves {
+        // Only now that every bucket is written: a refused batch leaves the trees as they were.
+        for ((stream, _), (_, records)) in &pending.buckets {
             if let Some(Some(frontier)) = self.unsigned.get_mut(stream) {
-                frontier.push(leaf);
+                records
+                    .iter()
+                    .for_each(|record| frontier.push(&record.leaf));
             }
         }
         if self.keys.len() + pending.new_keys.len() > KEY_CACHE {
