@@ -15,7 +15,8 @@
 //! - `error`: the request-path error and its HTTP mapping; `body`: response bodies.
 //! - `health`, `metrics`, `request_stats`, `process_metrics`: observability.
 //! - `flags`, `features`, `ofrep`: feature flags and seawall's own features as flags.
-//! - `breaker`, `breakers`, `ratelimit`, `pg`, `sql_route`: protections and the database.
+//! - `breaker`, `breakers`, `ratelimit`, `pg`, `pg_pool`, `sql_route`: protections and the
+//!   database.
 //! - `audit`: the audit trail (model, redaction, keys, writer, policy, middleware, retention,
 //!   query, signed digests and verification, GDPR rights, crypto-shredding, the erasure
 //!   ledger); `backup`: verified copies of the data directory.
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod ofrep;
 pub mod path_pattern;
 pub mod pg;
+pub mod pg_pool;
 pub mod process_metrics;
 pub mod proxy;
 pub mod ratelimit;

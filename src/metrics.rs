@@ -89,6 +89,16 @@ impl Histogram {
             Ordering::Relaxed,
         );
     }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The sum of the observations so far.
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed))
+    }
 }
 
 /// The label pairs of one series, as rendered.

@@ -17,21 +17,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postgres::NoTls;
 use postgres::error::SqlState;
 use postgres::types::Type;
-use r2d2::{HandleError, HandleEvent, Pool};
-use r2d2_postgres::PostgresConnectionManager;
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::breaker::{Breaker, Outcome, Rejected, State};
 use crate::config::PostgresConfig;
 use crate::health::{Probe, ProbeFuture, Reading, Status};
-use crate::metrics::{Counter, Exposition, Histogram, LATENCY_BUCKETS};
+use crate::metrics::{Counter, Exposition};
+use crate::pg_pool::{self, CONNECTION_ERROR_KINDS, CloseReason, PgPool, PoolMetrics};
 use crate::upstream::CallOptions;
-
-type PgPool = Pool<PostgresConnectionManager<NoTls>>;
 
 /// Why a database call did not return rows.
 #[derive(Debug)]
@@ -69,84 +65,11 @@ impl DbError {
     }
 }
 
-/// Counters fed by the call path and by r2d2's event and error handlers.
-#[derive(Debug)]
-struct DbMetrics {
-    acquire: Histogram,
-    timeouts: Counter,
-    created: Counter,
-    closed: Counter,
+/// What the call path counts beyond the pool's own metrics.
+#[derive(Debug, Default)]
+struct CallMetrics {
     rejected: Counter,
-    connection_errors: HashMap<&'static str, Counter>,
     query_errors: Mutex<HashMap<String, u64>>,
-}
-
-const CONNECTION_ERROR_KINDS: [&str; 6] = [
-    "refused",
-    "timeout",
-    "auth",
-    "db_missing",
-    "too_many_connections",
-    "other",
-];
-
-#[derive(Debug)]
-struct Events(Arc<DbMetrics>);
-
-impl HandleEvent for Events {
-    fn handle_acquire(&self, _: r2d2::event::AcquireEvent) {
-        self.0.created.inc();
-    }
-
-    fn handle_release(&self, _: r2d2::event::ReleaseEvent) {
-        self.0.closed.inc();
-    }
-
-    fn handle_checkout(&self, event: r2d2::event::CheckoutEvent) {
-        self.0.acquire.observe(event.duration());
-    }
-
-    fn handle_timeout(&self, _: r2d2::event::TimeoutEvent) {
-        self.0.timeouts.inc();
-    }
-}
-
-#[derive(Debug)]
-struct Errors(Arc<DbMetrics>);
-
-impl HandleError<postgres::Error> for Errors {
-    fn handle_error(&self, error: postgres::Error) {
-        let kind = connection_error_kind(&error);
-        self.0.connection_errors[kind].inc();
-        tracing::debug!(kind, error = %error, "PostgreSQL connection error");
-    }
-}
-
-fn connection_error_kind(error: &postgres::Error) -> &'static str {
-    if let Some(code) = error.code() {
-        return match code.code() {
-            c if c.starts_with("28") => "auth",
-            "3D000" => "db_missing",
-            "53300" => "too_many_connections",
-            _ => "other",
-        };
-    }
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return match io.kind() {
-                std::io::ErrorKind::ConnectionRefused => "refused",
-                std::io::ErrorKind::TimedOut => "timeout",
-                _ => "other",
-            };
-        }
-        source = e.source();
-    }
-    if error.to_string().contains("timed out") {
-        "timeout"
-    } else {
-        "other"
-    }
 }
 
 pub struct Database {
@@ -156,41 +79,22 @@ pub struct Database {
     pool: Mutex<Option<PgPool>>,
     slots: Arc<Semaphore>,
     waiters: AtomicUsize,
-    metrics: Arc<DbMetrics>,
+    pool_metrics: Arc<PoolMetrics>,
+    metrics: CallMetrics,
 }
 
 impl Database {
-    /// Builds the pool without connecting (so seawall starts while PostgreSQL is down); r2d2
-    /// connects in the background up to `pool_min` and retries until it succeeds.
+    /// Builds the pool without connecting (see [`pg_pool::postgres`]).
     pub fn new(config: PostgresConfig, breaker: Arc<Breaker>) -> Database {
-        let metrics = Arc::new(DbMetrics {
-            acquire: Histogram::new(LATENCY_BUCKETS),
-            timeouts: Counter::default(),
-            created: Counter::default(),
-            closed: Counter::default(),
-            rejected: Counter::default(),
-            connection_errors: CONNECTION_ERROR_KINDS
-                .iter()
-                .map(|k| (*k, Counter::default()))
-                .collect(),
-            query_errors: Mutex::new(HashMap::new()),
-        });
-        let manager = PostgresConnectionManager::new(config.connection.clone(), NoTls);
-        let pool = Pool::builder()
-            .max_size(config.pool_max)
-            .min_idle(Some(config.pool_min))
-            .connection_timeout(config.acquire_timeout)
-            .test_on_check_out(true)
-            .error_handler(Box::new(Errors(metrics.clone())))
-            .event_handler(Box::new(Events(metrics.clone())))
-            .build_unchecked(manager);
+        let pool_metrics = Arc::new(PoolMetrics::default());
         Database {
             slots: Arc::new(Semaphore::new(config.pool_max as usize)),
             waiters: AtomicUsize::new(0),
-            pool: Mutex::new(Some(pool)),
+            pool: Mutex::new(Some(pg_pool::postgres(&config, &pool_metrics))),
             breaker,
             config,
-            metrics,
+            pool_metrics,
+            metrics: CallMetrics::default(),
         }
     }
 
@@ -311,6 +215,7 @@ impl Database {
     /// Drops the pool on the blocking pool (its connections own runtimes of their own).
     pub async fn close(&self) {
         let pool = self.pool.lock().expect("pool lock").take();
+        self.pool_metrics.mark_shutting_down();
         let _ = tokio::task::spawn_blocking(move || drop(pool)).await;
     }
 
@@ -326,12 +231,11 @@ impl Database {
         let (connections, idle) = self.state();
         let errors: serde_json::Map<String, serde_json::Value> = CONNECTION_ERROR_KINDS
             .iter()
-            .map(|k| {
-                (
-                    k.to_string(),
-                    json!(self.metrics.connection_errors[k].get()),
-                )
-            })
+            .map(|k| (k.to_string(), json!(self.pool_metrics.connection_errors(k))))
+            .collect();
+        let closed: serde_json::Map<String, serde_json::Value> = CloseReason::ALL
+            .iter()
+            .map(|r| (r.as_str().to_string(), json!(self.pool_metrics.closed(*r))))
             .collect();
         json!({
             "name": "postgres",
@@ -346,10 +250,11 @@ impl Database {
             "maxQueue": self.config.max_queue,
             "acquireTimeoutMs": self.config.acquire_timeout.as_millis() as u64,
             "statementTimeoutMs": self.config.statement_timeout.as_millis() as u64,
-            "timeouts": self.metrics.timeouts.get(),
+            "timeouts": self.pool_metrics.timeouts.get(),
             "rejected": self.metrics.rejected.get(),
-            "connectionsCreated": self.metrics.created.get(),
-            "connectionsClosed": self.metrics.closed.get(),
+            "connectionsCreated": self.pool_metrics.created.get(),
+            "connectionsClosed": self.pool_metrics.closed_total(),
+            "connectionsClosedByReason": closed,
             "connectionErrors": errors,
             "breaker": self.breaker.state(Instant::now()).as_str(),
         })
@@ -387,23 +292,6 @@ impl Database {
             &pool,
             self.waiters.load(Ordering::SeqCst) as f64,
         );
-        out.header(
-            "seawall_db_pool_acquire_seconds",
-            "histogram",
-            "Time to check a connection out of the PostgreSQL pool.",
-        );
-        out.histogram_series(
-            "seawall_db_pool_acquire_seconds",
-            &pool,
-            &self.metrics.acquire,
-        );
-        out.single_labelled(
-            "seawall_db_pool_timeouts_total",
-            "counter",
-            "Checkouts that gave up waiting for a connection.",
-            &pool,
-            self.metrics.timeouts.get() as f64,
-        );
         out.single_labelled(
             "seawall_db_pool_rejected_total",
             "counter",
@@ -411,33 +299,7 @@ impl Database {
             &pool,
             self.metrics.rejected.get() as f64,
         );
-        out.single_labelled(
-            "seawall_db_pool_connections_created_total",
-            "counter",
-            "Connections opened by the pool.",
-            &pool,
-            self.metrics.created.get() as f64,
-        );
-        out.single_labelled(
-            "seawall_db_pool_connections_closed_total",
-            "counter",
-            "Connections closed by the pool.",
-            &pool,
-            self.metrics.closed.get() as f64,
-        );
-        out.header(
-            "seawall_db_pool_connection_errors_total",
-            "counter",
-            "Failed connection attempts and validations, by kind.",
-        );
-        for kind in CONNECTION_ERROR_KINDS {
-            let value = self.metrics.connection_errors[kind].get() as f64;
-            out.sample(
-                "seawall_db_pool_connection_errors_total",
-                &[("pool", "postgres"), ("kind", kind)],
-                value,
-            );
-        }
+        self.pool_metrics.render("postgres", out);
         out.header(
             "seawall_db_query_errors_total",
             "counter",

@@ -342,6 +342,22 @@ async fn terminated_backends_are_replaced_without_failing_requests() {
         "{failed} of 10 requests failed after the backends were killed"
     );
     assert_eq!(postgres_breaker(&seawall).await["state"], "closed");
+    // Each killed session was found either by validation on checkout or on its way back.
+    let metrics = get(&seawall.admin_url("/metrics")).await.text();
+    let closed = |reason: &str| {
+        metric(
+            &metrics,
+            &format!(
+                "seawall_db_pool_connections_closed_total{{pool=\"postgres\",reason=\"{reason}\"}}"
+            ),
+        )
+        .expect("closed counter")
+    };
+    assert!(
+        closed("invalid") + closed("broken") >= 1.0,
+        "no killed connection was counted:\n{metrics}"
+    );
+    assert_eq!(closed("max_lifetime") + closed("idle_timeout"), 0.0);
 }
 
 /// research/breaker-pool.md §9 C12 and C13: a login PostgreSQL refuses is counted as `auth` and
@@ -468,6 +484,21 @@ async fn a_client_that_hangs_up_mid_statement_costs_the_breaker_nothing() {
     for (kind, expected) in [("successful", 3.0), ("failed", 0.0), ("ignored", 1.0)] {
         assert_eq!(metric(&metrics, &calls(kind)), Some(expected), "{kind}");
     }
+    // The pool saw the connection held for the whole statement, past the hang-up.
+    let usage = |series: &str| {
+        metric(
+            &metrics,
+            &format!("seawall_db_pool_usage_seconds_{series}{{pool=\"postgres\"}}"),
+        )
+        .expect("usage histogram")
+    };
+    let held_under_half_a_second = metric(
+        &metrics,
+        "seawall_db_pool_usage_seconds_bucket{pool=\"postgres\",le=\"0.5\"}",
+    )
+    .expect("usage bucket");
+    assert!(usage("count") - held_under_half_a_second >= 1.0);
+    assert!(usage("sum") >= 0.8, "{}", usage("sum"));
     assert_eq!(get(&seawall.proxy_url("/pets/1")).await.status, 200);
 }
 
