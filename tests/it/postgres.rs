@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::support::{
     BREAKER_ON, PROCESS_TIMEOUT, Pg, Reply, Seawall, admin_get, assert_error, await_metric, full,
-    get, metric, send,
+    get, metric, required_env, send,
 };
 
 const SCHEMA: &str = "CREATE TABLE pets (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);
@@ -237,6 +237,91 @@ async fn sql_routes_answer_json_and_bind_parameters_as_data() {
         ),
         Some(1.0)
     );
+    assert_database_series(&metrics);
+    let file = seawall.dir.path().join("metrics.prom");
+    std::fs::write(&file, &metrics).unwrap();
+    crate::support::run(
+        std::process::Command::new(required_env("SEAWALL_TEST_PROMTOOL"))
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&file).unwrap()),
+    );
+}
+
+/// research/breaker-pool.md §9 D1: every PostgreSQL pool and breaker series of §8 is exposed
+/// with its documented labels, whether or not anything has happened to it yet.
+fn assert_database_series(metrics: &str) {
+    let pool = "pool=\"postgres\"";
+    let mut series: Vec<String> = vec![
+        format!("seawall_db_pool_connections{{{pool},state=\"idle\"}}"),
+        format!("seawall_db_pool_connections{{{pool},state=\"in_use\"}}"),
+        format!("seawall_db_pool_max_connections{{{pool}}}"),
+        format!("seawall_db_pool_waiters{{{pool}}}"),
+        format!("seawall_db_pool_timeouts_total{{{pool}}}"),
+        format!("seawall_db_pool_rejected_total{{{pool}}}"),
+        format!("seawall_db_pool_connections_created_total{{{pool}}}"),
+    ];
+    for histogram in ["acquire", "usage", "creation"] {
+        for part in ["_sum", "_count"] {
+            series.push(format!(
+                "seawall_db_pool_{histogram}_seconds{part}{{{pool}}}"
+            ));
+        }
+        series.push(format!(
+            "seawall_db_pool_{histogram}_seconds_bucket{{{pool},le=\"+Inf\"}}"
+        ));
+    }
+    for reason in [
+        "invalid",
+        "broken",
+        "max_lifetime",
+        "idle_timeout",
+        "shutdown",
+    ] {
+        series.push(format!(
+            "seawall_db_pool_connections_closed_total{{{pool},reason=\"{reason}\"}}"
+        ));
+    }
+    for kind in [
+        "refused",
+        "timeout",
+        "auth",
+        "db_missing",
+        "too_many_connections",
+        "other",
+    ] {
+        series.push(format!(
+            "seawall_db_pool_connection_errors_total{{{pool},kind=\"{kind}\"}}"
+        ));
+    }
+    for state in [
+        "closed",
+        "open",
+        "half_open",
+        "forced_open",
+        "disabled",
+        "metrics_only",
+    ] {
+        series.push(format!(
+            "seawall_circuit_breaker_state{{name=\"postgres\",state=\"{state}\"}}"
+        ));
+    }
+    for name in series {
+        assert!(metric(metrics, &name).is_some(), "no {name} in:\n{metrics}");
+    }
+    // The pool has opened a connection and timed it; the breaker's state is one-hot.
+    for opened in [
+        "seawall_db_pool_connections_created_total{pool=\"postgres\"}",
+        "seawall_db_pool_creation_seconds_count{pool=\"postgres\"}",
+        "seawall_db_pool_usage_seconds_count{pool=\"postgres\"}",
+    ] {
+        assert!(metric(metrics, opened).unwrap() >= 1.0, "{opened}");
+    }
+    let states: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("seawall_circuit_breaker_state{name=\"postgres\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(states, 1.0, "one state at a time");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
