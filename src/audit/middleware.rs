@@ -35,9 +35,6 @@ use crate::audit::redact::{self, Notes};
 use crate::body::{Body, RequestBody};
 use crate::request_context::RequestContext;
 
-/// User agents are cut to this many characters (research/audit.md §1.4).
-const MAX_USER_AGENT: usize = 512;
-
 /// What the listener's policy decided for a request that is audited.
 pub struct Plan<'a> {
     pub decision: Decision,
@@ -166,19 +163,19 @@ impl RequestAudit {
         let mut notes = Notes::default();
         let headers = &parts.headers;
         let (actor_kind, auth_method) = claimed_actor(headers, api_key_header);
-        let user_agent: String = headers
+        let user_agent = headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .chars()
-            .take(MAX_USER_AGENT)
-            .collect();
+            .unwrap_or_default();
+        let user_agent = redact::text(user_agent, &mut notes);
+        let path = redact::text(parts.uri.path(), &mut notes);
+        let query = parts.uri.query().map(|q| redact::query(q, &mut notes));
         let client = ClientPart {
             address: ctx.client_ip.to_string(),
             request_id: &ctx.request_id,
-            user_agent: redact::text(&user_agent, &mut notes),
-            path: redact::text(parts.uri.path(), &mut notes),
-            query: parts.uri.query().map(|q| redact::query(q, &mut notes)),
+            user_agent: redact::capped(user_agent, redact::MAX_USER_AGENT, &mut notes),
+            path: redact::capped(path, redact::MAX_PATH, &mut notes),
+            query: query.map(|q| redact::capped(q, redact::MAX_QUERY, &mut notes)),
             headers: redact::headers(headers, &["user-agent", "x-request-id"], &mut notes),
         };
         let client = serde_json::to_vec(&client).expect("client parts serialize");

@@ -23,6 +23,13 @@ pub const REDACTED: &str = "REDACTED";
 /// Bodies larger than this are not parsed.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Longest captured request fields, in characters (research/audit.md §5.1 item 7): a long
+/// field is kept up to this and noted as `truncated`.
+pub const MAX_USER_AGENT: usize = 512;
+pub const MAX_PATH: usize = 2048;
+pub const MAX_QUERY: usize = 2048;
+pub const MAX_HEADER_VALUE: usize = 1024;
+
 /// Redact a key whose normalised form contains one of these.
 const SENSITIVE_SUBSTRINGS: [&str; 37] = [
     "password",
@@ -136,6 +143,18 @@ pub fn text(value: &str, notes: &mut Notes) -> String {
     out
 }
 
+/// `value` cut to at most `max` characters, noted as `truncated` when cut. Callers cut what
+/// redaction returned, never the raw value: a secret cut in half could slip past the detectors
+/// that recognise it whole (a card number without its last digits, a JWT without its
+/// signature).
+pub fn capped(mut value: String, max: usize, notes: &mut Notes) -> String {
+    if let Some((end, _)) = value.char_indices().nth(max) {
+        value.truncate(end);
+        notes.add("truncated");
+    }
+    value
+}
+
 /// `a=1&token=x` → `a=1&token=REDACTED`, keys kept, other values scrubbed.
 pub fn query(query: &str, notes: &mut Notes) -> String {
     let mut out = form_urlencoded::Serializer::new(String::new());
@@ -177,11 +196,7 @@ pub fn headers(
         } else {
             value
         };
-        let end = value
-            .char_indices()
-            .nth(1024)
-            .map_or(value.len(), |(at, _)| at);
-        kept.insert(name, text(&value[..end], notes));
+        kept.insert(name, capped(text(value, notes), MAX_HEADER_VALUE, notes));
     }
     kept
 }

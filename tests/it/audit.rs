@@ -253,8 +253,28 @@ async fn a1_no_secret_canary_is_stored_or_served() {
         200
     );
 
-    let served = await_events(&seawall, "api", 3).await;
-    assert_eq!(served.len(), 3);
+    // A8: fields past their limits are cut after redaction, so a JWT straddling the user
+    // agent's limit is redacted whole, not kept in part.
+    let long_agent = format!("{} {jwt}", "a".repeat(500));
+    let long_path = format!("/api/headers/{}", "p".repeat(3000));
+    send(
+        Method::GET,
+        &seawall.proxy_url(&long_path),
+        &[("user-agent", long_agent.as_str())],
+        full(Bytes::new()),
+    )
+    .await;
+
+    let served = await_events(&seawall, "api", 4).await;
+    assert_eq!(served.len(), 4);
+    let cut: Vec<&Value> = served
+        .iter()
+        .filter_map(|event| event["redactions"]["truncated"].as_u64().map(|_| event))
+        .collect();
+    assert_eq!(cut.len(), 1, "{served:?}");
+    assert_eq!(cut[0]["redactions"]["truncated"], 2, "path and user agent");
+    // In the user agent, and again in the response body, which echoes the request's headers.
+    assert_eq!(cut[0]["redactions"]["jwt"], 2);
     let served_text = serde_json::to_string(&served).unwrap();
     for canary in canaries {
         assert!(
@@ -292,6 +312,11 @@ async fn a1_no_secret_canary_is_stored_or_served() {
         opened.contains("canary-agent/1.0"),
         "the user agent is kept, sealed"
     );
+    assert!(
+        !opened.contains("eyJ"),
+        "no part of a JWT is kept: {opened}"
+    );
+    assert!(opened.contains(&format!("/api/headers/{}\"", "p".repeat(2048 - 13))));
     assert!(
         opened.contains("access_token=REDACTED"),
         "query keys are kept: {opened}"

@@ -181,6 +181,30 @@ fn a7_only_allowlisted_headers_are_kept_and_credentials_never() {
     assert_eq!(auth_scheme(&h), "bearer");
 }
 
+/// A8: long fields are cut, and noted as cut, only after redaction, so a secret straddling
+/// the limit is still recognised whole rather than kept in part.
+#[test]
+fn a8_long_fields_are_cut_after_redaction() {
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkphbmUifQ.c2lnbmF0dXJl";
+    let straddling = format!("{} {jwt}", "a".repeat(MAX_HEADER_VALUE - 10));
+    let mut h = http::HeaderMap::new();
+    h.insert("accept", straddling.parse().unwrap());
+    let mut notes = Notes::default();
+    let kept = headers(&h, &[], &mut notes);
+    assert!(!kept["accept"].contains("eyJ"), "{}", kept["accept"]);
+    assert_eq!(kept["accept"].chars().count(), MAX_HEADER_VALUE);
+    assert_eq!(notes.0.get("jwt"), Some(&1));
+    assert_eq!(notes.0.get("truncated"), Some(&1));
+
+    let mut notes = Notes::default();
+    let short = capped("é".repeat(MAX_PATH), MAX_PATH, &mut notes);
+    assert_eq!(short.chars().count(), MAX_PATH);
+    assert!(notes.is_empty(), "a field at the limit is not cut");
+    let long = capped("é".repeat(MAX_PATH + 1), MAX_PATH, &mut notes);
+    assert_eq!(long, "é".repeat(MAX_PATH), "cut on a character boundary");
+    assert_eq!(notes.0.get("truncated"), Some(&1));
+}
+
 #[test]
 fn json_numbers_that_are_card_numbers_are_redacted() {
     let mut notes = Notes::default();
