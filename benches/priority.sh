@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Priority protection under overload (research/ratelimit.md §4 scenario 21), loopback only,
+# Priority protection under overload (research/ratelimit.md §4 scenarios 21 and 22), loopback only,
 # bounded in time: does a `high` route keep its service while `strict` traffic floods a backend
 # that cannot keep up?
 #
@@ -12,6 +12,9 @@
 #   shedding on     50/s high plus 300/s strict (3.5x the backend), seawall with
 #                   `seawall.prioritized-rate-limit` on and `ratelimit.max_in_flight = 40`
 #   shedding off    the same load through a seawall with all features off
+#   slow, shed on   scenario 22: the backend takes 2 s (10x longer) for the strict route's
+#                   requests; 50/s high plus 50/s of those, through the shedding seawall
+#   slow, shed off  the same through the seawall with all features off
 #
 # Both seawalls cap the upstream at the backend's 20 concurrent requests and wait at most 10 s
 # for a slot. Quotas are far above the offered rates, so every refusal is the shedder's. For each
@@ -27,23 +30,58 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 cargo build --release --quiet
 
 cat >"$work/backend.py" <<'PY'
-# An HTTP/1.1 backend with keep-alive that serves `workers` requests at a time, `seconds` each.
+# An HTTP/1.1 backend with keep-alive that serves `workers` requests at a time, `seconds` each
+# (paths under /slow/ 2 s each). A request whose client hangs up while it waits for a worker
+# leaves the queue, so one phase's abandoned requests do not load the next; GET /_busy answers
+# how many requests are waiting or being served.
 import asyncio, sys
 
 port, workers, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 slots = asyncio.Semaphore(workers)
+busy = 0
+
+async def worker_unless_hangup(reader):
+    acquire = asyncio.ensure_future(slots.acquire())
+    hangup = asyncio.ensure_future(reader.read(1))
+    await asyncio.wait({acquire, hangup}, return_when=asyncio.FIRST_COMPLETED)
+    hangup.cancel()
+    await asyncio.gather(hangup, return_exceptions=True)
+    if hangup.cancelled():
+        return True
+    if acquire.done():
+        slots.release()
+    else:
+        acquire.cancel()
+    return False
+
+def answer(writer, body):
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
 
 async def serve(reader, writer):
+    global busy
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             if b"content-length:" in head.lower():
                 raise ValueError("this backend takes no request bodies")
-            async with slots:
-                await asyncio.sleep(seconds)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+            path = head.split(b" ", 2)[1]
+            if path == b"/_busy":
+                answer(writer, str(busy).encode())
+                await writer.drain()
+                continue
+            busy += 1
+            try:
+                if not await worker_unless_hangup(reader):
+                    return
+                try:
+                    await asyncio.sleep(2.0 if path.startswith(b"/slow/") else seconds)
+                finally:
+                    slots.release()
+            finally:
+                busy -= 1
+            answer(writer, b"ok\n")
             await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+    except (asyncio.IncompleteReadError, ConnectionError, ValueError, IndexError):
         pass
     finally:
         writer.close()
@@ -160,6 +198,12 @@ match = "/strict/*"
 upstream = "app"
 strip_prefix = "/strict"
 priority = "strict"
+
+[[routes]]
+name = "slow"
+match = "/slow/*"
+upstream = "app"
+priority = "strict"
 TOML
 }
 start_seawall shedding "prioritized_rate_limit = true"
@@ -167,12 +211,14 @@ shedding_port=$proxy shedding_admin=$admin
 start_seawall plain ""
 plain_port=$proxy plain_admin=$admin
 
-# Waits until a seawall has nothing in flight, so one phase's stragglers do not load the next.
+# Waits until a seawall and the backend have nothing in flight, so one phase's stragglers do not
+# load the next.
 settle() {
   for _ in $(seq 1 600); do
     in_flight=$(curl -sf "http://127.0.0.1:$1/metrics" \
       | awk '/^seawall_pool_in_flight\{pool="app"\}/ { print $2 }')
-    [ "$in_flight" = 0 ] && return 0
+    backend_busy=$(curl -sf "http://127.0.0.1:$backend_port/_busy")
+    [ "$in_flight" = 0 ] && [ "$backend_busy" = 0 ] && return 0
     sleep 0.1
   done
   echo "priority.sh: requests still in flight after 60 s" >&2; exit 1
@@ -190,5 +236,7 @@ printf '%-14s %-7s %6s %8s %7s %7s %8s %8s\n' phase route sent "200" shed other 
 phase "unloaded" "$shedding_port" "$shedding_admin" 10 /high/=50
 phase "shedding on" "$shedding_port" "$shedding_admin" "$duration" /high/=50 /strict/=300
 phase "shedding off" "$plain_port" "$plain_admin" "$duration" /high/=50 /strict/=300
+phase "slow, shed on" "$shedding_port" "$shedding_admin" "$duration" /high/=50 /slow/=50
+phase "slow, shed off" "$plain_port" "$plain_admin" "$duration" /high/=50 /slow/=50
 shed=$(curl -sf "http://127.0.0.1:$shedding_admin/metrics" | awk '/^seawall_ratelimit_decisions_total\{.*outcome="shed"/ { s += $2 } END { print s + 0 }')
 echo "shed by the shedding seawall (seawall_ratelimit_decisions_total, outcome shed): $shed"
