@@ -361,17 +361,22 @@ fn health_json(status: StatusCode, value: &Value) -> Response<Body> {
     response
 }
 
-/// The store's check: write, flush and read back a probe record; gates readiness.
+/// The store's check: write, flush and read back a probe record; gates readiness. It warns
+/// (without failing readiness) once the data volume is past the capacity guard's mark, so the
+/// volume filling shows before writes fail.
 pub struct StoreProbe {
     store: Store,
+    /// The volume's used percentage from which the check warns; `None` never warns.
+    volume_warn_percent: Option<u8>,
     /// Updated on every probe; rendered as `seawall_store_size_on_disk_bytes`.
     pub size_on_disk: Arc<Gauge>,
 }
 
 impl StoreProbe {
-    pub fn new(store: Store) -> StoreProbe {
+    pub fn new(store: Store, volume_warn_percent: Option<u8>) -> StoreProbe {
         StoreProbe {
             store,
+            volume_warn_percent,
             size_on_disk: Arc::new(Gauge::default()),
         }
     }
@@ -415,6 +420,14 @@ impl Probe for StoreProbe {
                         reading
                             .extra
                             .insert("volumeAvailableBytes".into(), json!(available));
+                        if let Some(mark) = self.volume_warn_percent
+                            && used >= f64::from(mark)
+                        {
+                            reading.status = Status::Warn;
+                            reading.output = Some(format!(
+                                "data volume {used}% used, past the capacity guard's mark of {mark}%"
+                            ));
+                        }
                     }
                     Some(reading)
                 }

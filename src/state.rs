@@ -107,7 +107,8 @@ impl AppState {
             config.audit.clone(),
         )?);
 
-        let store_probe = StoreProbe::new(store.clone());
+        let high_water = config.audit.capacity.high_water_percent;
+        let store_probe = StoreProbe::new(store.clone(), (high_water < 100).then_some(high_water));
         let store_size = store_probe.size_on_disk.clone();
         let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store_probe)];
         if let Some(database) = &database {

@@ -581,6 +581,25 @@ async fn a_filling_data_volume_shortens_body_then_access_retention_and_spares_th
         .await;
     }
     let escalated = started.elapsed();
+    // The store's health check warns past the mark; readiness does not fail for it.
+    let mut store_check = serde_json::Value::Null;
+    until(
+        Duration::from_secs(30),
+        "the store check warning",
+        async || {
+            let detailed = get(&seawall.proxy_url("/health/detailed")).await.json();
+            store_check = detailed["checks"]["store:responseTime"][0].clone();
+            store_check["status"] == "warn"
+        },
+    )
+    .await;
+    assert!(
+        store_check["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("past the capacity guard's mark of 60%")),
+        "{store_check}"
+    );
+    assert_eq!(get(&seawall.proxy_url("/health/ready")).await.status, 200);
     // The gauge moves first; the events are on disk within the flush interval.
     let overrides_query = "stream=system&type=sys.retention.capacity_override";
     let mut overrides = Vec::new();

@@ -5,6 +5,13 @@ use crate::support::{Seawall, admin_get, get, required_env};
 #[tokio::test]
 async fn health_endpoints_answer_health_json() {
     let seawall = Seawall::start("");
+    // The store's check warns once the data volume is past the capacity guard's default mark
+    // (90%), which a crowded test machine's volume may be.
+    let detailed = get(&seawall.proxy_url("/health/detailed")).await.json();
+    let store = &detailed["checks"]["store:responseTime"][0];
+    let used = store["volumeUsedPercent"].as_f64().unwrap();
+    assert!((0.0..=100.0).contains(&used), "{store}");
+    let expected = if used >= 90.0 { "warn" } else { "pass" };
     for path in [
         "/health",
         "/health/live",
@@ -19,18 +26,18 @@ async fn health_endpoints_answer_health_json() {
             "{path}"
         );
         assert_eq!(reply.header("cache-control"), Some("no-store"), "{path}");
-        assert_eq!(reply.json()["status"], "pass", "{path}");
+        let status = &reply.json()["status"];
+        match path {
+            "/health/live" | "/health/ready" => assert_eq!(status, "pass", "{path}"),
+            _ => assert_eq!(status, expected, "{path}"),
+        }
     }
-    let detailed = get(&seawall.proxy_url("/health/detailed")).await.json();
-    let store = &detailed["checks"]["store:responseTime"][0];
-    assert_eq!(store["status"], "pass", "{detailed}");
+    assert_eq!(store["status"], expected, "{detailed}");
     assert_eq!(store["componentType"], "datastore");
     assert!(
         store["volumeAvailableBytes"].as_u64().unwrap() > 0,
         "{store}"
     );
-    let used = store["volumeUsedPercent"].as_f64().unwrap();
-    assert!((0.0..=100.0).contains(&used), "{store}");
     assert!(detailed["checks"]["uptime"][0]["observedValue"].is_number());
     // The admin listener serves health too, without a token.
     assert_eq!(get(&seawall.admin_url("/health/ready")).await.status, 200);
