@@ -61,8 +61,14 @@ pub enum StoreError {
     #[error("cannot create data directory {path}: {source}")]
     CreateDir { path: PathBuf, source: io::Error },
     #[error(
-        "cannot open the store in {path}: {source} (is another seawall running on this data directory?)"
+        "the store in {path} is locked by another process: is another seawall running on this data directory?"
     )]
+    Locked { path: PathBuf },
+    #[error(
+        "the store in {path} is corrupt ({detail}): restore the last verified backup (docs/runbook.md, \"Back up and restore\"), or move the directory away to start with an empty store"
+    )]
+    Corrupted { path: PathBuf, detail: String },
+    #[error("cannot open the store in {path}: {source}")]
     Open { path: PathBuf, source: sled::Error },
     #[error(
         "the store in {path} has schema version {found}, newer than this build's {SCHEMA_VERSION}; run a newer seawall or restore a backup"
@@ -74,6 +80,27 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// What went wrong opening sled, in the operator's terms: another process holding the lock
+/// (sled says so only in an I/O error's text), a store that does not read back, or anything else.
+fn open_error(dir: &Path, source: sled::Error) -> StoreError {
+    let path = dir.to_path_buf();
+    match source {
+        sled::Error::Io(e)
+            if e.kind() == io::ErrorKind::Other
+                && e.to_string().contains("could not acquire lock") =>
+        {
+            StoreError::Locked { path }
+        }
+        sled::Error::Corruption { at, .. } => StoreError::Corrupted {
+            path,
+            detail: at.map_or("unreadable data".to_string(), |at| {
+                format!("unreadable data at {at:?}")
+            }),
+        },
+        source => StoreError::Open { path, source },
+    }
 }
 
 /// The process's single handle on sled. Cheap to clone.
@@ -101,10 +128,7 @@ impl Store {
             .path(&dir)
             .cache_capacity(config.cache_capacity_bytes)
             .open()
-            .map_err(|source| StoreError::Open {
-                path: dir.clone(),
-                source,
-            })?;
+            .map_err(|source| open_error(&dir, source))?;
         let store = Store {
             db,
             dir,
@@ -121,13 +145,7 @@ impl Store {
         let deadline = Instant::now() + timeout;
         loop {
             match Store::open(config) {
-                Err(StoreError::Open {
-                    source: sled::Error::Io(e),
-                    ..
-                }) if e.kind() == io::ErrorKind::Other
-                    && e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-                {
+                Err(StoreError::Locked { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 other => return other,

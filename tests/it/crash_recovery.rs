@@ -6,13 +6,14 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use seawall::config::StoreConfig;
-use seawall::store::Store;
+use seawall::store::{Store, StoreError};
 use tempfile::TempDir;
 
-use crate::support::PROCESS_TIMEOUT;
+use crate::support::{PROCESS_TIMEOUT, Seawall, seawall_command};
 
 const WRITER_DIR: &str = "SEAWALL_TEST_WRITER_DIR";
 const TREE: &str = "crash_test";
@@ -111,4 +112,68 @@ fn kill_9_under_writes_loses_nothing_that_was_flushed() {
             "record {i} of {flushed} flushed"
         );
     }
+}
+
+/// research/health-metrics-fly.md §5.4: a store sled cannot read back (here the first 4 KiB of
+/// its log overwritten) stops the start with a message saying so and where the way back is,
+/// not a hint at another process, and without a panic.
+#[test]
+fn a_corrupt_store_stops_the_start_and_names_the_way_back() {
+    // A store as seawall leaves it after a restart: written, flushed and closed twice, so that
+    // sled has written a snapshot. Without one, sled cannot tell an overwritten log from one
+    // never written and opens it empty (the limitation ARCHITECTURE.md names).
+    let dir = Arc::new(TempDir::new().unwrap());
+    let mut data = dir.path().to_path_buf();
+    for _ in 0..2 {
+        let mut run = Seawall::start_in(dir.clone(), "", &[]);
+        run.signal("TERM");
+        assert!(run.wait_exit(PROCESS_TIMEOUT).success());
+        data = run.data_dir();
+    }
+    let log = data.join("store").join("db");
+    let mut file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    std::io::Write::write_all(&mut file, &[0xff; 4096]).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    let config = StoreConfig {
+        data_dir: data.clone(),
+        cache_capacity_bytes: 16 << 20,
+    };
+    match Store::open_when_free(&config, PROCESS_TIMEOUT) {
+        Err(e @ StoreError::Corrupted { .. }) => {
+            assert!(
+                e.to_string().contains("restore the last verified backup"),
+                "{e}"
+            )
+        }
+        Err(e) => panic!("not reported as corrupt: {e}"),
+        Ok(_) => panic!("a store with an overwritten log opened"),
+    }
+
+    let config_file = dir.path().join("seawall.toml");
+    std::fs::write(&config_file, "").unwrap();
+    let mut child = seawall_command(dir.path(), &config_file, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("seawall started on a corrupt store");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is corrupt"), "{stderr}");
+    assert!(stderr.contains("\"Back up and restore\""), "{stderr}");
+    assert!(!stderr.contains("another"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
