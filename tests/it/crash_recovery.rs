@@ -120,8 +120,8 @@ fn kill_9_under_writes_loses_nothing_that_was_flushed() {
 #[test]
 fn a_corrupt_store_stops_the_start_and_names_the_way_back() {
     // A store as seawall leaves it after a restart: written, flushed and closed twice, so that
-    // sled has written a snapshot. Without one, sled cannot tell an overwritten log from one
-    // never written and opens it empty (the limitation ARCHITECTURE.md names).
+    // sled has written a snapshot. Without one, the same damage opened as an empty store (the
+    // limitation ARCHITECTURE.md names).
     let dir = Arc::new(TempDir::new().unwrap());
     let mut data = dir.path().to_path_buf();
     for _ in 0..2 {
