@@ -30,9 +30,6 @@ use crate::features::Feature;
 use crate::request_context::new_request_id;
 use crate::state::AppState;
 
-/// Digests per answer of the feed; page on with `since`.
-const MAX_DIGESTS: usize = 10_000;
-
 /// Whether `path` belongs to this API.
 pub fn owns(path: &str) -> bool {
     path == "/admin/audit" || path.starts_with("/admin/audit/")
@@ -202,7 +199,7 @@ async fn digests(state: &AppState, query: Option<&str>) -> Result<Response<Body>
                 if let Ok(d) = item {
                     out.push(d);
                 }
-                if out.len() >= MAX_DIGESTS {
+                if out.len() >= digest::FEED_PAGE {
                     break;
                 }
             }

@@ -12,6 +12,7 @@ usage: seawall [run] [--config PATH]
        seawall backup --to DIR [--config PATH]
        seawall audit verify --data DIR [--pubkey HEX] [--config PATH]
        seawall audit verify-export --pubkey HEX FILE
+       seawall audit witness --url URL --token-file FILE --pubkey HEX --state FILE
        seawall --help | --version
 
 Runs the seawall resilience gateway. Configuration comes from the optional TOML file
@@ -25,7 +26,13 @@ directory's own key; it prints a JSON report and exits 1 when anything breaks.
 `audit verify-export` checks a subject-access export (FILE, or - for standard
 input) on its own: the digests it lists against --pubkey, and each event's
 leaf and inclusion proof; it prints a JSON report and exits 1 when anything
-breaks.";
+breaks.
+`audit witness`, run from another machine, fetches the signed digests from the
+admin listener at --url (http://host:port) with the admin token in
+--token-file, checks them against --pubkey and against the digests it kept in
+--state on earlier runs (still there, unchanged, extended link by link), and
+keeps the newest; it prints a JSON report and exits 1 when anything breaks, 69
+when it cannot reach or read the feed.";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
@@ -49,6 +56,12 @@ pub enum Command {
         file: PathBuf,
         pubkey: String,
     },
+    AuditWitness {
+        url: String,
+        token_file: PathBuf,
+        pubkey: String,
+        state: PathBuf,
+    },
     Help,
     Version,
 }
@@ -62,6 +75,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut data: Option<PathBuf> = None;
     let mut pubkey: Option<String> = None;
     let mut file: Option<PathBuf> = None;
+    let mut url: Option<String> = None;
+    let mut token_file: Option<PathBuf> = None;
+    let mut state: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -89,10 +105,22 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
                 let key = args.next().ok_or("--pubkey needs a hex key")?;
                 pubkey = Some(key.to_string_lossy().into_owned());
             }
+            "--url" => {
+                let value = args.next().ok_or("--url needs http://host:port")?;
+                url = Some(value.to_string_lossy().into_owned());
+            }
+            "--token-file" => {
+                let path = args.next().ok_or("--token-file needs a path")?;
+                token_file = Some(PathBuf::from(path));
+            }
+            "--state" => {
+                let path = args.next().ok_or("--state needs a path")?;
+                state = Some(PathBuf::from(path));
+            }
             "run" | "check-config" | "backup" | "audit" if command.is_none() => {
                 command = Some(text.to_string())
             }
-            "verify" | "verify-export" if command.as_deref() == Some("audit") => {
+            "verify" | "verify-export" | "witness" if command.as_deref() == Some("audit") => {
                 command = Some(format!("audit {text}"))
             }
             _ if command.as_deref() == Some("audit verify-export") && file.is_none() => {
@@ -108,7 +136,15 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
         return Err("--data only applies to audit verify".to_string());
     }
     if pubkey.is_some() && !command.as_deref().is_some_and(|c| c.starts_with("audit ")) {
-        return Err("--pubkey only applies to audit verify and audit verify-export".to_string());
+        return Err(
+            "--pubkey only applies to audit verify, audit verify-export and audit witness"
+                .to_string(),
+        );
+    }
+    if (url.is_some() || token_file.is_some() || state.is_some())
+        && command.as_deref() != Some("audit witness")
+    {
+        return Err("--url, --token-file and --state only apply to audit witness".to_string());
     }
     Ok(match command.as_deref() {
         Some("check-config") => Command::CheckConfig { config },
@@ -117,7 +153,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             to: to.ok_or("backup needs --to DIR")?,
         },
         Some("audit") => {
-            return Err("audit needs a subcommand: verify or verify-export".to_string());
+            return Err("audit needs a subcommand: verify, verify-export or witness".to_string());
         }
         Some("audit verify") => Command::AuditVerify {
             config,
@@ -128,6 +164,20 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
             file: file.ok_or("audit verify-export needs a FILE (- for standard input)")?,
             pubkey: pubkey.ok_or("audit verify-export needs --pubkey HEX")?,
         },
+        Some("audit witness") => {
+            let url = url.ok_or("audit witness needs --url http://host:port")?;
+            if !url.starts_with("http://") {
+                return Err(format!(
+                    "--url {url:?} must start with http:// (the admin listener is on a private network)"
+                ));
+            }
+            Command::AuditWitness {
+                url: url.trim_end_matches('/').to_string(),
+                token_file: token_file.ok_or("audit witness needs --token-file FILE")?,
+                pubkey: pubkey.ok_or("audit witness needs --pubkey HEX")?,
+                state: state.ok_or("audit witness needs --state FILE")?,
+            }
+        }
         _ => Command::Run { config },
     })
 }
@@ -190,6 +240,47 @@ mod tests {
         assert!(parse_str(&["audit", "verify-export", "--pubkey", "ab"]).is_err());
         assert!(parse_str(&["audit", "verify-export", "--pubkey", "ab", "a", "b"]).is_err());
         assert!(parse_str(&["audit", "verify-export", "--data", "/d", "x"]).is_err());
+        assert_eq!(
+            parse_str(&[
+                "audit",
+                "witness",
+                "--url",
+                "http://10.0.0.2:9090/",
+                "--token-file",
+                "t",
+                "--pubkey",
+                "ab",
+                "--state",
+                "s.json",
+            ]),
+            Ok(Command::AuditWitness {
+                url: "http://10.0.0.2:9090".to_string(),
+                token_file: PathBuf::from("t"),
+                pubkey: "ab".to_string(),
+                state: PathBuf::from("s.json"),
+            })
+        );
+        let witness = [
+            "audit",
+            "witness",
+            "--url",
+            "http://h:1",
+            "--token-file",
+            "t",
+            "--pubkey",
+            "ab",
+            "--state",
+            "s",
+        ];
+        for missing in [2, 4, 6, 8] {
+            let mut args = witness.to_vec();
+            args.drain(missing..missing + 2);
+            assert!(parse_str(&args).is_err(), "{args:?}");
+        }
+        let mut https = witness;
+        https[3] = "https://h:1";
+        assert!(parse_str(&https).is_err());
+        assert!(parse_str(&["audit", "verify", "--data", "/d", "--state", "s"]).is_err());
         assert!(parse_str(&["run", "--pubkey", "ab"]).is_err());
     }
 }

@@ -1,8 +1,11 @@
 //! The `seawall` binary: parse the command line, load the configuration, run.
 //!
 //! Exit statuses: 0 after a clean shutdown, 64 (EX_USAGE) for bad arguments or configuration,
-//! 1 when seawall cannot start with a valid configuration (store locked, port taken).
+//! 1 when seawall cannot start with a valid configuration (store locked, port taken). The
+//! `audit` checks exit 1 when they find a break, and `audit witness` 69 (EX_UNAVAILABLE) when
+//! it cannot reach or read the digest feed.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -13,6 +16,8 @@ use seawall::state::AppState;
 use seawall::{fd_limit, logging, shutdown};
 
 const EX_USAGE: u8 = 64;
+/// sysexits' EX_UNAVAILABLE: a service the command needs (the digest feed) did not answer.
+const EX_UNAVAILABLE: u8 = 69;
 
 /// jemalloc instead of the C library's allocator: under load, buffers are allocated on the
 /// runtime's threads and freed on others (the audit writer, sled's threads), which glibc
@@ -97,6 +102,12 @@ fn main() -> ExitCode {
             }
         }
         Command::AuditVerifyExport { file, pubkey } => verify_export(&file, &pubkey),
+        Command::AuditWitness {
+            url,
+            token_file,
+            pubkey,
+            state,
+        } => witness(&url, &token_file, &pubkey, &state),
         Command::Run { config } => match load(config) {
             Ok(config) => run(config),
             Err(status) => status,
@@ -124,6 +135,33 @@ fn verify_export(file: &std::path::Path, pubkey: &str) -> ExitCode {
         Err(e) => {
             eprintln!("seawall: audit verify-export: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `seawall audit witness`: the report on standard output, 1 when anything breaks, 69 when
+/// the feed could not be checked at all.
+fn witness(url: &str, token_file: &Path, pubkey: &str, state: &Path) -> ExitCode {
+    let Some(pinned) = seawall::audit::digest::parse_public_key(pubkey) else {
+        eprintln!("seawall: --pubkey must be a 64-digit hex Ed25519 public key");
+        return ExitCode::from(EX_USAGE);
+    };
+    let token = match std::fs::read_to_string(token_file) {
+        Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
+        Ok(_) => {
+            eprintln!("seawall: {} is empty", token_file.display());
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            eprintln!("seawall: cannot read {}: {e}", token_file.display());
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    match seawall::audit::witness::run(url, &token, &pinned, state) {
+        Ok(report) => print_verdict(&report, report.ok),
+        Err(e) => {
+            eprintln!("seawall: audit witness: {e}");
+            ExitCode::from(EX_UNAVAILABLE)
         }
     }
 }

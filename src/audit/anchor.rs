@@ -116,6 +116,23 @@ impl Anchor {
         })
     }
 
+    /// An anchor as [`Anchor::public_json`] lists it, with its origin and stream; `None` when
+    /// any field is missing or malformed.
+    pub fn from_public_json(value: &serde_json::Value) -> Option<(String, Stream, Anchor)> {
+        let text = |name: &str| value.get(name)?.as_str().map(str::to_string);
+        let number = |name: &str| value.get(name)?.as_u64();
+        let anchor = Anchor {
+            pruned_through: number("pruned_through")?,
+            chain: unhex(&text("chain")?)?.try_into().ok()?,
+            through_day: u32::try_from(number("through_day")?).ok()?,
+            time: text("time")?,
+            header_days: u32::try_from(number("header_days")?).ok()?,
+            key_fingerprint: text("key_fingerprint")?,
+            signature: text("signature")?,
+        };
+        Some((text("origin")?, Stream::parse(&text("stream")?)?, anchor))
+    }
+
     /// Whether the cut kept its own period: nothing it removed was younger than `header_days`.
     pub fn within_period(&self) -> bool {
         let cut_day = chrono::DateTime::parse_from_rfc3339(&self.time)
@@ -229,6 +246,26 @@ mod tests {
                 "{changed:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_public_form_reads_back_and_still_verifies() {
+        let key = key(3);
+        let signed = Anchor::sign(
+            &key,
+            "gw",
+            Stream::Access,
+            (41, [7; 32], 20_000),
+            "2024-10-01T00:00:00Z".to_string(),
+            30,
+        );
+        let public = signed.public_json("gw", Stream::Access);
+        let (origin, stream, read) = Anchor::from_public_json(&public).expect("reads back");
+        assert_eq!((origin.as_str(), stream), ("gw", Stream::Access));
+        assert!(read.signed_by(&key.verifying_key(), &origin, stream));
+        let mut damaged = public.clone();
+        damaged["chain"] = serde_json::json!("zz");
+        assert!(Anchor::from_public_json(&damaged).is_none());
     }
 
     #[test]

@@ -18,6 +18,9 @@ use crate::store::StoreError;
 
 pub const ALGORITHM: &str = "Ed25519";
 
+/// Digests per answer of the feed (`GET /admin/audit/digests`); clients page on with `since`.
+pub const FEED_PAGE: usize = 10_000;
+
 /// One signed digest. Text fields only, so any JSON client can check it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Digest {

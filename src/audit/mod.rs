@@ -44,6 +44,7 @@ pub mod redact;
 pub mod retention;
 pub mod shred;
 pub mod verify;
+pub mod witness;
 pub mod writer;
 
 use std::collections::BTreeMap;

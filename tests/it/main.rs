@@ -30,3 +30,4 @@ mod ratelimit;
 mod shutdown;
 mod stalls;
 mod upgrades;
+mod witness;

@@ -1,0 +1,141 @@
+//! `seawall audit witness` against a live seawall: it takes the digests, extends them run by run,
+//! and catches a trail started anew with the machine's own key after the store was wiped,
+//! which the machine's own verification cannot see.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::audit::config;
+use crate::backend::Backend;
+use crate::support::{ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, free_port, get};
+
+/// The witness machine: a token file and a state file of its own.
+struct Witness {
+    dir: TempDir,
+    pubkey: String,
+}
+
+impl Witness {
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("witness.json")
+    }
+
+    /// Runs the witness against `url`; its exit code and its report (or stderr).
+    async fn run(&self, url: &str) -> (Option<i32>, Value, String) {
+        let token = self.dir.path().join("token");
+        std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_seawall"));
+        command
+            .args(["audit", "witness", "--url", url, "--pubkey", &self.pubkey])
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--state")
+            .arg(self.state());
+        let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), report, stderr)
+    }
+}
+
+/// Sends audited requests until the access stream has at least `digests` digests (the writer
+/// signs one once a group commit reaches `digest_every` events).
+async fn traffic(seawall: &Seawall, digests: usize) {
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    for i in 0.. {
+        let url = seawall.proxy_url(&format!("/api/status/200?i={i}"));
+        assert_eq!(get(&url).await.status, 200);
+        let feed = admin_get(seawall, "/admin/audit/digests?stream=access")
+            .await
+            .json();
+        if feed["digests"].as_array().unwrap().len() >= digests {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "fewer than {digests} digests: {feed}"
+        );
+    }
+}
+
+fn access(report: &Value) -> &Value {
+    report["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "access")
+        .unwrap()
+}
+
+fn state_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
+    let backend = Backend::start().await;
+    let dir = Arc::new(TempDir::new().unwrap());
+    let configuration = config(&backend, "\n[audit]\ndigest_every = 3\n");
+    let mut seawall = Seawall::start_in(dir.clone(), &configuration, &[]);
+    let pubkey = admin_get(&seawall, "/admin/audit/pubkey").await.json()["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let witness = Witness {
+        dir: TempDir::new().unwrap(),
+        pubkey,
+    };
+
+    traffic(&seawall, 2).await;
+    let (code, first, stderr) = witness.run(&seawall.admin_url("")).await;
+    assert_eq!(code, Some(0), "{first} {stderr}");
+    assert_eq!(first["ok"], true);
+    let held = access(&first)["newest"].as_u64().unwrap();
+    assert!(held >= 1, "{first}");
+    assert_eq!(access(&first)["held"], Value::Null);
+
+    traffic(&seawall, (held + 2) as usize).await;
+    let (code, second, stderr) = witness.run(&seawall.admin_url("")).await;
+    assert_eq!(code, Some(0), "{second} {stderr}");
+    assert_eq!(access(&second)["held"], held);
+    assert!(
+        access(&second)["newest"].as_u64().unwrap() > held,
+        "{second}"
+    );
+    assert!(access(&second)["new"].as_u64().unwrap() >= 1, "{second}");
+
+    // Whoever holds the machine wipes the store and starts a new trail; the signing key is
+    // the same, so the machine's own verification passes.
+    seawall.signal("TERM");
+    assert!(seawall.wait_exit(PROCESS_TIMEOUT).success());
+    std::fs::remove_dir_all(seawall.data_dir().join("store")).unwrap();
+    let seawall = Seawall::start_in(dir.clone(), &configuration, &[]);
+    traffic(&seawall, 1).await;
+    let verified = admin_get(&seawall, "/admin/audit/verify").await.json();
+    assert_eq!(verified["ok"], true, "{verified}");
+    let kept = state_bytes(&witness.state());
+    let (code, caught, stderr) = witness.run(&seawall.admin_url("")).await;
+    assert_eq!(code, Some(1), "{caught} {stderr}");
+    assert_eq!(caught["ok"], false);
+    let kind = caught["broken"]["kind"].as_str().unwrap();
+    assert!(kind == "missing" || kind == "rewritten", "{caught}");
+    assert_eq!(
+        state_bytes(&witness.state()),
+        kept,
+        "a failed run keeps the state"
+    );
+
+    // Nothing listening: the feed could not be checked at all.
+    let (code, _, stderr) = witness
+        .run(&format!("http://127.0.0.1:{}", free_port()))
+        .await;
+    assert_eq!(code, Some(69), "{stderr}");
+    assert!(stderr.contains("audit witness"), "{stderr}");
+    assert_eq!(state_bytes(&witness.state()), kept);
+}
