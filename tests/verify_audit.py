@@ -12,6 +12,11 @@ Prints one line per stream and exits 0 when every stream verifies, 1 at the firs
 With --export, standard input is {"public_key": hex, "export": <a subject access export>}: each
 exported event's inclusion proof is checked against the signed digest it names, then the
 export's manifest against the whole document.
+
+With --witness STATE, standard input is {"public_key": hex, "streams": {name: <the answer of
+GET /admin/audit/digests?stream=name&since=N>}}, N being the number of the digest STATE holds for
+that stream (0 when none): the rules of "Witnessing the digests from another machine". On a pass
+STATE ({stream: digest}) is replaced by the newest digests; on a break it is left as it was.
 """
 
 import datetime
@@ -301,7 +306,71 @@ def check_manifest(export, public_key):
         raise Break("manifest: the document is not the one it signed")
 
 
+def digest_hash(d):
+    return sha256(signing_string(d).encode(), b"\n", d["signature"].encode()).hex()
+
+
+def witness_stream(stream, held, feed, public_key):
+    """The newest digest witnessed for `stream` after `held`; raises Break("<kind> digest N")."""
+    listed = feed["digests"]
+    for d in listed:
+        if d["stream"] != stream:
+            raise Break(f"signature digest {d['number']}")
+        try:
+            check_digest_signature(d, public_key)
+        except Break:
+            raise Break(f"signature digest {d['number']}")
+    previous, fresh = held, listed
+    if held is not None:
+        same = [i for i, d in enumerate(listed) if d["number"] == held["number"]]
+        if same:
+            if listed[same[0]] != held:
+                raise Break(f"rewritten digest {held['number']}")
+            fresh = listed[same[0] + 1:]
+        else:
+            anchors = [a for a in feed.get("anchors", []) if a["stream"] == stream]
+            try:
+                cut = check_anchor(stream, anchors[0], public_key)[0] if anchors else None
+            except Break:
+                cut = None
+            if cut is None or anchors[0]["origin"] != held["origin"] or cut + 1 < held["next_seq"]:
+                raise Break(f"missing digest {held['number']}")
+            previous = None
+            fresh = [d for d in listed if d["number"] > held["number"]]
+    for d in fresh:
+        if previous is not None:
+            if d["number"] != previous["number"] + 1 or d["from_seq"] != previous["next_seq"]:
+                raise Break(f"gap digest {d['number']}")
+            if d["prev_digest"] != digest_hash(previous):
+                raise Break(f"link digest {d['number']}")
+        previous = d
+    return fresh[-1] if fresh else held
+
+
+def witness(state_path, fetched):
+    try:
+        with open(state_path) as f:
+            held = json.load(f)
+    except FileNotFoundError:
+        held = {}
+    newest = {}
+    for stream, feed in sorted(fetched["streams"].items()):
+        try:
+            found = witness_stream(stream, held.get(stream), feed, fetched["public_key"])
+        except Break as e:
+            print(f"break: {stream} {e}")
+            sys.exit(1)
+        if found is not None:
+            newest[stream] = found
+            print(f"{stream}: held {held[stream]['number'] if stream in held else '-'}, newest {found['number']}")
+    with open(state_path, "w") as f:
+        json.dump({**held, **newest}, f)
+    sys.exit(0)
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--witness":
+        witness(sys.argv[2], json.load(sys.stdin))
     if sys.argv[1:] == ["--export"]:
         try:
             check_export(json.load(sys.stdin))

@@ -1,6 +1,8 @@
 //! `seawall audit witness` against a live seawall: it takes the digests, extends them run by run,
 //! and catches a trail started anew with the machine's own key after the store was wiped,
-//! which the machine's own verification cannot see.
+//! which the machine's own verification cannot see. The Python verifier written from
+//! docs/audit-format.md (`tests/verify_audit.py --witness`) runs beside it on the same
+//! machine and must reach the same verdict each time.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,7 +13,9 @@ use tempfile::TempDir;
 
 use crate::audit::config;
 use crate::backend::Backend;
-use crate::support::{ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, free_port, get};
+use crate::support::{
+    ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, free_port, get, python_check,
+};
 
 /// The witness machine: a token file and a state file of its own.
 struct Witness {
@@ -22,6 +26,29 @@ struct Witness {
 impl Witness {
     fn state(&self) -> PathBuf {
         self.dir.path().join("witness.json")
+    }
+
+    /// Runs the independent Python witness, with a state of its own, on the feed it asks for;
+    /// whether it passed, and its report.
+    async fn run_python(&self, seawall: &Seawall) -> (bool, String) {
+        let state = self.dir.path().join("python-witness.json");
+        let held: Value = std::fs::read(&state)
+            .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+            .unwrap_or(Value::Null);
+        let mut streams = serde_json::Map::new();
+        for stream in ["security", "access", "data_change", "gdpr", "system"] {
+            let since = held[stream]["number"].as_u64().unwrap_or(0);
+            let feed = admin_get(
+                seawall,
+                &format!("/admin/audit/digests?stream={stream}&since={since}"),
+            )
+            .await
+            .json();
+            streams.insert(stream.to_string(), feed);
+        }
+        let input = serde_json::json!({"public_key": self.pubkey, "streams": streams});
+        let args = [std::ffi::OsStr::new("--witness"), state.as_os_str()];
+        python_check("verify_audit.py", &args, &input.to_string())
     }
 
     /// Runs the witness against `url`; its exit code and its report (or stderr).
@@ -99,6 +126,12 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
     let held = access(&first)["newest"].as_u64().unwrap();
     assert!(held >= 1, "{first}");
     assert_eq!(access(&first)["held"], Value::Null);
+    let (passed, python) = witness.run_python(&seawall).await;
+    assert!(passed, "{python}");
+    assert!(
+        python.contains(&format!("access: held -, newest {held}")),
+        "{python}"
+    );
 
     traffic(&seawall, (held + 2) as usize).await;
     let (code, second, stderr) = witness.run(&seawall.admin_url("")).await;
@@ -109,6 +142,13 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
         "{second}"
     );
     assert!(access(&second)["new"].as_u64().unwrap() >= 1, "{second}");
+    let (passed, python) = witness.run_python(&seawall).await;
+    assert!(passed, "{python}");
+    let newest = access(&second)["newest"].as_u64().unwrap();
+    assert!(
+        python.contains(&format!("access: held {held}, newest {newest}")),
+        "{python}"
+    );
 
     // Whoever holds the machine wipes the store and starts a new trail; the signing key is
     // the same, so the machine's own verification passes.
@@ -129,6 +169,12 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
         state_bytes(&witness.state()),
         kept,
         "a failed run keeps the state"
+    );
+    let (passed, python) = witness.run_python(&seawall).await;
+    assert!(!passed, "{python}");
+    assert!(
+        python.contains(&format!("break: access {kind} digest ")),
+        "{python}"
     );
 
     // Nothing listening: the feed could not be checked at all.
