@@ -32,7 +32,8 @@ admin listener at --url (http://host:port) with the admin token in
 --token-file, checks them against --pubkey and against the digests it kept in
 --state on earlier runs (still there, unchanged, extended link by link), and
 keeps the newest; it prints a JSON report and exits 1 when anything breaks, 69
-when it cannot reach or read the feed.";
+when it cannot reach or read the feed, 65 or 74 when --state is not a witness
+state or cannot be read or written.";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {

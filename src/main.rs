@@ -2,13 +2,14 @@
 //!
 //! Exit statuses: 0 after a clean shutdown, 64 (EX_USAGE) for bad arguments or configuration,
 //! 1 when seawall cannot start with a valid configuration (store locked, port taken). The
-//! `audit` checks exit 1 when they find a break, and `audit witness` 69 (EX_UNAVAILABLE) when
-//! it cannot reach or read the digest feed.
+//! `audit` checks exit 1 when they find a break; `audit witness` exits 69 (EX_UNAVAILABLE) when
+//! it cannot reach or read the digest feed, 65 (EX_DATAERR) or 74 (EX_IOERR) for its state file.
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use seawall::audit::witness::{self, Unchecked};
 use seawall::cli::{self, Command};
 use seawall::config::{Config, ProcessEnv};
 use seawall::server::{self, Listeners};
@@ -18,6 +19,10 @@ use seawall::{fd_limit, logging, shutdown};
 const EX_USAGE: u8 = 64;
 /// sysexits' EX_UNAVAILABLE: a service the command needs (the digest feed) did not answer.
 const EX_UNAVAILABLE: u8 = 69;
+/// sysexits' EX_DATAERR: an input file (the witness state) is not what it should be.
+const EX_DATAERR: u8 = 65;
+/// sysexits' EX_IOERR: a file could not be read or written.
+const EX_IOERR: u8 = 74;
 
 /// jemalloc instead of the C library's allocator: under load, buffers are allocated on the
 /// runtime's threads and freed on others (the audit writer, sled's threads), which glibc
@@ -140,7 +145,8 @@ fn verify_export(file: &std::path::Path, pubkey: &str) -> ExitCode {
 }
 
 /// `seawall audit witness`: the report on standard output, 1 when anything breaks, 69 when
-/// the feed could not be checked at all.
+/// the feed could not be checked at all, 65 or 74 when its state file is not a witness state
+/// or cannot be read or written.
 fn witness(url: &str, token_file: &Path, pubkey: &str, state: &Path) -> ExitCode {
     let Some(pinned) = seawall::audit::digest::parse_public_key(pubkey) else {
         eprintln!("seawall: --pubkey must be a 64-digit hex Ed25519 public key");
@@ -157,11 +163,15 @@ fn witness(url: &str, token_file: &Path, pubkey: &str, state: &Path) -> ExitCode
             return ExitCode::from(EX_USAGE);
         }
     };
-    match seawall::audit::witness::run(url, &token, &pinned, state) {
+    match witness::run(url, &token, &pinned, state) {
         Ok(report) => print_verdict(&report, report.ok),
         Err(e) => {
             eprintln!("seawall: audit witness: {e}");
-            ExitCode::from(EX_UNAVAILABLE)
+            ExitCode::from(match e {
+                Unchecked::Feed(_) => EX_UNAVAILABLE,
+                Unchecked::StateInvalid(_) => EX_DATAERR,
+                Unchecked::StateIo(_) => EX_IOERR,
+            })
         }
     }
 }

@@ -189,20 +189,46 @@ pub fn extend(
     })
 }
 
+/// Why a run could not check at all.
+#[derive(Debug)]
+pub enum Unchecked {
+    /// The feed did not answer, or answered with something else.
+    Feed(String),
+    /// The state file could not be read or written.
+    StateIo(String),
+    /// The state file is not a witness state.
+    StateInvalid(String),
+}
+
+impl std::fmt::Display for Unchecked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unchecked::Feed(why) | Unchecked::StateIo(why) | Unchecked::StateInvalid(why) => {
+                f.write_str(why)
+            }
+        }
+    }
+}
+
 /// One witness run against the admin listener at `url` (`http://host:port`): fetches, checks
-/// every stream and, when all pass, keeps the newest digests in `state`. `Err` when the run
-/// could not check at all (unreachable, an answer that is not the feed, an unreadable state).
-pub fn run(url: &str, token: &str, key: &VerifyingKey, state: &Path) -> Result<Report, String> {
+/// every stream and, when all pass, keeps the newest digests in `state`.
+pub fn run(url: &str, token: &str, key: &VerifyingKey, state: &Path) -> Result<Report, Unchecked> {
     let mut held: Held = match std::fs::read_to_string(state) {
-        Ok(text) => serde_json::from_str(&text)
-            .map_err(|e| format!("{} is not a witness state: {e}", state.display()))?,
+        Ok(text) => serde_json::from_str(&text).map_err(|e| {
+            Unchecked::StateInvalid(format!("{} is not a witness state: {e}", state.display()))
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Held::default(),
-        Err(e) => return Err(format!("cannot read {}: {e}", state.display())),
+        Err(e) => {
+            return Err(Unchecked::StateIo(format!(
+                "cannot read {}: {e}",
+                state.display()
+            )));
+        }
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        .map_err(|e| Unchecked::Feed(format!("cannot start a runtime: {e}")))?;
     let client: Client<HttpConnector, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
     let mut report = Report {
@@ -223,15 +249,17 @@ pub fn run(url: &str, token: &str, key: &VerifyingKey, state: &Path) -> Result<R
         let mut current = before;
         loop {
             let since = current.as_ref().map_or(0, |d| d.number);
-            let feed = runtime.block_on(fetch(
-                &client,
-                &format!(
-                    "{url}/admin/audit/digests?stream={}&since={since}",
-                    stream.as_str()
-                ),
-                token,
-            ))?;
-            let (listed, anchor) = read_feed(&feed, stream)?;
+            let feed = runtime
+                .block_on(fetch(
+                    &client,
+                    &format!(
+                        "{url}/admin/audit/digests?stream={}&since={since}",
+                        stream.as_str()
+                    ),
+                    token,
+                ))
+                .map_err(Unchecked::Feed)?;
+            let (listed, anchor) = read_feed(&feed, stream).map_err(Unchecked::Feed)?;
             match extend(stream, current.as_ref(), &listed, anchor.as_ref(), key) {
                 Ok(extended) => {
                     let from = current.as_ref().map(|d| d.number);
@@ -262,7 +290,7 @@ pub fn run(url: &str, token: &str, key: &VerifyingKey, state: &Path) -> Result<R
         }
         report.streams.push(entry);
     }
-    save(state, &held)?;
+    save(state, &held).map_err(Unchecked::StateIo)?;
     Ok(report)
 }
 

@@ -184,4 +184,11 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
     assert_eq!(code, Some(69), "{stderr}");
     assert!(stderr.contains("audit witness"), "{stderr}");
     assert_eq!(state_bytes(&witness.state()), kept);
+
+    // A state file that is not a witness state is refused as such, and left alone.
+    std::fs::write(witness.state(), "not a witness state").unwrap();
+    let (code, _, stderr) = witness.run(&seawall.admin_url("")).await;
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(stderr.contains("is not a witness state"), "{stderr}");
+    assert_eq!(state_bytes(&witness.state()), b"not a witness state");
 }
