@@ -13,6 +13,7 @@ usage: seawall [run] [--config PATH]
        seawall audit verify --data DIR [--pubkey HEX] [--config PATH]
        seawall audit verify-export --pubkey HEX FILE
        seawall audit witness --url URL --token-file FILE --pubkey HEX --state FILE
+                             [--metrics-file FILE]
        seawall --help | --version
 
 Runs the seawall resilience gateway. Configuration comes from the optional TOML file
@@ -31,7 +32,8 @@ breaks.
 admin listener at --url (http://host:port) with the admin token in
 --token-file, checks them against --pubkey and against the digests it kept in
 --state on earlier runs (still there, unchanged, extended link by link), and
-keeps the newest; it prints a JSON report and exits 1 when anything breaks, 69
+keeps the newest (--metrics-file: also writes the outcome for node_exporter's
+textfile collector); it prints a JSON report and exits 1 when anything breaks, 69
 when it cannot reach or read the feed, 65 or 74 when --state is not a witness
 state or cannot be read or written.";
 
@@ -62,6 +64,7 @@ pub enum Command {
         token_file: PathBuf,
         pubkey: String,
         state: PathBuf,
+        metrics_file: Option<PathBuf>,
     },
     Help,
     Version,
@@ -79,6 +82,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
     let mut url: Option<String> = None;
     let mut token_file: Option<PathBuf> = None;
     let mut state: Option<PathBuf> = None;
+    let mut metrics_file: Option<PathBuf> = None;
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -118,6 +122,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
                 let path = args.next().ok_or("--state needs a path")?;
                 state = Some(PathBuf::from(path));
             }
+            "--metrics-file" => {
+                let path = args.next().ok_or("--metrics-file needs a path")?;
+                metrics_file = Some(PathBuf::from(path));
+            }
             "run" | "check-config" | "backup" | "audit" if command.is_none() => {
                 command = Some(text.to_string())
             }
@@ -142,10 +150,13 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
                 .to_string(),
         );
     }
-    if (url.is_some() || token_file.is_some() || state.is_some())
+    if (url.is_some() || token_file.is_some() || state.is_some() || metrics_file.is_some())
         && command.as_deref() != Some("audit witness")
     {
-        return Err("--url, --token-file and --state only apply to audit witness".to_string());
+        return Err(
+            "--url, --token-file, --state and --metrics-file only apply to audit witness"
+                .to_string(),
+        );
     }
     Ok(match command.as_deref() {
         Some("check-config") => Command::CheckConfig { config },
@@ -177,6 +188,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, String
                 token_file: token_file.ok_or("audit witness needs --token-file FILE")?,
                 pubkey: pubkey.ok_or("audit witness needs --pubkey HEX")?,
                 state: state.ok_or("audit witness needs --state FILE")?,
+                metrics_file,
             }
         }
         _ => Command::Run { config },
@@ -259,6 +271,7 @@ mod tests {
                 token_file: PathBuf::from("t"),
                 pubkey: "ab".to_string(),
                 state: PathBuf::from("s.json"),
+                metrics_file: None,
             })
         );
         let witness = [

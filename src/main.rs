@@ -112,7 +112,8 @@ fn main() -> ExitCode {
             token_file,
             pubkey,
             state,
-        } => witness(&url, &token_file, &pubkey, &state),
+            metrics_file,
+        } => witness(&url, &token_file, &pubkey, &state, metrics_file.as_deref()),
         Command::Run { config } => match load(config) {
             Ok(config) => run(config),
             Err(status) => status,
@@ -147,7 +148,13 @@ fn verify_export(file: &std::path::Path, pubkey: &str) -> ExitCode {
 /// `seawall audit witness`: the report on standard output, 1 when anything breaks, 69 when
 /// the feed could not be checked at all, 65 or 74 when its state file is not a witness state
 /// or cannot be read or written.
-fn witness(url: &str, token_file: &Path, pubkey: &str, state: &Path) -> ExitCode {
+fn witness(
+    url: &str,
+    token_file: &Path,
+    pubkey: &str,
+    state: &Path,
+    metrics_file: Option<&Path>,
+) -> ExitCode {
     let Some(pinned) = seawall::audit::digest::parse_public_key(pubkey) else {
         eprintln!("seawall: --pubkey must be a 64-digit hex Ed25519 public key");
         return ExitCode::from(EX_USAGE);
@@ -164,7 +171,20 @@ fn witness(url: &str, token_file: &Path, pubkey: &str, state: &Path) -> ExitCode
         }
     };
     match witness::run(url, &token, &pinned, state) {
-        Ok(report) => print_verdict(&report, report.ok),
+        Ok(report) => {
+            let verdict = print_verdict(&report, report.ok);
+            if let Some(path) = metrics_file {
+                let text = witness::exposition(&report, url, std::time::SystemTime::now());
+                if let Err(e) = witness::write_whole(path, &text) {
+                    eprintln!("seawall: audit witness: {e}");
+                    // A break outranks the metrics file: its status stays 1.
+                    if report.ok {
+                        return ExitCode::from(EX_IOERR);
+                    }
+                }
+            }
+            verdict
+        }
         Err(e) => {
             eprintln!("seawall: audit witness: {e}");
             ExitCode::from(match e {

@@ -14,11 +14,12 @@
 //! It then keeps the newest digest per stream in its state file. A failed check leaves the
 //! state as it was and names the stream, the digest and the kind of break. [`extend`] is the
 //! check; [`run`] fetches, checks and keeps, with a plain HTTP/1.1 GET (the admin listener is
-//! on a private network, as for `verify`).
+//! on a private network, as for `verify`); [`exposition`] is the run as metrics for the
+//! witness machine's node_exporter, which the `SeawallAuditWitness*` alerts watch.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
@@ -34,6 +35,7 @@ use crate::audit::anchor::Anchor;
 use crate::audit::digest::{self, Digest};
 use crate::audit::event::Stream;
 use crate::audit::verify::hex;
+use crate::metrics::Exposition;
 
 /// Longest wait for one answer of the feed.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -342,14 +344,55 @@ async fn fetch(
         .map_err(|e| format!("{url} answered with something other than JSON: {e}"))
 }
 
-/// Replaces the state file as a whole (a new file renamed over the old one), so a run that
-/// stops half-way leaves the previous state.
 fn save(state: &Path, held: &Held) -> Result<(), String> {
     let text = serde_json::to_string_pretty(held).expect("witness state serializes");
-    let partial = state.with_extension("partial");
+    write_whole(state, &text)
+}
+
+/// The run as Prometheus text, for node_exporter's textfile collector on the witness's machine;
+/// `target` (the `--url`) tells apart the machines one witness watches.
+pub fn exposition(report: &Report, target: &str, now: SystemTime) -> String {
+    let labels = [("target", target)];
+    let mut out = Exposition::new();
+    out.single_labelled(
+        "seawall_audit_witness_broken",
+        "gauge",
+        "1 when the last check found that the machine's digests do not extend what the witness holds.",
+        &labels,
+        if report.ok { 0.0 } else { 1.0 },
+    );
+    let checked = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    out.single_labelled(
+        "seawall_audit_witness_last_check_timestamp_seconds",
+        "gauge",
+        "When the witness last checked the digest feed, whatever it found.",
+        &labels,
+        checked.as_secs_f64(),
+    );
+    out.header(
+        "seawall_audit_witness_newest_digest",
+        "gauge",
+        "The number of the newest digest the witness holds, per stream.",
+    );
+    for stream in &report.streams {
+        if let Some(newest) = stream.newest {
+            out.sample(
+                "seawall_audit_witness_newest_digest",
+                &[("target", target), ("stream", &stream.stream)],
+                newest as f64,
+            );
+        }
+    }
+    out.finish()
+}
+
+/// Replaces `path` as a whole (a new file renamed over the old one), so a run that stops
+/// half-way, or a reader in between, sees the previous content or the new one.
+pub fn write_whole(path: &Path, text: &str) -> Result<(), String> {
+    let partial = path.with_extension("partial");
     std::fs::write(&partial, text)
-        .and_then(|()| std::fs::rename(&partial, state))
-        .map_err(|e| format!("cannot write {}: {e}", state.display()))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -388,6 +431,34 @@ mod tests {
     fn kind(result: Result<Extended, Break>) -> (&'static str, Option<u64>) {
         let broken = result.expect_err("a break");
         (broken.kind, broken.number)
+    }
+
+    #[test]
+    fn the_metrics_say_broken_when_and_what_each_stream_holds() {
+        let report = Report {
+            ok: false,
+            key_fingerprint: "ab".to_string(),
+            streams: vec![StreamReport {
+                stream: "access".to_string(),
+                held: Some(2),
+                newest: Some(5),
+                new: 3,
+                pruned_through: None,
+            }],
+            broken: None,
+        };
+        let text = exposition(
+            &report,
+            "http://10.0.0.2:9090",
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        );
+        for line in [
+            "seawall_audit_witness_broken{target=\"http://10.0.0.2:9090\"} 1",
+            "seawall_audit_witness_last_check_timestamp_seconds{target=\"http://10.0.0.2:9090\"} 1800000000",
+            "seawall_audit_witness_newest_digest{target=\"http://10.0.0.2:9090\",stream=\"access\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+        }
     }
 
     #[test]

@@ -79,7 +79,8 @@ strip_prefix = "/api"
     )
     .await;
     assert_eq!(backup.status, 201, "{}", backup.text());
-    let text = get(&seawall.admin_url("/metrics")).await.text();
+    let mut text = get(&seawall.admin_url("/metrics")).await.text();
+    text.push_str(&witness_metrics(&seawall).await);
     let mut exposed = BTreeSet::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -101,4 +102,51 @@ strip_prefix = "/api"
         missing.is_empty(),
         "rules name series seawall does not expose: {missing:?}\n{text}"
     );
+}
+
+/// What `seawall audit witness --metrics-file` writes after a run against `seawall` (the
+/// `seawall-witness` rules watch it on the witness's machine).
+async fn witness_metrics(seawall: &Seawall) -> String {
+    let dir = TempDir::new().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, ADMIN_TOKEN).unwrap();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let pubkey = send(
+        Method::GET,
+        &seawall.admin_url("/admin/audit/pubkey"),
+        &[("authorization", auth.as_str())],
+        full(""),
+    )
+    .await
+    .json()["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metrics = dir.path().join("witness.prom");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_seawall"));
+    command
+        .args([
+            "audit",
+            "witness",
+            "--url",
+            &seawall.admin_url(""),
+            "--pubkey",
+            &pubkey,
+        ])
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--state")
+        .arg(dir.path().join("witness.json"))
+        .arg("--metrics-file")
+        .arg(&metrics);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    crate::support::run(
+        Command::new(required_env("SEAWALL_TEST_PROMTOOL"))
+            .args(["check", "metrics"])
+            .stdin(std::fs::File::open(&metrics).unwrap()),
+    );
+    std::fs::read_to_string(&metrics).unwrap()
 }

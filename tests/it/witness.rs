@@ -14,7 +14,7 @@ use tempfile::TempDir;
 use crate::audit::config;
 use crate::backend::Backend;
 use crate::support::{
-    ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, free_port, get, python_check,
+    ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, free_port, get, metric, python_check,
 };
 
 /// The witness machine: a token file and a state file of its own.
@@ -26,6 +26,19 @@ struct Witness {
 impl Witness {
     fn state(&self) -> PathBuf {
         self.dir.path().join("witness.json")
+    }
+
+    fn metrics_file(&self) -> PathBuf {
+        self.dir.path().join("witness.prom")
+    }
+
+    /// `seawall_audit_witness_broken` as the last run that checked wrote it.
+    fn broken_metric(&self, url: &str) -> Option<f64> {
+        let text = std::fs::read_to_string(self.metrics_file()).ok()?;
+        metric(
+            &text,
+            &format!("seawall_audit_witness_broken{{target=\"{url}\"}}"),
+        )
     }
 
     /// Runs the independent Python witness, with a state of its own, on the feed it asks for;
@@ -61,7 +74,9 @@ impl Witness {
             .arg("--token-file")
             .arg(&token)
             .arg("--state")
-            .arg(self.state());
+            .arg(self.state())
+            .arg("--metrics-file")
+            .arg(self.metrics_file());
         let out = tokio::task::spawn_blocking(move || command.output().unwrap())
             .await
             .unwrap();
@@ -126,6 +141,7 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
     let held = access(&first)["newest"].as_u64().unwrap();
     assert!(held >= 1, "{first}");
     assert_eq!(access(&first)["held"], Value::Null);
+    assert_eq!(witness.broken_metric(&seawall.admin_url("")), Some(0.0));
     let (passed, python) = witness.run_python(&seawall).await;
     assert!(passed, "{python}");
     assert!(
@@ -163,6 +179,7 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
     let (code, caught, stderr) = witness.run(&seawall.admin_url("")).await;
     assert_eq!(code, Some(1), "{caught} {stderr}");
     assert_eq!(caught["ok"], false);
+    assert_eq!(witness.broken_metric(&seawall.admin_url("")), Some(1.0));
     let kind = caught["broken"]["kind"].as_str().unwrap();
     assert!(kind == "missing" || kind == "rewritten", "{caught}");
     assert_eq!(
@@ -184,6 +201,9 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
     assert_eq!(code, Some(69), "{stderr}");
     assert!(stderr.contains("audit witness"), "{stderr}");
     assert_eq!(state_bytes(&witness.state()), kept);
+    // A run that could not check leaves the metrics as they were: the break stays visible,
+    // and the last-check time ages until SeawallAuditWitnessStale fires.
+    assert_eq!(witness.broken_metric(&seawall.admin_url("")), Some(1.0));
 
     // A state file that is not a witness state is refused as such, and left alone.
     std::fs::write(witness.state(), "not a witness state").unwrap();
