@@ -279,6 +279,8 @@ pub fn run(url: &str, token: &str, key: &VerifyingKey, state: &Path) -> Result<R
                     }
                 }
                 Err(broken) => {
+                    // The witness keeps what it held.
+                    entry.newest = entry.held;
                     report.ok = false;
                     report.broken = Some(broken);
                     report.streams.push(entry);
