@@ -133,10 +133,14 @@ pub fn extend(
             }
             None => {
                 // Only retention removes a digest, and only once every event it covered is
-                // gone; its signed anchor says how far it cut.
+                // gone; its signed anchor says how far it cut, under which period. A cut that
+                // removed events younger than its period, or names none, is not retention.
                 let cut = anchor
                     .filter(|(origin, a)| {
-                        *origin == held.origin && a.signed_by(key, origin, stream)
+                        *origin == held.origin
+                            && a.signed_by(key, origin, stream)
+                            && a.header_days > 0
+                            && a.within_period()
                     })
                     .map(|(_, a)| a.pruned_through);
                 match cut {
@@ -552,7 +556,24 @@ mod tests {
         assert_eq!(extended.newest.as_ref(), Some(&all[5]));
         assert_eq!(extended.pruned_through, Some(11));
         // A cut that left some of its events, or an anchor under another key, does not.
-        for refused in [anchor(6, &key(1)), anchor(11, &key(2))] {
+        // A cut under no period, and one that removed events younger than its period.
+        let unperiodic = |header_days: u32, through_day: u32| {
+            let anchor = Anchor::sign(
+                &key(1),
+                "gw",
+                Stream::Access,
+                (11, [3; 32], through_day),
+                "2026-11-28T01:00:00Z".to_string(),
+                header_days,
+            );
+            ("gw".to_string(), anchor)
+        };
+        for refused in [
+            anchor(6, &key(1)),
+            anchor(11, &key(2)),
+            unperiodic(0, 20_000),
+            unperiodic(30, 20_780),
+        ] {
             let result = extend(
                 Stream::Access,
                 Some(&all[1]),
