@@ -14,7 +14,8 @@
 #   benches/load.sh [seconds per run, default 10] [connections, default 32] [soak seconds, default 120]
 #
 # Each target runs three times, alternating, and the median run (by requests/s) is reported:
-# requests/s and p50, p99, p99.9 latency (wrk's Lua summary), the ratios against nginx, audited
+# requests/s and p50, p99, p99.9 latency (wrk's Lua summary), the CPU time the serving processes
+# used per request (from /proc; nginx's covers the upstream it also serves), the ratios against nginx, audited
 # against unaudited, audit events written and dropped, and each seawall's peak resident memory;
 # then the all-features route alone for the soak time, and the peak memory and store size after it.
 # wrk, nginx and seawall share the machine's cores, so the ratios are the figures to compare.
@@ -62,6 +63,7 @@ http {
 NGINX
 nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
 track
+nginx_pid=$!
 wait_http "http://127.0.0.1:$upstream_port/"
 wait_http "http://127.0.0.1:$nginx_port/"
 
@@ -134,18 +136,46 @@ cat > "$work/summary.lua" <<'LUA'
 done = function(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT %.0f %.3f %.3f %.3f %d\n",
+  io.write(string.format("RESULT %.0f %.3f %.3f %.3f %d %d\n",
     summary.requests / (summary.duration / 1e6),
     latency:percentile(50) / 1000, latency:percentile(99) / 1000,
-    latency:percentile(99.9) / 1000, errors))
+    latency:percentile(99.9) / 1000, errors, summary.requests))
 end
 LUA
 
-# One line per run: target rps p50 p99 p99.9 errors (latencies in ms).
+# CPU time (clock ticks) used so far by the processes given, all their threads included.
+cpu_ticks() {
+  local total=0 pid fields
+  for pid in "$@"; do
+    read -r -a fields <"/proc/$pid/stat"
+    total=$((total + fields[13] + fields[14]))
+  done
+  echo "$total"
+}
+
+# The processes that serve a target: nginx (master and workers; for `direct` and `nginx` it also
+# serves the upstream), or the seawall behind it.
+serving() {
+  case $1 in
+    direct | nginx) echo "$nginx_pid" $(pgrep -P "$nginx_pid") ;;
+    seawall) echo "$plain_pid" ;;
+    *) echo "$all_pid" ;;
+  esac
+}
+
+# One line per run: target rps p50 p99 p99.9 errors (latencies in ms), then the CPU time the
+# serving processes used per request, in microseconds.
 measure() {
-  local target=$1
+  local target=$1 before after
+  before=$(cpu_ticks $(serving "$target"))
   wrk -t2 -c"$connections" -d"${duration}s" -s "$work/summary.lua" "${url[$target]}" \
-    | awk -v t="$target" '/^RESULT/ { print t, $2, $3, $4, $5, $6 }'
+    | awk '/^RESULT/ { print $2, $3, $4, $5, $6, $7 }' | {
+      read -r rps p50 p99 p999 errors requests
+      after=$(cpu_ticks $(serving "$target"))
+      awk -v t="$target" -v r="$rps" -v a="$p50" -v b="$p99" -v c="$p999" -v e="$errors" \
+        -v n="$requests" -v ticks=$((after - before)) -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%s %s %s %s %s %s %.1f\n", t, r, a, b, c, e, ticks / hz * 1e6 / n }'
+    }
 }
 
 for target in "${targets[@]}"; do
@@ -164,10 +194,10 @@ done
 peak() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 echo "load: ${duration}s per run, median of 3 alternating runs per target, $connections connections, wrk -t2; $(nproc) cores shared by wrk, nginx and seawall"
-printf '%-12s %12s %9s %9s %9s %8s\n' target "requests/s" "p50 ms" "p99 ms" "p99.9 ms" errors
+printf '%-12s %12s %9s %9s %9s %8s %12s\n' target "requests/s" "p50 ms" "p99 ms" "p99.9 ms" errors "cpu us/req"
 for target in "${targets[@]}"; do
   set -- ${row[$target]}
-  printf '%-12s %12s %9s %9s %9s %8s\n' "$1" "$2" "$3" "$4" "$5" "$6"
+  printf '%-12s %12s %9s %9s %9s %8s %12s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7"
 done
 for target in seawall all; do
   set -- ${row[$target]}; t_rps=$2 t_p99=$4
