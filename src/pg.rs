@@ -1,4 +1,5 @@
-//! PostgreSQL: the r2d2 pool, the call path around it, and its health probe.
+//! PostgreSQL: the call path around the pool, and its health probe. Building the r2d2 pool and
+//! watching what it does (its metrics) is `pg_pool`'s.
 //!
 //! The call path (research/breaker-pool.md §7.1): breaker permission, a slot in a bulkhead as
 //! large as the pool (with a bounded wait queue under enhanced pooling), then on the blocking
