@@ -1,36 +1,15 @@
 //! Bad configuration never starts a half-working server: exit 64 and a message naming the key.
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use tempfile::TempDir;
 
-use crate::support::{ADMIN_TOKEN, PROCESS_TIMEOUT, seawall_command};
+use crate::support::{ADMIN_TOKEN, run_until_exit, seawall_command};
 
 /// Runs seawall (the server command) and returns its exit code and stderr.
 fn run_with(config: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("seawall.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = seawall_command(dir.path(), &path, env)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("seawall kept running with a bad configuration:\n{config}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code(), stderr)
+    run_until_exit(dir.path(), &path, env)
 }
 
 fn assert_rejected(config: &str, env: &[(&str, &str)], key: &str) {

@@ -7,13 +7,12 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, Instant};
 
 use seawall::config::StoreConfig;
 use seawall::store::{Store, StoreError};
 use tempfile::TempDir;
 
-use crate::support::{PROCESS_TIMEOUT, Seawall, seawall_command};
+use crate::support::{PROCESS_TIMEOUT, Seawall, run_until_exit};
 
 const WRITER_DIR: &str = "SEAWALL_TEST_WRITER_DIR";
 const TREE: &str = "crash_test";
@@ -153,25 +152,8 @@ fn a_corrupt_store_stops_the_start_and_names_the_way_back() {
 
     let config_file = dir.path().join("seawall.toml");
     std::fs::write(&config_file, "").unwrap();
-    let mut child = seawall_command(dir.path(), &config_file, &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("seawall started on a corrupt store");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let (code, stderr) = run_until_exit(dir.path(), &config_file, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("is corrupt"), "{stderr}");
     assert!(stderr.contains("\"Back up and restore\""), "{stderr}");
     assert!(!stderr.contains("another"), "{stderr}");

@@ -224,6 +224,31 @@ pub fn seawall_command(dir: &Path, config: &Path, env: &[(&str, &str)]) -> Comma
     command
 }
 
+/// Runs the server command on `config` in `dir` (data in `dir/data`) and waits for it to exit
+/// by itself, as it must when it cannot start; its exit code and stderr. Killed, and the test
+/// failed, if it is still running after `PROCESS_TIMEOUT`.
+pub fn run_until_exit(dir: &Path, config: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = seawall_command(dir, config, env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("seawall kept running with {}", config.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A complete answer.
