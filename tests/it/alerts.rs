@@ -12,6 +12,7 @@ use tempfile::TempDir;
 
 use crate::backend::Backend;
 use crate::support::{ADMIN_TOKEN, Pg, Seawall, full, get, required_env, send};
+use crate::witness::Witness;
 
 fn deploy() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -107,46 +108,13 @@ strip_prefix = "/api"
 /// What `seawall audit witness --metrics-file` writes after a run against `seawall` (the
 /// `seawall-witness` rules watch it on the witness's machine).
 async fn witness_metrics(seawall: &Seawall) -> String {
-    let dir = TempDir::new().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, ADMIN_TOKEN).unwrap();
-    let auth = format!("Bearer {ADMIN_TOKEN}");
-    let pubkey = send(
-        Method::GET,
-        &seawall.admin_url("/admin/audit/pubkey"),
-        &[("authorization", auth.as_str())],
-        full(""),
-    )
-    .await
-    .json()["public_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let metrics = dir.path().join("witness.prom");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_seawall"));
-    command
-        .args([
-            "audit",
-            "witness",
-            "--url",
-            &seawall.admin_url(""),
-            "--pubkey",
-            &pubkey,
-        ])
-        .arg("--token-file")
-        .arg(&token)
-        .arg("--state")
-        .arg(dir.path().join("witness.json"))
-        .arg("--metrics-file")
-        .arg(&metrics);
-    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let witness = Witness::of(seawall).await;
+    let (code, report, stderr) = witness.run(&seawall.admin_url("")).await;
+    assert_eq!(code, Some(0), "{report} {stderr}");
     crate::support::run(
         Command::new(required_env("SEAWALL_TEST_PROMTOOL"))
             .args(["check", "metrics"])
-            .stdin(std::fs::File::open(&metrics).unwrap()),
+            .stdin(std::fs::File::open(witness.metrics_file()).unwrap()),
     );
-    std::fs::read_to_string(&metrics).unwrap()
+    std::fs::read_to_string(witness.metrics_file()).unwrap()
 }

@@ -18,17 +18,29 @@ use crate::support::{
 };
 
 /// The witness machine: a token file and a state file of its own.
-struct Witness {
+pub(crate) struct Witness {
     dir: TempDir,
     pubkey: String,
 }
 
 impl Witness {
+    /// A witness of `seawall`, pinned to its digest key.
+    pub(crate) async fn of(seawall: &Seawall) -> Witness {
+        let pubkey = admin_get(seawall, "/admin/audit/pubkey").await.json()["public_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        Witness {
+            dir: TempDir::new().unwrap(),
+            pubkey,
+        }
+    }
+
     fn state(&self) -> PathBuf {
         self.dir.path().join("witness.json")
     }
 
-    fn metrics_file(&self) -> PathBuf {
+    pub(crate) fn metrics_file(&self) -> PathBuf {
         self.dir.path().join("witness.prom")
     }
 
@@ -65,7 +77,7 @@ impl Witness {
     }
 
     /// Runs the witness against `url`; its exit code and its report (or stderr).
-    async fn run(&self, url: &str) -> (Option<i32>, Value, String) {
+    pub(crate) async fn run(&self, url: &str) -> (Option<i32>, Value, String) {
         let token = self.dir.path().join("token");
         std::fs::write(&token, format!("{ADMIN_TOKEN}\n")).unwrap();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_seawall"));
@@ -125,14 +137,7 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
     let dir = Arc::new(TempDir::new().unwrap());
     let configuration = config(&backend, "\n[audit]\ndigest_every = 3\n");
     let mut seawall = Seawall::start_in(dir.clone(), &configuration, &[]);
-    let pubkey = admin_get(&seawall, "/admin/audit/pubkey").await.json()["public_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let witness = Witness {
-        dir: TempDir::new().unwrap(),
-        pubkey,
-    };
+    let witness = Witness::of(&seawall).await;
 
     traffic(&seawall, 2).await;
     let (code, first, stderr) = witness.run(&seawall.admin_url("")).await;
