@@ -92,6 +92,8 @@ pub struct Extended {
     pub newest: Option<Digest>,
     /// Set when the held digest was found removed behind a signed anchor cut at this seq.
     pub pruned_through: Option<u64>,
+    /// How many digests were checked for the first time.
+    pub witnessed: u64,
 }
 
 /// Checks the digests the machine lists for `stream` (oldest first, from the held digest's
@@ -192,6 +194,7 @@ pub fn extend(
     Ok(Extended {
         newest: fresh.last().or(held).cloned(),
         pruned_through,
+        witnessed: fresh.len() as u64,
     })
 }
 
@@ -268,17 +271,10 @@ pub fn run(url: &str, token: &str, key: &VerifyingKey, state: &Path) -> Result<R
             let (listed, anchor) = read_feed(&feed, stream).map_err(Unchecked::Feed)?;
             match extend(stream, current.as_ref(), &listed, anchor.as_ref(), key) {
                 Ok(extended) => {
-                    let from = current.as_ref().map(|d| d.number);
-                    let to = extended.newest.as_ref().map(|d| d.number);
-                    entry.new += match (from, to) {
-                        (Some(from), Some(to)) => to.saturating_sub(from),
-                        (None, Some(to)) => to + 1 - listed.first().map_or(0, |d| d.number),
-                        _ => 0,
-                    };
+                    entry.new += extended.witnessed;
                     entry.pruned_through = entry.pruned_through.or(extended.pruned_through);
-                    let advanced = to != from;
                     current = extended.newest;
-                    if listed.len() < digest::FEED_PAGE || !advanced {
+                    if listed.len() < digest::FEED_PAGE || extended.witnessed == 0 {
                         break;
                     }
                 }
@@ -493,12 +489,8 @@ mod tests {
             kind(check(Some(&all[2]), &rewritten[2..])),
             ("rewritten", Some(2))
         );
-        // The store wiped and a new trail started: the held digest is not listed any more.
-        let restarted = line(&key(1), 2, 4);
-        assert_eq!(
-            kind(check(Some(&all[4]), &restarted[..0])),
-            ("missing", Some(4))
-        );
+        // The store wiped and a new trail started: asked from the held digest's number on, the
+        // machine lists nothing.
         assert_eq!(kind(check(Some(&all[4]), &[])), ("missing", Some(4)));
     }
 
@@ -531,20 +523,22 @@ mod tests {
     #[test]
     fn a_digest_removed_by_retention_passes_only_behind_a_signed_anchor_past_its_events() {
         let all = line(&key(1), 6, 4);
-        let anchor = |through: u64, signer: &SigningKey| {
+        // An anchor for a cut through event `through`, stored on `through_day`, made on
+        // 2026-11-28 under a period of `header_days`.
+        let anchor = |through: u64, signer: &SigningKey, through_day: u32, header_days: u32| {
             let anchor = Anchor::sign(
                 signer,
                 "gw",
                 Stream::Access,
-                (through, [3; 32], 20_000),
+                (through, [3; 32], through_day),
                 "2026-11-28T01:00:00Z".to_string(),
-                30,
+                header_days,
             );
             ("gw".to_string(), anchor)
         };
         let pinned = key(1).verifying_key();
         // Digest 1 covered events 4..8; a cut through event 11 removed them (and digest 2's).
-        let cut = anchor(11, &key(1));
+        let cut = anchor(11, &key(1), 20_000, 30);
         let extended = extend(
             Stream::Access,
             Some(&all[1]),
@@ -555,24 +549,13 @@ mod tests {
         .unwrap();
         assert_eq!(extended.newest.as_ref(), Some(&all[5]));
         assert_eq!(extended.pruned_through, Some(11));
-        // A cut that left some of its events, or an anchor under another key, does not.
-        // A cut under no period, and one that removed events younger than its period.
-        let unperiodic = |header_days: u32, through_day: u32| {
-            let anchor = Anchor::sign(
-                &key(1),
-                "gw",
-                Stream::Access,
-                (11, [3; 32], through_day),
-                "2026-11-28T01:00:00Z".to_string(),
-                header_days,
-            );
-            ("gw".to_string(), anchor)
-        };
+        // A cut that left some of its events, an anchor under another key, a cut under no
+        // period, and one that removed events younger than its period do not.
         for refused in [
-            anchor(6, &key(1)),
-            anchor(11, &key(2)),
-            unperiodic(0, 20_000),
-            unperiodic(30, 20_780),
+            anchor(6, &key(1), 20_000, 30),
+            anchor(11, &key(2), 20_000, 30),
+            anchor(11, &key(1), 20_000, 0),
+            anchor(11, &key(1), 20_780, 30),
         ] {
             let result = extend(
                 Stream::Access,
