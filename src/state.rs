@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::admin_token::AdminToken;
-use crate::audit::AuditTrail;
+use crate::audit::{AuditTrail, capacity};
 use crate::breaker::Transition;
 use crate::breakers::Breakers;
 use crate::config::Config;
@@ -107,8 +107,10 @@ impl AppState {
             config.audit.clone(),
         )?);
 
-        let high_water = config.audit.capacity.high_water_percent;
-        let store_probe = StoreProbe::new(store.clone(), (high_water < 100).then_some(high_water));
+        let store_probe = StoreProbe::new(
+            store.clone(),
+            capacity::mark(config.audit.capacity.high_water_percent),
+        );
         let store_size = store_probe.size_on_disk.clone();
         let mut probes: Vec<Arc<dyn Probe>> = vec![Arc::new(store_probe)];
         if let Some(database) = &database {

@@ -141,11 +141,17 @@ pub struct CapacityGuard {
     available_at_step: u64,
 }
 
+/// The configured high-water mark, or `None` when it is 100, which turns the guard (and the
+/// store check's warning) off.
+pub fn mark(high_water_percent: u8) -> Option<u8> {
+    (high_water_percent < 100).then_some(high_water_percent)
+}
+
 impl CapacityGuard {
     /// A mark of 100 turns the guard off.
     pub fn new(high_water_percent: u8) -> CapacityGuard {
         CapacityGuard {
-            high_water_percent: (high_water_percent < 100).then_some(high_water_percent),
+            high_water_percent: mark(high_water_percent),
             step: Step::Normal,
             available_at_step: 0,
         }
