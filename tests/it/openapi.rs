@@ -92,7 +92,12 @@ async fn a_bounded_fuzz_run_finds_no_server_error() {
             Command::new(required_env("SEAWALL_TEST_SCHEMATHESIS"))
                 .args(["run", &schema, "--url", base, "-H", &auth])
                 .args(["--checks", "not_a_server_error", "--max-examples", "12"])
-                .args(["--seed", "20261127", "--workers", "2", "--no-shrink"])
+                // One worker: with two, hypothesis parses lambdas' source from two threads,
+                // which CPython 3.11 can fail with "AST constructor recursion depth mismatch"
+                // (a runtime error of the tool, not a finding). Health checks judge how fast
+                // the tool generates data, which says nothing about seawall on a busy machine.
+                .args(["--seed", "20261127", "--workers", "1", "--no-shrink"])
+                .args(["--suppress-health-check", "all"])
                 .args(["--request-timeout", "30"])
                 .args(filter)
                 .current_dir(work.path()),
