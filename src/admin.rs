@@ -96,22 +96,18 @@ impl Endpoint {
         }
     }
 
-    fn methods(self) -> &'static [Method] {
+    /// The methods every path of the endpoint answers. `None` for the API groups, whose paths
+    /// differ: their modules answer 405 themselves, with each path's own `Allow` list.
+    fn methods(self) -> Option<&'static [Method]> {
         match self {
-            Endpoint::Unknown => &[],
-            Endpoint::Backup => &[Method::POST],
             Endpoint::Flags
             | Endpoint::Dependencies
             | Endpoint::RateLimits
             | Endpoint::Audit
-            | Endpoint::Gdpr => &[
-                Method::GET,
-                Method::POST,
-                Method::PUT,
-                Method::PATCH,
-                Method::DELETE,
-            ],
-            _ => &[Method::GET, Method::HEAD],
+            | Endpoint::Gdpr => None,
+            Endpoint::Unknown => Some(&[]),
+            Endpoint::Backup => Some(&[Method::POST]),
+            _ => Some(&[Method::GET, Method::HEAD]),
         }
     }
 }
@@ -238,9 +234,11 @@ impl Service for AdminService {
         if matches!(endpoint, Endpoint::Unknown) {
             return Err(Error::NotFound);
         }
-        if !endpoint.methods().contains(request.method()) {
+        if let Some(methods) = endpoint.methods()
+            && !methods.contains(request.method())
+        {
             return Err(Error::MethodNotAllowed {
-                allow: endpoint.methods().to_vec(),
+                allow: methods.to_vec(),
             });
         }
         Ok(match endpoint {

@@ -36,6 +36,9 @@ pub async fn handle(
             allow: vec![Method::GET],
         }),
         (Some(name), Method::PUT) => {
+            // The change's actor is recorded by the audit middleware; a malformed header is
+            // refused here as on every other change.
+            crate::admin::actor(request.headers())?;
             let bytes = body::read_limited(
                 request.into_body(),
                 state.config.server.admin_max_body_bytes,
@@ -45,7 +48,10 @@ pub async fn handle(
             check(&change)?;
             updated(state, &name, Some(change)).await
         }
-        (Some(name), Method::DELETE) => updated(state, &name, None).await,
+        (Some(name), Method::DELETE) => {
+            crate::admin::actor(request.headers())?;
+            updated(state, &name, None).await
+        }
         (Some(_), _) => Err(Error::MethodNotAllowed {
             allow: vec![Method::PUT, Method::DELETE],
         }),

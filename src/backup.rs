@@ -65,6 +65,10 @@ pub struct StreamHead {
     pub head: String,
 }
 
+/// Longest `to` a backup request may name, and longest name in it (ext4's and most others').
+const MAX_DESTINATION_BYTES: usize = 1024;
+const MAX_NAME_BYTES: usize = 255;
+
 /// Resolves a destination given relative to the data directory; `None` picks
 /// `backups/<UTC time>`. The destination must not exist yet.
 pub fn destination(
@@ -86,6 +90,27 @@ pub fn destination(
                 .unwrap_or_default();
             if ["store", "keys"].contains(&first) {
                 return bad("must not be inside the store or the keys folder");
+            }
+            // What the file system would refuse is refused here, as the caller's mistake.
+            if text.chars().any(char::is_control) {
+                return bad("must not contain control characters");
+            }
+            if text.len() > MAX_DESTINATION_BYTES
+                || path
+                    .components()
+                    .any(|c| c.as_os_str().len() > MAX_NAME_BYTES)
+            {
+                return bad(&format!(
+                    "must be at most {MAX_DESTINATION_BYTES} bytes, each name at most {MAX_NAME_BYTES}"
+                ));
+            }
+            if let Some(file) = path
+                .ancestors()
+                .skip(1)
+                .filter(|a| !a.as_os_str().is_empty())
+                .find(|a| data_dir.join(a).exists() && !data_dir.join(a).is_dir())
+            {
+                return bad(&format!("{} is a file, not a folder", file.display()));
             }
             path.to_path_buf()
         }
@@ -340,8 +365,14 @@ mod tests {
             destination(dir.path(), Some("nightly/1"), now).unwrap(),
             dir.path().join("nightly/1")
         );
+        fs::write(dir.path().join("notes.txt"), "a file").unwrap();
+        let long_name = "n".repeat(256);
         for bad in [
             "",
+            "nul\0byte",
+            "line\nbreak",
+            long_name.as_str(),
+            "notes.txt/x",
             "/tmp/x",
             "../x",
             "a/../../x",

@@ -324,7 +324,7 @@ impl FlagStore {
         actor: &str,
     ) -> Result<Record, WriteError> {
         self.write(|snap, now| {
-            let (current, record) = existing(snap, name, if_match)?;
+            let (current, record) = existing(snap, name)?;
             if flag.name != name {
                 return Err(WriteError::Invalid(FieldError::new(
                     "name",
@@ -335,6 +335,7 @@ impl FlagStore {
                 )));
             }
             check(snap, &flag, &[])?;
+            precondition(record, if_match)?;
             Ok(overridden(
                 name,
                 current,
@@ -358,7 +359,7 @@ impl FlagStore {
         actor: &str,
     ) -> Result<Record, WriteError> {
         self.write(|snap, now| {
-            let (current, record) = existing(snap, name, if_match)?;
+            let (current, record) = existing(snap, name)?;
             let mut document = serde_json::to_value(current).expect("flags serialize");
             merge_patch(&mut document, patch);
             let flag: Flag = serde_path_to_error::deserialize(document).map_err(|e| {
@@ -371,6 +372,7 @@ impl FlagStore {
                 )));
             }
             check(snap, &flag, &[])?;
+            precondition(record, if_match)?;
             Ok(overridden(
                 name,
                 current,
@@ -393,12 +395,13 @@ impl FlagStore {
         actor: &str,
     ) -> Result<(), WriteError> {
         self.write(|snap, now| {
-            let (current, record) = existing(snap, name, if_match)?;
+            let (current, record) = existing(snap, name)?;
             if record.meta.origin == Origin::Builtin {
                 return Err(WriteError::Reserved(format!(
                     "{name:?} is one of seawall's own features; disable it instead"
                 )));
             }
+            precondition(record, if_match)?;
             let before = Some(current.clone());
             let remaining = record.meta.configured.as_ref().map(|_| Record {
                 flag: None,
@@ -757,23 +760,27 @@ fn commit(
     Ok(())
 }
 
-fn existing<'s>(
-    snap: &'s Snapshot,
-    name: &str,
-    if_match: Option<&str>,
-) -> Result<(&'s Flag, &'s Record), WriteError> {
-    let (flag, record) = snap
-        .live(name)
-        .ok_or_else(|| WriteError::NotFound(name.to_string()))?;
-    if let Some(expected) = if_match
-        && expected.trim() != "*"
-        && !expected.split(',').any(|tag| tag.trim() == record.etag())
-    {
-        return Err(WriteError::Stale {
-            current: record.etag(),
-        });
+/// The live flag `name` and its record.
+fn existing<'s>(snap: &'s Snapshot, name: &str) -> Result<(&'s Flag, &'s Record), WriteError> {
+    snap.live(name)
+        .ok_or_else(|| WriteError::NotFound(name.to_string()))
+}
+
+/// The `If-Match` precondition. Judged after the change itself has been validated, so that a
+/// change that could never apply is answered 400 rather than 412 (RFC 9110 §13.2.1 leaves the
+/// order to the server once the content is processed).
+fn precondition(record: &Record, if_match: Option<&str>) -> Result<(), WriteError> {
+    match if_match {
+        Some(expected)
+            if expected.trim() != "*"
+                && !expected.split(',').any(|tag| tag.trim() == record.etag()) =>
+        {
+            Err(WriteError::Stale {
+                current: record.etag(),
+            })
+        }
+        _ => Ok(()),
     }
-    Ok((flag, record))
 }
 
 /// Validates a flag against the snapshot (its dependencies and segments must exist).

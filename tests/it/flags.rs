@@ -134,6 +134,72 @@ async fn environment_flags_yield_to_runtime_changes_until_reset() {
     );
 }
 
+/// A change that could never apply is answered 400 before its `If-Match` is judged, and a
+/// malformed actor is refused only where a change is made; nothing refused changes anything.
+#[tokio::test]
+async fn changes_are_validated_before_their_precondition_and_actor() {
+    let seawall = Seawall::start("");
+    let flag = json!({"name": "beta", "enabled": true});
+    let created = admin(&seawall, Method::POST, "/admin/flags", Some(flag), &[]).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let etag = created.header("etag").unwrap().to_string();
+    let stale = [("if-match", "\"0\"")];
+
+    let valid = json!({"enabled": false});
+    let refused = admin(
+        &seawall,
+        Method::PATCH,
+        "/admin/flags/beta",
+        Some(valid),
+        &stale,
+    )
+    .await;
+    assert_error(&refused, 412, "PRECONDITION_FAILED");
+    let invalid = json!({"strategies": [{"name": "no-such-strategy"}]});
+    let refused = admin(
+        &seawall,
+        Method::PATCH,
+        "/admin/flags/beta",
+        Some(invalid),
+        &stale,
+    )
+    .await;
+    assert_error(&refused, 400, "VALIDATION_FAILED");
+
+    let blank_actor = [("x-seawall-actor", "  ")];
+    let listed = admin(&seawall, Method::GET, "/admin/flags", None, &blank_actor).await;
+    assert_eq!(listed.status, 200, "a read ignores the actor header");
+    let refused = admin(
+        &seawall,
+        Method::DELETE,
+        "/admin/flags/beta",
+        None,
+        &blank_actor,
+    )
+    .await;
+    assert_error(&refused, 400, "BAD_REQUEST");
+    let limit = json!({"quota": 5});
+    let refused = admin(
+        &seawall,
+        Method::PUT,
+        "/admin/ratelimits/medium",
+        Some(limit),
+        &blank_actor,
+    )
+    .await;
+    assert_error(&refused, 400, "BAD_REQUEST");
+
+    let after = admin(&seawall, Method::GET, "/admin/flags/beta", None, &[]).await;
+    assert_eq!(after.header("etag"), Some(etag.as_str()));
+    assert_eq!(after.json()["flag"]["enabled"], true);
+    let limits = admin(&seawall, Method::GET, "/admin/ratelimits", None, &[]).await;
+    assert!(
+        !limits.text().contains("\"overridden\":true"),
+        "{}",
+        limits.text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_with_one_etag_let_exactly_one_win() {
     let seawall = Arc::new(Seawall::start(""));
