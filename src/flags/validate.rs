@@ -53,7 +53,7 @@ pub fn check_name(name: &str) -> Result<(), FieldError> {
         Err(FieldError::new(
             "name",
             format!(
-                "{name:?} is not a valid flag name (1-100 characters, no whitespace, '/' or '%')"
+                "{name:?} is not a valid flag name (1-100 characters, no whitespace, control characters, '/' or '%')"
             ),
         ))
     }
