@@ -108,7 +108,10 @@ pub fn destination(
                 .ancestors()
                 .skip(1)
                 .filter(|a| !a.as_os_str().is_empty())
-                .find(|a| data_dir.join(a).exists() && !data_dir.join(a).is_dir())
+                .find(|a| {
+                    let there = data_dir.join(a);
+                    there.exists() && !there.is_dir()
+                })
             {
                 return bad(&format!("{} is a file, not a folder", file.display()));
             }
