@@ -256,6 +256,37 @@ def check_digests(stream, digests, chains, checked_from, origin, public_key):
     return previous[1]["next_seq"] if previous else 0
 
 
+def check_inclusion(where, leaf, seq, integrity, d):
+    """An event's inclusion proof against the digest it names (d, None when not fetched).
+    False when it has no proof: after the newest digest, nothing signed covers it yet."""
+    proof = integrity["proof"]
+    if proof is None:
+        return False
+    if d is None or not d["from_seq"] <= seq < d["next_seq"] or d.get("batch_merkle_root") is None:
+        raise Break(f"{where}: the digest it names does not cover it with a Merkle root")
+    path = [bytes.fromhex(h) for h in proof["path"]]
+    root = root_from_inclusion_proof(leaf, seq - d["from_seq"], d["next_seq"] - d["from_seq"], path)
+    if root is None or root.hex() != d["batch_merkle_root"]:
+        raise Break(f"{where}: inclusion proof")
+    return True
+
+
+def check_proofs(stream, events, digests):
+    """How many of the events carry an inclusion proof that leads to their digest's root."""
+    by_number = {d["number"]: d for d in digests}
+    newest = max(by_number, default=-1)
+    proven = 0
+    for event in events:
+        integrity = event["integrity"]
+        d = by_number.get(integrity["digest"])
+        if d is None and integrity["digest"] is not None and integrity["digest"] > newest:
+            # Signed after the digests were fetched (they are fetched first).
+            continue
+        if check_inclusion(f"seq {event['seq']}", leaf_of(event), event["seq"], integrity, d):
+            proven += 1
+    return proven
+
+
 def check_export(fetched):
     """Each exported event's inclusion proof, against the signed digest it names."""
     export, public_key = fetched["export"], fetched["public_key"]
@@ -273,19 +304,10 @@ def check_export(fetched):
         leaf = leaf_from(integrity["header"], integrity["part_digests"])
         if leaf.hex() != integrity["leaf"]:
             raise Break(f"{where}: leaf")
-        proof = integrity["proof"]
-        if proof is None:
-            # After the newest digest: nothing signed covers it yet.
+        if check_inclusion(where, leaf, seq, integrity, digests.get((stream, integrity["digest"]))):
+            proven += 1
+        else:
             pending += 1
-            continue
-        d = digests.get((stream, integrity["digest"]))
-        if d is None or not d["from_seq"] <= seq < d["next_seq"] or d.get("batch_merkle_root") is None:
-            raise Break(f"{where}: the digest it names does not cover it with a Merkle root")
-        path = [bytes.fromhex(h) for h in proof["path"]]
-        root = root_from_inclusion_proof(leaf, seq - d["from_seq"], d["next_seq"] - d["from_seq"], path)
-        if root is None or root.hex() != d["batch_merkle_root"]:
-            raise Break(f"{where}: inclusion proof")
-        proven += 1
     check_manifest(export, public_key)
     print(f"export: {proven} events proven under {len(digests)} signed digests, {pending} not yet signed")
 
@@ -397,10 +419,12 @@ def main():
             origin = events[0]["origin"] if events else (digests[0]["origin"] if digests else None)
             signed = check_digests(stream, digests, chains, checked_from, origin,
                                    fetched["public_key"])
+            proven = check_proofs(stream, events, digests)
             cut = f", cut through seq {anchor[0]} by a signed anchor" if anchor is not None else ""
             chained = len(chains) - (1 if anchor is not None and anchor[0] in chains else 0)
             print(f"{stream}: {chained} of {len(events)} events chained, {len(digests)} "
-                  f"digests verified, signed below seq {signed}{cut}")
+                  f"digests verified, signed below seq {signed}, {proven} proven by "
+                  f"inclusion{cut}")
         except Break as e:
             print(f"break: {stream} {e}")
             ok = False

@@ -317,9 +317,7 @@ pub fn export(
     found: &Found,
     now: SystemTime,
 ) -> Result<Result<Value, usize>, StoreError> {
-    // Only the streams the subject has events in: digests are many on a busy machine.
-    let streams: BTreeSet<Stream> = found.index.iter().map(|(_, s, _)| *s).collect();
-    let mut proofs = Proofs::new(log, &streams)?;
+    let mut proofs = Proofs::new(log);
     let mut events = Vec::new();
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     let mut too_many = 0;
@@ -407,12 +405,9 @@ fn exported(
             "header": record.header,
             "part_digests": record.parts.iter().map(|p| hex(&p.digest)).collect::<Vec<_>>(),
             "leaf": hex(&record.leaf),
-            "digest": inclusion.digest,
-            "proof": inclusion.path.map(|path| json!({
-                "path": path.iter().map(|h| hex(h)).collect::<Vec<_>>(),
-            })),
         },
     });
+    inclusion.add_to(&mut event["integrity"]);
     if let Some(http) = header.get("http") {
         event["http"] = json!({
             "method": http["method"],

@@ -4,7 +4,8 @@
 //! sequence order; the cursor is the position of the next event. Only headers are returned:
 //! they hold no personal data, so reading the trail does not disclose anyone. With
 //! `integrity=true` each also carries its part digests, leaf and chain value, from which a
-//! client recomputes the chain itself (docs/audit-format.md). Every page is
+//! client recomputes the chain itself, and its inclusion proof (`proofs`), with which it
+//! checks the event alone against its signed digest (docs/audit-format.md). Every page is
 //! bounded twice: by `limit` results and by [`MAX_SCAN`] records read, so a filter that
 //! matches nothing cannot keep the store busy; such a page ends early with a cursor.
 
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::audit::event::{self, Stream};
 use crate::audit::log::{self, AuditLog};
+use crate::audit::proofs::Proofs;
 use crate::audit::verify::hex;
 use crate::store::StoreError;
 
@@ -208,6 +210,7 @@ pub fn run(log: &AuditLog, query: &Query) -> Result<Page, StoreError> {
         Some(stream) => vec![stream],
         None => Stream::ALL.to_vec(),
     };
+    let mut proofs = Proofs::new(log);
     let start = query
         .cursor
         .and_then(|(stream, _)| streams.iter().position(|s| *s == stream))
@@ -238,6 +241,7 @@ pub fn run(log: &AuditLog, query: &Query) -> Result<Page, StoreError> {
                             "leaf": hex(&record.leaf),
                             "chain": hex(&record.chain),
                         });
+                        proofs.prove(stream, seq)?.add_to(&mut header["integrity"]);
                     }
                     page.events.push(header);
                 }

@@ -78,6 +78,29 @@ async fn an_independent_verifier_checks_the_chains_and_digests_the_api_returns()
     let (passed, report) = verify(&fetched);
     assert!(passed, "{report}");
     assert!(report.contains("access: "), "{report}");
+    // Every access event a digest covers carries the audit path to that digest's root.
+    let access_events = access["events"].as_array().unwrap();
+    let signed = access_events
+        .iter()
+        .filter(|e| !e["integrity"]["proof"].is_null())
+        .count();
+    assert!(signed >= 28, "a digest every 7 of 30 events: {access}");
+    assert!(
+        report.contains(&format!(
+            "signed below seq {signed}, {signed} proven by inclusion"
+        )),
+        "{report}"
+    );
+
+    // One step of one event's audit path changed: its proof no longer leads to the root.
+    let mut altered = fetched.clone();
+    let path = &mut altered["streams"]["access"]["events"][9]["integrity"]["proof"]["path"][0];
+    *path = json!("00".repeat(32));
+    let (passed, report) = verify(&altered);
+    assert!(
+        !passed && report.contains("break: access seq 9: inclusion proof"),
+        "{report}"
+    );
 
     // A stream whose start retention has removed (the first 10 events and digest 0, which
     // covered only removed ones): the chain is checked from the next digest boundary.

@@ -449,3 +449,45 @@ fn a_signed_root_that_is_not_the_leaves_is_found_and_a_digest_without_one_passes
     let report = check(&f.log, Stream::Access);
     assert_eq!((report.broken, report.digests), (None, 2));
 }
+
+#[test]
+fn the_digest_covering_an_event_is_found_among_idle_and_pruned_ones() {
+    let mut f = fixture();
+    let policy = every_five();
+    let mut time = day0();
+    // 3 digests of five events, an idle one (a day later, nothing new), then 2 more.
+    for round in 0..5 {
+        if round == 3 {
+            time += policy.idle;
+            f.writer.sign_due(time, &policy).unwrap();
+        }
+        f.writer.commit(access_events(5), time).unwrap();
+        f.writer.sign_due(time, &policy).unwrap();
+    }
+    let listed: Vec<Digest> = digest::list(&f.log, Stream::Access, 0)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    assert!(
+        listed.iter().any(|d| d.from_seq == d.next_seq),
+        "an idle digest"
+    );
+    let covering = |seq| digest::covering(&f.log, Stream::Access, seq).unwrap();
+    for seq in 0..25 {
+        let expected = listed
+            .iter()
+            .find(|d| d.from_seq <= seq && seq < d.next_seq)
+            .unwrap();
+        assert_eq!(covering(seq).as_ref(), Some(expected), "seq {seq}");
+    }
+    assert_eq!(covering(25), None, "not signed yet");
+    assert_eq!(digest::covering(&f.log, Stream::Gdpr, 0).unwrap(), None);
+
+    // Retention removed the digests of the first ten events but the newest of them.
+    assert_eq!(digest::prune(&f.log, Stream::Access, 10).unwrap(), 1);
+    assert_eq!(covering(3), None);
+    assert_eq!(covering(7).map(|d| d.number), Some(1));
+    assert_eq!(covering(24).map(|d| d.number), Some(5));
+}
