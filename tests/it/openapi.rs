@@ -45,7 +45,10 @@ fn concrete_url(seawall: &Seawall, path: &str) -> String {
     }
 }
 
-const CONFIG: &str = "[features]\naudit_trail = true\n";
+/// Every feature that changes what the APIs answer is on: audit, rate limits (429 and 503 on
+/// OFREP), breakers.
+const CONFIG: &str =
+    "[features]\naudit_trail = true\nprioritized_rate_limit = true\ncircuit_breaker = true\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_valid_served_and_every_operation_is_routed() {
