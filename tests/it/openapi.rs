@@ -46,9 +46,10 @@ fn concrete_url(seawall: &Seawall, path: &str) -> String {
 }
 
 /// Every feature that changes what the APIs answer is on: audit, rate limits (429 and 503 on
-/// OFREP), breakers.
-const CONFIG: &str =
-    "[features]\naudit_trail = true\nprioritized_rate_limit = true\ncircuit_breaker = true\n";
+/// OFREP), breakers, with the upstream the document's breaker example names (nothing listens
+/// on its port; no route sends to it).
+const CONFIG: &str = "[features]\naudit_trail = true\nprioritized_rate_limit = true\n\
+                      circuit_breaker = true\n[upstreams.app]\nurl = \"http://127.0.0.1:9\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_valid_served_and_every_operation_is_routed() {
