@@ -537,16 +537,12 @@ mod tests {
             ("gw".to_string(), anchor)
         };
         let pinned = key(1).verifying_key();
+        // The witness holds digest 1; the feed now starts at digest 3, behind `cut`.
+        let extend_behind = |cut: &(String, Anchor)| {
+            extend(Stream::Access, Some(&all[1]), &all[3..], Some(cut), &pinned)
+        };
         // Digest 1 covered events 4..8; a cut through event 11 removed them (and digest 2's).
-        let cut = anchor(11, &key(1), 20_000, 30);
-        let extended = extend(
-            Stream::Access,
-            Some(&all[1]),
-            &all[3..],
-            Some(&cut),
-            &pinned,
-        )
-        .unwrap();
+        let extended = extend_behind(&anchor(11, &key(1), 20_000, 30)).unwrap();
         assert_eq!(extended.newest.as_ref(), Some(&all[5]));
         assert_eq!(extended.pruned_through, Some(11));
         // A cut that left some of its events, an anchor under another key, a cut under no
@@ -557,14 +553,7 @@ mod tests {
             anchor(11, &key(1), 20_000, 0),
             anchor(11, &key(1), 20_780, 30),
         ] {
-            let result = extend(
-                Stream::Access,
-                Some(&all[1]),
-                &all[3..],
-                Some(&refused),
-                &pinned,
-            );
-            assert_eq!(kind(result), ("missing", Some(1)));
+            assert_eq!(kind(extend_behind(&refused)), ("missing", Some(1)));
         }
     }
 }

@@ -145,25 +145,18 @@ async fn changes_are_validated_before_their_precondition_and_actor() {
     let etag = created.header("etag").unwrap().to_string();
     let stale = [("if-match", "\"0\"")];
 
-    let valid = json!({"enabled": false});
-    let refused = admin(
-        &seawall,
-        Method::PATCH,
-        "/admin/flags/beta",
-        Some(valid),
-        &stale,
-    )
-    .await;
+    let stale_patch = |patch: Value| {
+        admin(
+            &seawall,
+            Method::PATCH,
+            "/admin/flags/beta",
+            Some(patch),
+            &stale,
+        )
+    };
+    let refused = stale_patch(json!({"enabled": false})).await;
     assert_error(&refused, 412, "PRECONDITION_FAILED");
-    let invalid = json!({"strategies": [{"name": "no-such-strategy"}]});
-    let refused = admin(
-        &seawall,
-        Method::PATCH,
-        "/admin/flags/beta",
-        Some(invalid),
-        &stale,
-    )
-    .await;
+    let refused = stale_patch(json!({"strategies": [{"name": "no-such-strategy"}]})).await;
     assert_error(&refused, 400, "VALIDATION_FAILED");
 
     let blank_actor = [("x-seawall-actor", "  ")];
