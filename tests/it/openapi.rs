@@ -3,7 +3,7 @@
 //! property-based fuzz run (schemathesis) against a live seawall that finds no server error, no
 //! crash and no answer the document does not describe.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -90,7 +90,7 @@ async fn the_document_is_valid_served_and_every_operation_is_routed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_a_path_does_not_document_is_answered_405_with_its_own_methods() {
     let seawall = Seawall::start(CONFIG);
-    let mut documented: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (method, path) in operations() {
         documented
             .entry(path)
