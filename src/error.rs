@@ -66,6 +66,9 @@ pub enum Error {
     Overloaded { level: Level, retry_after: u64 },
     #[error("request not answered within {0:?}")]
     RequestTimeout(Duration),
+    /// The upstream waited for the rest of the client's body until the timeout.
+    #[error("the request body did not arrive within {0:?}")]
+    ClientBodyTimeout(Duration),
     /// The store refused a write (a full or failing volume): nothing was changed.
     #[error("store unavailable: {0}")]
     StoreUnavailable(String),
@@ -92,6 +95,7 @@ impl Error {
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::UpstreamUnavailable { .. } => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout { .. } | Error::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::UpstreamBusy { .. }
             | Error::CircuitOpen { .. }
             | Error::DatabaseUnavailable(_)
@@ -141,6 +145,7 @@ impl Error {
             Error::RateLimited(_) => "RATE_LIMIT_EXCEEDED",
             Error::Overloaded { .. } => "SERVICE_OVERLOADED",
             Error::RequestTimeout(_) => "GATEWAY_TIMEOUT",
+            Error::ClientBodyTimeout(_) => "REQUEST_TIMEOUT",
             Error::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             Error::AuditUnavailable => "AUDIT_UNAVAILABLE",
             Error::UpgradesFull => "UPGRADES_FULL",
@@ -179,6 +184,10 @@ impl Error {
                 format!("The upstream '{upstream}' is at its connection limit; retry shortly.")
             }
             Error::RequestTimeout(_) => "The request was not answered in time.".to_string(),
+            Error::ClientBodyTimeout(timeout) => format!(
+                "The request body did not arrive within {} ms; the connection is closed.",
+                timeout.as_millis()
+            ),
             Error::DatabaseUnavailable(_) => {
                 "The database cannot be reached right now; retry shortly.".to_string()
             }
@@ -307,6 +316,11 @@ impl Error {
                 if let Ok(value) = HeaderValue::from_str(current) {
                     headers.insert(header::ETAG, value);
                 }
+            }
+            // The rest of the body may still be on its way: the connection cannot be reused
+            // (RFC 9110 §15.5.9).
+            Error::ClientBodyTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
         }

@@ -9,7 +9,8 @@
 //!   `shutdown` is the signal that starts it; `send_timeout` closes connections whose client
 //!   stopped reading (`stall`: the progress deadline it shares with upstream bodies).
 //! - `router` (proxy listener) and `admin` (admin listener): what each request means.
-//! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams.
+//! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams;
+//!   `client_body`: which of a failed call's faults were the client's.
 //!   `tunnel`: WebSockets and other upgraded connections, joined byte for byte.
 //! - `request_context`: request id and client address (trusted proxies).
 //! - `error`: the request-path error and its HTTP mapping; `body`: response bodies.
@@ -38,6 +39,7 @@ pub mod body;
 pub mod breaker;
 pub mod breakers;
 pub mod cli;
+pub mod client_body;
 pub mod config;
 pub mod error;
 pub mod fd_limit;

@@ -5,7 +5,8 @@
 //! feature is on for the request), a connection slot, the request with connect and
 //! response-head timeouts, then the outcome recorded once. Outcomes (research §7.4): connect
 //! errors, timeouts, resets, 5xx, 408 and 429 are failures; other answers are successes; a full
-//! wait queue, an oversized client body or a client that went away are ignored. With enhanced
+//! wait queue and everything the client did (a body too large, malformed or broken off, a body
+//! that stopped coming until the timeout, a client that went away) are ignored. With enhanced
 //! pooling the wait for a slot is bounded (`max_queue` waiters, `acquire_timeout`); without, a
 //! request waits for a slot until its timeout. Headers and routes are `proxy`'s business.
 
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
+use hyper::body::Body as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -24,6 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{self, Body, BodyStalled, Guarded, IdleTimeout};
 use crate::breaker::{Breaker, Outcome, Rejected, State};
+use crate::client_body::{BodyWatch, Watched};
 use crate::config::{UpstreamConfig, UpstreamKind};
 use crate::health::{Probe, ProbeFuture, Reading, Status};
 use crate::metrics::{Counter, Exposition, Histogram, LATENCY_BUCKETS};
@@ -49,6 +52,11 @@ pub enum UpstreamError {
     Timeout(Duration),
     /// The client's request body broke the size limit while streaming.
     BodyTooLarge,
+    /// The client's request body broke off or was malformed: the client's fault, not the
+    /// upstream's.
+    ClientBody(String),
+    /// The call timed out waiting for the client's request body, not for the upstream.
+    ClientStalled(Duration),
     /// Anything else: reset connections, malformed responses, a failing request body.
     Failed(String),
 }
@@ -62,6 +70,8 @@ impl UpstreamError {
             UpstreamError::Connect(_) => "connect",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::BodyTooLarge => "body_too_large",
+            UpstreamError::ClientBody(_) => "client_body",
+            UpstreamError::ClientStalled(_) => "client_stalled",
             UpstreamError::Failed(_) => "failed",
         }
     }
@@ -97,12 +107,14 @@ struct PoolMetrics {
     acquire: Option<Histogram>,
 }
 
-const ERROR_KINDS: [&str; 7] = [
+const ERROR_KINDS: [&str; 9] = [
     "queue_full",
     "slot_timeout",
     "connect",
     "timeout",
     "body_too_large",
+    "client_body",
+    "client_stalled",
     "body_timeout",
     "failed",
 ];
@@ -186,10 +198,24 @@ impl Upstream {
         let deadline = Instant::now() + self.config.timeout;
         let slot = self.slot(bounded_queue, deadline).await?;
         self.metrics.requests.inc();
+        let watch = BodyWatch::default();
+        let request = match request.body().is_end_stream() {
+            true => request,
+            false => request.map(|body| Watched::new(body, watch.clone()).boxed()),
+        };
+        let timeout = self.config.timeout;
         let response = tokio::time::timeout_at(deadline.into(), self.client.request(request))
             .await
-            .map_err(|_| UpstreamError::Timeout(self.config.timeout))?
-            .map_err(classify)?;
+            .map_err(|_| match watch.awaiting_client() {
+                true => UpstreamError::ClientStalled(timeout),
+                false => UpstreamError::Timeout(timeout),
+            })?
+            .map_err(|e| match classify(e) {
+                UpstreamError::Failed(detail) if watch.failed() => {
+                    UpstreamError::ClientBody(detail)
+                }
+                other => other,
+            })?;
         let body_timeout = self.config.body_timeout;
         let metrics = self.metrics.clone();
         Ok(response.map(|body| {
@@ -315,7 +341,11 @@ fn outcome(result: &Result<Response<Body>, UpstreamError>) -> Outcome {
             }
         }
         Err(
-            UpstreamError::QueueFull | UpstreamError::BodyTooLarge | UpstreamError::CircuitOpen(_),
+            UpstreamError::QueueFull
+            | UpstreamError::BodyTooLarge
+            | UpstreamError::ClientBody(_)
+            | UpstreamError::ClientStalled(_)
+            | UpstreamError::CircuitOpen(_),
         ) => Outcome::Ignored,
         Err(_) => Outcome::Failure,
     }

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `/headers...` | JSON with the method, path, query and headers it received |
 //! | `/echo` | the request body, streamed back with its content type |
+//! | `/collect` | `{n} bytes` once the whole request body is in; 400 if it broke off |
 //! | `/bytes/{n}` | `n` bytes, streamed in 64 KiB chunks |
 //! | `/slow/{ms}` | 200 after `ms` milliseconds; announces the start on `slow_started` |
 //! | `/hang` | never answers |
@@ -185,6 +186,14 @@ async fn handle(
             }
             response
         }
+        ["collect"] => match request.into_body().collect().await {
+            Ok(body) => Response::new(full(format!("{} bytes", body.to_bytes().len()))),
+            Err(_) => {
+                let mut response = Response::new(full("the body broke off"));
+                *response.status_mut() = StatusCode::BAD_REQUEST;
+                response
+            }
+        },
         ["bytes", n] => Response::new(Generated::new(n.parse().unwrap()).boxed()),
         ["slow", ms] => {
             let _ = slow_started.send(());
