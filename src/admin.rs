@@ -187,7 +187,7 @@ impl Service for AdminService {
         &self.state
     }
 
-    fn classify(&self, request: &Request<Incoming>) -> (Arc<str>, Endpoint) {
+    fn classify(&self, request: &mut Request<Incoming>) -> (Arc<str>, Endpoint) {
         let endpoint = Endpoint::from_path(request.uri().path());
         (Arc::from(endpoint.label()), endpoint)
     }

@@ -12,7 +12,8 @@
 //! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams;
 //!   `client_body`: which of a failed call's faults were the client's.
 //!   `tunnel`: WebSockets and other upgraded connections, joined byte for byte.
-//! - `request_context`: request id and client address (trusted proxies).
+//! - `request_context`: request id and client address (trusted proxies). `request_target`: the
+//!   path in normal form and the Host rules, before routing.
 //! - `error`: the request-path error and its HTTP mapping; `body`: response bodies.
 //! - `health`, `metrics`, `request_stats`, `process_metrics`: observability.
 //! - `flags`, `features`, `ofrep`: feature flags and seawall's own features as flags.
@@ -57,6 +58,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod request_context;
 pub mod request_stats;
+pub mod request_target;
 pub mod route;
 pub mod router;
 pub mod send_timeout;

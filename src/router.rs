@@ -24,6 +24,7 @@ use crate::proxy;
 use crate::ratelimit::Admission;
 use crate::request_context::RequestContext;
 use crate::request_stats::Listener;
+use crate::request_target::{self, Refused};
 use crate::route::{Resolution, Route};
 use crate::server::Service;
 use crate::sql_route;
@@ -94,11 +95,16 @@ impl Service for ProxyService {
         &self.state
     }
 
-    fn classify(&self, request: &Request<Incoming>) -> (Arc<str>, Target) {
-        let path = request.uri().path();
-        if let Some(endpoint) = HealthEndpoint::from_path(path) {
+    fn classify(&self, request: &mut Request<Incoming>) -> (Arc<str>, Target) {
+        // Probes get their answer whatever else is wrong with the request.
+        if let Some(endpoint) = HealthEndpoint::from_path(request.uri().path()) {
             return (self.health_label.clone(), Target::Health(endpoint));
         }
+        if let Err(Refused(message)) = request_target::canonicalize(request) {
+            let refused = Error::BadRequest(message.to_string());
+            return (self.unmatched_label.clone(), Target::Rejected(refused));
+        }
+        let path = request.uri().path();
         if let Some(endpoint) = ofrep::Endpoint::from_path(path) {
             return (self.ofrep_label.clone(), Target::Ofrep(endpoint));
         }

@@ -54,8 +54,10 @@ pub trait Service: Send + Sync + 'static {
 
     fn state(&self) -> &Arc<AppState>;
 
-    /// The route label for metrics and logs, and what to do with the request.
-    fn classify(&self, request: &Request<Incoming>) -> (Arc<str>, Self::Target);
+    /// The route label for metrics and logs, and what to do with the request. It may first put
+    /// the request target in canonical form (the proxy listener does: `request_target`), so
+    /// that every later step sees the path that was classified.
+    fn classify(&self, request: &mut Request<Incoming>) -> (Arc<str>, Self::Target);
 
     /// Whether and how the request is audited; `None` for no event.
     fn audit_plan(
@@ -257,7 +259,7 @@ async fn accept_loop<S: Service>(
 /// The frame around one request: context, timeout, error answer, headers, metrics, log.
 async fn exchange<S: Service>(
     service: &S,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let state = service.state();
@@ -269,7 +271,7 @@ async fn exchange<S: Service>(
     if let Some(header) = &state.config.ratelimit.api_key_header {
         ctx = ctx.keyed_by_api_key(request.headers(), header);
     }
-    let (route, target) = service.classify(&request);
+    let (route, target) = service.classify(&mut request);
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let mut tracker = InFlight::start(state, S::LISTENER, route.clone(), method.clone());
@@ -439,7 +441,7 @@ mod tests {
             &self.state
         }
 
-        fn classify(&self, _: &Request<Incoming>) -> (Arc<str>, ()) {
+        fn classify(&self, _: &mut Request<Incoming>) -> (Arc<str>, ()) {
             (Arc::from("broken"), ())
         }
 

@@ -8,13 +8,11 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::backend::Backend;
 use crate::support::{
     ADMIN_TOKEN, BREAKER_ON, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error, full, get,
-    required_env, send,
+    raw_exchange, required_env, send,
 };
 
 fn config(backend: &Backend, upstream_extra: &str, breaker: &str) -> String {
@@ -201,39 +199,28 @@ async fn server_errors_count_as_failures_and_client_errors_do_not() {
     );
 }
 
-/// Sends `head` and `body` on a new connection, then reads the answer until seawall closes.
-async fn raw_exchange(seawall: &Seawall, head: &str, body: &[u8]) -> String {
-    let mut stream = TcpStream::connect(seawall.proxy).await.unwrap();
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(PROCESS_TIMEOUT, stream.read_to_end(&mut answer))
-        .await
-        .expect("seawall answers and closes")
-        .unwrap();
-    String::from_utf8_lossy(&answer).to_lowercase()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_breaks_or_stalls_its_body_costs_the_breaker_nothing() {
     let backend = Backend::start().await;
     let config = config(&backend, "timeout_ms = 500", "wait_in_open_ms = 60000");
     let seawall = Seawall::start_in(Arc::new(TempDir::new().unwrap()), &config, &BREAKER_ON);
-    let chunked = "POST /app/collect HTTP/1.1\r\nHost: app.example\r\n\
-                   Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    let malformed = b"POST /app/collect HTTP/1.1\r\nHost: app.example\r\n\
+        Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3x\r\nabc\r\n0\r\n\r\n";
     for _ in 0..5 {
-        let answer = raw_exchange(&seawall, chunked, b"3x\r\nabc\r\n0\r\n\r\n").await;
-        assert!(answer.starts_with("http/1.1 400 "), "{answer}");
-        assert!(answer.contains(r#""error":"bad_request""#), "{answer}");
+        assert_error(
+            &raw_exchange(seawall.proxy, malformed).await,
+            400,
+            "BAD_REQUEST",
+        );
     }
     // Ten of a hundred declared bytes, then nothing: the upstream waits for the rest.
-    let partial = "POST /app/collect HTTP/1.1\r\nHost: app.example\r\nContent-Length: 100\r\n\r\n";
+    let partial = b"POST /app/collect HTTP/1.1\r\nHost: app.example\r\n\
+        Content-Length: 100\r\n\r\n0123456789";
     for _ in 0..5 {
         let started = Instant::now();
-        let answer = raw_exchange(&seawall, partial, b"0123456789").await;
-        assert!(answer.starts_with("http/1.1 408 "), "{answer}");
-        assert!(answer.contains("connection: close"), "{answer}");
-        assert!(answer.contains(r#""error":"request_timeout""#), "{answer}");
+        let reply = raw_exchange(seawall.proxy, partial).await;
+        assert_error(&reply, 408, "REQUEST_TIMEOUT");
+        assert_eq!(reply.header("connection"), Some("close"));
         assert!(started.elapsed() >= Duration::from_millis(500));
     }
     let breaker = app_breaker(&seawall).await;
@@ -266,15 +253,12 @@ async fn a_client_that_breaks_or_stalls_its_body_costs_the_breaker_nothing() {
         (0.into(), 0.into())
     );
     // A whole body from a client that keeps up is served as ever.
-    let whole = raw_exchange(
-        &seawall,
-        "POST /app/collect HTTP/1.1\r\nHost: app.example\r\nContent-Length: 10\r\nConnection: close\r\n\r\n",
-        b"0123456789",
-    )
-    .await;
-    assert!(
-        whole.starts_with("http/1.1 200 ") && whole.ends_with("10 bytes"),
-        "{whole}"
+    let whole = b"POST /app/collect HTTP/1.1\r\nHost: app.example\r\n\
+        Content-Length: 10\r\nConnection: close\r\n\r\n0123456789";
+    let reply = raw_exchange(seawall.proxy, whole).await;
+    assert_eq!(
+        (reply.status.as_u16(), reply.text()),
+        (200, "10 bytes".to_string())
     );
 }
 

@@ -7,7 +7,7 @@ use http::{Method, Request};
 use http_body_util::BodyExt;
 
 use crate::backend::{Backend, Generated};
-use crate::support::{Reply, Seawall, assert_error, client, full, get, send};
+use crate::support::{Reply, Seawall, assert_error, client, full, get, raw_exchange, send};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -144,6 +144,78 @@ async fn routes_reject_unknown_paths_and_methods_with_json() {
     )
     .await;
     assert_error(&big, 413, "PAYLOAD_TOO_LARGE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_matched_and_forwarded_in_normal_form_and_host_rules_hold() {
+    let backend = Backend::start().await;
+    let config = format!(
+        r#"
+[upstreams.app]
+url = "{}"
+
+[[routes]]
+name = "guarded"
+match = "/guarded/*"
+upstream = "app"
+strip_prefix = "/guarded"
+flag = "guarded-api"
+
+[[routes]]
+name = "open"
+match = "/*"
+upstream = "app"
+"#,
+        backend.url()
+    );
+    let dir = std::sync::Arc::new(tempfile::TempDir::new().unwrap());
+    let seawall = Seawall::start_in(dir, &config, &[("FF_GUARDED_API", "false")]);
+    let exchange = |target: &str, hosts: &[&str]| {
+        let mut request = format!("GET {target} HTTP/1.1\r\nConnection: close\r\n");
+        for host in hosts {
+            request.push_str(&format!("Host: {host}\r\n"));
+        }
+        request.push_str("\r\n");
+        raw_exchange(seawall.proxy, request.into_bytes())
+    };
+    // Through the open route, a dot segment or an encoded one reached the guarded resource.
+    for sneaky in [
+        "/headers/../guarded/headers",
+        "/headers/%2e%2e/guarded/headers",
+        "/x/%2E./guarded/%68eaders",
+    ] {
+        let reply = exchange(sneaky, &["app.example"]).await;
+        assert_error(&reply, 404, "NOT_FOUND");
+    }
+    // The upstream gets the path that was matched, the query as it came.
+    let reply = exchange("/x/./y/%2e%2e/../%68eaders/a?q=/../%41", &["app.example"]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = reply.json();
+    assert_eq!(
+        (seen["path"].clone(), seen["query"].clone()),
+        ("/headers/a".into(), "q=/../%41".into())
+    );
+    assert_eq!(seen["headers"]["x-forwarded-host"], "app.example");
+    // RFC 9112 §3.2: the authority of an absolute-form target replaces Host.
+    let reply = exchange("http://app.example:8080/headers", &["other.example"]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.json()["headers"]["x-forwarded-host"],
+        "app.example:8080"
+    );
+    assert_eq!(reply.json()["path"], "/headers");
+    for (target, hosts) in [
+        ("/headers", &[][..]),
+        ("/headers", &["a.example", "b.example"]),
+        ("/headers", &["a.example/evil"]),
+        ("/headers\\..\\guarded", &["app.example"]),
+    ] {
+        let reply = exchange(target, hosts).await;
+        assert_error(&reply, 400, "BAD_REQUEST");
+    }
+    // HTTP/1.0 needs no Host.
+    let old = raw_exchange(seawall.proxy, b"GET /headers HTTP/1.0\r\n\r\n".to_vec()).await;
+    assert_eq!(old.status, 200, "{}", old.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -342,6 +342,40 @@ pub async fn admin_get(seawall: &Seawall, path: &str) -> Reply {
     .await
 }
 
+/// Writes `request` as it is on a new connection to `addr` and reads the answer until the
+/// server closes: for requests a well-behaved client would never send. The request should ask
+/// for `Connection: close` unless seawall closes on its own; the answer must not be chunked.
+pub async fn raw_exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> Reply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_ref()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PROCESS_TIMEOUT, stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes")
+        .unwrap();
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&answer)));
+    let head = String::from_utf8(answer[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.trim().parse().unwrap(),
+        );
+    }
+    Reply {
+        status: status.parse().unwrap(),
+        headers,
+        body: Bytes::copy_from_slice(&answer[split + 4..]),
+    }
+}
+
 /// Asserts the JSON error shape of answers seawall makes itself.
 pub fn assert_error(reply: &Reply, status: u16, code: &str) {
     assert_eq!(reply.status.as_u16(), status, "body: {}", reply.text());
