@@ -127,6 +127,23 @@ fn malformed_urls_are_named() {
 }
 
 #[test]
+fn dependency_deadlines_end_before_the_request_deadline() {
+    let upstream = "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n";
+    let e = error(&format!("{upstream}timeout_ms = 30000"), &[]);
+    assert_eq!(e.key, "upstreams.app.timeout_ms");
+    assert!(e.message.contains("server.request_timeout_ms (30000 ms)"), "{e}");
+    let raised = format!("[server]\nrequest_timeout_ms = 60000\n{upstream}timeout_ms = 30000");
+    assert!(load(&raised, &[]).is_ok());
+    // The default call timeout is acquire + statement + 1 s: 32 s here.
+    let e = error(
+        "[postgres]\nurl = \"postgres://app@127.0.0.1/app\"\nstatement_timeout_ms = 29000",
+        &[],
+    );
+    assert_eq!(e.key, "postgres.call_timeout_ms");
+    assert!(e.message.contains("32000 ms"), "{e}");
+}
+
+#[test]
 fn routes_are_checked_against_upstreams_and_each_other() {
     let e = error(
         "[[routes]]\nname = \"a\"\nmatch = \"/a\"\nupstream = \"nowhere\"\n",

@@ -41,6 +41,13 @@ pub fn validate(
         Some(section) => v.postgres(section)?,
         None => None,
     };
+    for upstream in &upstreams {
+        let key = format!("upstreams.{}.timeout_ms", upstream.name);
+        v.below_request_timeout(&key, upstream.timeout, &server)?;
+    }
+    if let Some(postgres) = &postgres {
+        v.below_request_timeout("postgres.call_timeout_ms", postgres.call_timeout, &server)?;
+    }
     let ratelimit = v.ratelimit(&raw.ratelimit)?;
     let warnings = idle_sections(&raw, &flags);
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
@@ -139,6 +146,28 @@ impl Validator<'_> {
     ) -> Result<T, ConfigError> {
         parse(text)
             .ok_or_else(|| self.error(key, format!("{text:?} is not {what} (expected {expected})")))
+    }
+
+    /// A dependency's call deadline must end before the request's own: cut by the request's
+    /// deadline, a hanging call would be dropped rather than recorded, and its breaker would
+    /// never see the failure.
+    fn below_request_timeout(
+        &self,
+        key: &str,
+        timeout: Duration,
+        server: &ServerConfig,
+    ) -> Result<(), ConfigError> {
+        if timeout < server.request_timeout {
+            return Ok(());
+        }
+        Err(self.error(
+            key,
+            format!(
+                "{} ms must be below server.request_timeout_ms ({} ms), or the request's deadline cuts the call first and its breaker never counts a hanging call",
+                timeout.as_millis(),
+                server.request_timeout.as_millis()
+            ),
+        ))
     }
 
     pub(super) fn error(&self, key: &str, message: String) -> ConfigError {
