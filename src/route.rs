@@ -132,8 +132,13 @@ upstream = "app"
         assert_eq!(name(t.resolve(&Method::GET, "/pets/1")), "pet-read");
         assert_eq!(name(t.resolve(&Method::POST, "/pets/1")), "everything");
         assert_eq!(
+            name(t.resolve(&Method::HEAD, "/pets/1")),
+            "pet-read",
+            "a route that answers GET answers HEAD"
+        );
+        assert_eq!(
             name(t.resolve(&Method::DELETE, "/pets/1")),
-            "405 [GET, POST]"
+            "405 [GET, HEAD, POST]"
         );
         assert_eq!(name(table("").resolve(&Method::GET, "/")), "404");
     }

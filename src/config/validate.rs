@@ -393,11 +393,18 @@ impl Validator<'_> {
                     "is empty; leave it out to accept every method".to_string(),
                 ));
             }
-            Some(list) => Some(
-                list.iter()
+            Some(list) => {
+                let mut methods = list
+                    .iter()
                     .map(|m| self.method(&key("methods"), m))
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
+                    .collect::<Result<Vec<_>, _>>()?;
+                // RFC 9110 §9.3.2: HEAD is GET without the body; a server that answers GET
+                // answers HEAD too (as nginx's `limit_except GET` does).
+                if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
+                    methods.push(Method::HEAD);
+                }
+                Some(methods)
+            }
         };
         let target = match (&raw.upstream, &raw.postgres) {
             (Some(_), Some(_)) => {

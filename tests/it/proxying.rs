@@ -135,7 +135,9 @@ async fn routes_reject_unknown_paths_and_methods_with_json() {
     )
     .await;
     assert_error(&post, 405, "METHOD_NOT_ALLOWED");
-    assert_eq!(post.header("allow"), Some("GET"));
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let head = send(Method::HEAD, &seawall.proxy_url("/ro/headers"), &[], full("")).await;
+    assert_eq!((head.status.as_u16(), head.body.len()), (200, 0), "HEAD comes with GET");
     let big = send(
         Method::POST,
         &seawall.proxy_url("/small/echo"),
