@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Limited};
 
 use crate::body::{Body, RequestBody};
@@ -69,6 +69,9 @@ pub async fn forward(
         None => None,
     };
     let (mut parts, body) = request.into_parts();
+    // The upstream hop is HTTP/1.1 whatever the client spoke: an HTTP/1.0 request passed on
+    // as such would have the upstream close the pooled connection after answering.
+    parts.version = Version::HTTP_11;
     let path = route::upstream_path(&route.config, parts.uri.path());
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),

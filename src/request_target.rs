@@ -7,14 +7,15 @@
 //! (percent-encoded unreserved characters decoded, so `%2e` is a dot; dot segments removed) and
 //! refuses a backslash (no URI may hold one, and WHATWG URL parsers, Node's among them, read it
 //! as `/`). It also enforces RFC 9112 §3.2's Host rules: one valid `Host`, required in HTTP/1.1,
-//! and the authority of an absolute-form target in its place when there is one. Matching,
+//! and the authority of an absolute-form target in its place when there is one. `CONNECT`,
+//! whose target is a host to tunnel to rather than a resource, is refused. Matching,
 //! forwarding, audit and logs then all see the path that was matched. Encoded slashes (`%2F`)
 //! and other reserved characters are left as they are. What a path means is `route`'s business.
 
 use std::borrow::Cow;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, Uri, Version};
+use http::{Method, Request, Uri, Version};
 
 /// Why a request target cannot be served; the message is for the client.
 #[derive(Debug, PartialEq, Eq)]
@@ -22,6 +23,13 @@ pub struct Refused(pub &'static str);
 
 /// Puts `request`'s target into canonical form in place, or says why it is refused.
 pub fn canonicalize<B>(request: &mut Request<B>) -> Result<(), Refused> {
+    if request.method() == Method::CONNECT {
+        // A tunnel to wherever the client names is a forward proxy's job; passed on, the
+        // upstream's refusal would count against its breaker.
+        return Err(Refused(
+            "seawall is a reverse proxy and opens no tunnels: CONNECT is not served.",
+        ));
+    }
     let absolute = request.uri().authority().cloned();
     match &absolute {
         Some(authority) => {
@@ -329,6 +337,15 @@ mod tests {
 
         let mut with_user = request("http://user@app.example/a", Version::HTTP_11, &[]);
         assert!(canonicalize(&mut with_user).is_err());
+    }
+
+    #[test]
+    fn connect_is_refused_whatever_its_target() {
+        for target in ["app.example:443", "/api/x"] {
+            let mut connect = request(target, Version::HTTP_11, &["app.example"]);
+            *connect.method_mut() = Method::CONNECT;
+            assert!(canonicalize(&mut connect).is_err(), "{target}");
+        }
     }
 
     #[test]

@@ -131,7 +131,10 @@ fn dependency_deadlines_end_before_the_request_deadline() {
     let upstream = "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n";
     let e = error(&format!("{upstream}timeout_ms = 30000"), &[]);
     assert_eq!(e.key, "upstreams.app.timeout_ms");
-    assert!(e.message.contains("server.request_timeout_ms (30000 ms)"), "{e}");
+    assert!(
+        e.message.contains("server.request_timeout_ms (30000 ms)"),
+        "{e}"
+    );
     let raised = format!("[server]\nrequest_timeout_ms = 60000\n{upstream}timeout_ms = 30000");
     assert!(load(&raised, &[]).is_ok());
     // The default call timeout is acquire + statement + 1 s: 32 s here.

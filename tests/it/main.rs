@@ -27,6 +27,7 @@ mod openapi;
 mod postgres;
 mod proxying;
 mod ratelimit;
+mod raw_requests;
 mod shutdown;
 mod stalls;
 mod upgrades;

@@ -136,8 +136,18 @@ async fn routes_reject_unknown_paths_and_methods_with_json() {
     .await;
     assert_error(&post, 405, "METHOD_NOT_ALLOWED");
     assert_eq!(post.header("allow"), Some("GET, HEAD"));
-    let head = send(Method::HEAD, &seawall.proxy_url("/ro/headers"), &[], full("")).await;
-    assert_eq!((head.status.as_u16(), head.body.len()), (200, 0), "HEAD comes with GET");
+    let head = send(
+        Method::HEAD,
+        &seawall.proxy_url("/ro/headers"),
+        &[],
+        full(""),
+    )
+    .await;
+    assert_eq!(
+        (head.status.as_u16(), head.body.len()),
+        (200, 0),
+        "HEAD comes with GET"
+    );
     let big = send(
         Method::POST,
         &seawall.proxy_url("/small/echo"),
@@ -215,6 +225,16 @@ upstream = "app"
         let reply = exchange(target, hosts).await;
         assert_error(&reply, 400, "BAD_REQUEST");
     }
+    // Not a forward proxy: passed on, the upstream's refusal counted against its breaker.
+    for connect in ["CONNECT app.example:443", "CONNECT /headers"] {
+        let request =
+            format!("{connect} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n");
+        assert_error(
+            &raw_exchange(seawall.proxy, request).await,
+            400,
+            "BAD_REQUEST",
+        );
+    }
     // HTTP/1.0 needs no Host.
     let old = raw_exchange(seawall.proxy, b"GET /headers HTTP/1.0\r\n\r\n".to_vec()).await;
     assert_eq!(old.status, 200, "{}", old.text());
@@ -271,10 +291,15 @@ async fn upstream_connections_are_reused() {
     for _ in 0..20 {
         assert_eq!(get(&seawall.proxy_url("/api/headers")).await.status, 200);
     }
+    // HTTP/1.0 clients too: the upstream hop is HTTP/1.1 and stays open.
+    for _ in 0..5 {
+        let old = raw_exchange(seawall.proxy, b"GET /api/headers HTTP/1.0\r\n\r\n").await;
+        assert_eq!(old.status, 200, "{}", old.text());
+    }
     assert_eq!(
         backend.connections.load(Ordering::SeqCst),
         1,
-        "20 sequential requests share one upstream connection"
+        "25 sequential requests share one upstream connection"
     );
 }
 

@@ -345,6 +345,7 @@ pub async fn admin_get(seawall: &Seawall, path: &str) -> Reply {
 /// Writes `request` as it is on a new connection to `addr` and reads the answer until the
 /// server closes: for requests a well-behaved client would never send. The request should ask
 /// for `Connection: close` unless seawall closes on its own; the answer must not be chunked.
+/// Interim answers (`100 Continue`) are skipped: the reply is the final one.
 pub async fn raw_exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> Reply {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -354,13 +355,21 @@ pub async fn raw_exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> Reply 
         .await
         .expect("the server answers and closes")
         .unwrap();
-    let split = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&answer)));
-    let head = String::from_utf8(answer[..split].to_vec()).unwrap();
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+    let mut answer = &answer[..];
+    let (head, split, status) = loop {
+        let split = answer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(answer)));
+        let head = String::from_utf8(answer[..split].to_vec()).unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        if (100..200).contains(&status) && status != 101 {
+            answer = &answer[split + 4..];
+            continue;
+        }
+        break (head, split, status);
+    };
+    let lines = head.split("\r\n").skip(1);
     let mut headers = HeaderMap::new();
     for line in lines {
         let (name, value) = line.split_once(':').unwrap();
@@ -370,7 +379,7 @@ pub async fn raw_exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> Reply 
         );
     }
     Reply {
-        status: status.parse().unwrap(),
+        status: StatusCode::from_u16(status).unwrap(),
         headers,
         body: Bytes::copy_from_slice(&answer[split + 4..]),
     }
