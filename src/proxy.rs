@@ -166,7 +166,7 @@ fn upstream_error(name: &str, error: UpstreamError, limit: u64) -> Error {
         }
         UpstreamError::Timeout(timeout) => Error::UpstreamTimeout { upstream, timeout },
         UpstreamError::BodyTooLarge => Error::PayloadTooLarge { limit },
-        UpstreamError::ClientBody(_) => Error::BadRequest(
+        UpstreamError::ClientBody => Error::BadRequest(
             "The request body could not be read: its framing is malformed or it ended early."
                 .to_string(),
         ),

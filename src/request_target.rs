@@ -48,7 +48,7 @@ pub fn canonicalize<B>(request: &mut Request<B>) -> Result<(), Refused> {
     }
     let uri = request.uri();
     if !uri.path().starts_with('/') {
-        // `*` (OPTIONS) and authority-form (CONNECT): no path to put in order.
+        // `OPTIONS *`: no path to put in order.
         return Ok(());
     }
     let path = normalize_path(uri.path())?;

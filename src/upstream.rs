@@ -54,10 +54,10 @@ pub enum UpstreamError {
     BodyTooLarge,
     /// The client's request body broke off or was malformed: the client's fault, not the
     /// upstream's.
-    ClientBody(String),
+    ClientBody,
     /// The call timed out waiting for the client's request body, not for the upstream.
     ClientStalled(Duration),
-    /// Anything else: reset connections, malformed responses, a failing request body.
+    /// Anything else: refused writes, reset connections, malformed responses.
     Failed(String),
 }
 
@@ -70,7 +70,7 @@ impl UpstreamError {
             UpstreamError::Connect(_) => "connect",
             UpstreamError::Timeout(_) => "timeout",
             UpstreamError::BodyTooLarge => "body_too_large",
-            UpstreamError::ClientBody(_) => "client_body",
+            UpstreamError::ClientBody => "client_body",
             UpstreamError::ClientStalled(_) => "client_stalled",
             UpstreamError::Failed(_) => "failed",
         }
@@ -211,9 +211,7 @@ impl Upstream {
                 false => UpstreamError::Timeout(timeout),
             })?
             .map_err(|e| match classify(e) {
-                UpstreamError::Failed(detail) if watch.failed() => {
-                    UpstreamError::ClientBody(detail)
-                }
+                UpstreamError::Failed(_) if watch.failed() => UpstreamError::ClientBody,
                 other => other,
             })?;
         let body_timeout = self.config.body_timeout;
@@ -343,7 +341,7 @@ fn outcome(result: &Result<Response<Body>, UpstreamError>) -> Outcome {
         Err(
             UpstreamError::QueueFull
             | UpstreamError::BodyTooLarge
-            | UpstreamError::ClientBody(_)
+            | UpstreamError::ClientBody
             | UpstreamError::ClientStalled(_)
             | UpstreamError::CircuitOpen(_),
         ) => Outcome::Ignored,
