@@ -202,7 +202,7 @@ async fn server_errors_count_as_failures_and_client_errors_do_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_breaks_or_stalls_its_body_costs_the_breaker_nothing() {
     let backend = Backend::start().await;
-    let config = config(&backend, "timeout_ms = 500", "wait_in_open_ms = 60000");
+    let config = config(&backend, "timeout_ms = 1500", "wait_in_open_ms = 60000");
     let seawall = Seawall::start_in(Arc::new(TempDir::new().unwrap()), &config, &BREAKER_ON);
     let malformed = b"POST /app/collect HTTP/1.1\r\nHost: app.example\r\n\
         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3x\r\nabc\r\n0\r\n\r\n";
@@ -221,7 +221,7 @@ async fn a_client_that_breaks_or_stalls_its_body_costs_the_breaker_nothing() {
         let reply = raw_exchange(seawall.proxy, partial).await;
         assert_error(&reply, 408, "REQUEST_TIMEOUT");
         assert_eq!(reply.header("connection"), Some("close"));
-        assert!(started.elapsed() >= Duration::from_millis(500));
+        assert!(started.elapsed() >= Duration::from_millis(1500));
     }
     let breaker = app_breaker(&seawall).await;
     assert_eq!(breaker["state"], "closed", "{breaker}");
