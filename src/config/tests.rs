@@ -147,6 +147,33 @@ fn dependency_deadlines_end_before_the_request_deadline() {
 }
 
 #[test]
+fn an_upstream_at_seawalls_own_listener_is_refused() {
+    let upstream = |url: &str| format!("[upstreams.app]\nurl = {url:?}\n");
+    for url in [
+        "http://127.0.0.1:8080",
+        "http://localhost:8080",
+        "http://[::1]:8080",
+        "http://0.0.0.0:8080",
+        "http://127.0.0.1:9090",
+    ] {
+        let e = error(&upstream(url), &[]);
+        assert_eq!(e.key, "upstreams.app.url", "{url}");
+        assert!(e.message.contains("loop back into seawall"), "{e}");
+    }
+    for url in [
+        "http://127.0.0.1:3000",
+        "http://10.0.0.5:8080",
+        "http://127.0.0.2:9090",
+    ] {
+        assert!(load(&upstream(url), &[]).is_ok(), "{url}");
+    }
+    // The app keeps 8080 when seawall moves.
+    assert!(load(&upstream("http://127.0.0.1:8080"), &[("PORT", "3000")]).is_ok());
+    let e = error(&upstream("http://localhost:3000"), &[("PORT", "3000")]);
+    assert_eq!(e.key, "upstreams.app.url");
+}
+
+#[test]
 fn routes_are_checked_against_upstreams_and_each_other() {
     let e = error(
         "[[routes]]\nname = \"a\"\nmatch = \"/a\"\nupstream = \"nowhere\"\n",

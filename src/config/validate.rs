@@ -4,7 +4,7 @@
 //! value, and what would have been accepted. Nothing here does IO: paths are not created and
 //! addresses are not bound; that is left to the code that opens them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,6 +44,11 @@ pub fn validate(
     for upstream in &upstreams {
         let key = format!("upstreams.{}.timeout_ms", upstream.name);
         v.below_request_timeout(&key, upstream.timeout, &server)?;
+        v.not_seawall_itself(
+            &format!("upstreams.{}.url", upstream.name),
+            &upstream.url,
+            &server,
+        )?;
     }
     if let Some(postgres) = &postgres {
         v.below_request_timeout("postgres.call_timeout_ms", postgres.call_timeout, &server)?;
@@ -168,6 +173,44 @@ impl Validator<'_> {
                 server.request_timeout.as_millis()
             ),
         ))
+    }
+
+    /// An upstream at one of seawall's own listeners would send every request back into
+    /// seawall: the likely slip when the app used to listen on the port seawall now takes.
+    fn not_seawall_itself(
+        &self,
+        key: &str,
+        url: &Uri,
+        server: &ServerConfig,
+    ) -> Result<(), ConfigError> {
+        let port = url.port_u16().unwrap_or(80);
+        let host = url.host().unwrap_or_default().trim_matches(['[', ']']);
+        let ip = host.parse::<IpAddr>().ok();
+        let localhost = host.eq_ignore_ascii_case("localhost");
+        let local = |listen: &SocketAddr| {
+            let reaches = match listen.ip() {
+                // Every local address reaches a listener on all of them.
+                any if any.is_unspecified() => {
+                    localhost || ip.is_some_and(|ip| ip.is_loopback() || ip.is_unspecified())
+                }
+                own => ip == Some(own) || (localhost && own.is_loopback()),
+            };
+            port == listen.port() && reaches
+        };
+        for (listener, listen) in [
+            ("server.listen", &server.listen),
+            ("server.admin_listen", &server.admin_listen),
+        ] {
+            if local(listen) {
+                return Err(self.error(
+                    key,
+                    format!(
+                        "{url} is seawall's own listener ({listener} {listen}): requests would loop back into seawall; run the app on another port (for example 3000) and point the upstream there"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn error(&self, key: &str, message: String) -> ConfigError {
