@@ -61,6 +61,27 @@ impl PathPattern {
         self.prefix
     }
 
+    /// Whether every path `other` matches, this pattern matches too: a route with this
+    /// pattern placed before one with `other` leaves it nothing (methods aside).
+    pub fn covers(&self, other: &PathPattern) -> bool {
+        if self.segments.len() > other.segments.len() {
+            // `other` matches paths with only its own segments, which this one finds too short.
+            return false;
+        }
+        let each_covered = self
+            .segments
+            .iter()
+            .zip(&other.segments)
+            .all(|pair| match pair {
+                (Segment::Literal(mine), Segment::Literal(theirs)) => mine == theirs,
+                (Segment::Literal(_), Segment::Param(_)) => false,
+                (Segment::Param(_), Segment::Literal(theirs)) => !theirs.is_empty(),
+                (Segment::Param(_), Segment::Param(_)) => true,
+            });
+        each_covered
+            && (self.prefix || (!other.prefix && self.segments.len() == other.segments.len()))
+    }
+
     /// Matches a request path (without its query string); `None` when it does not match.
     pub fn matches(&self, path: &str) -> Option<Params> {
         let rest = path.strip_prefix('/')?;
@@ -121,6 +142,44 @@ impl fmt::Display for PathPattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn covering_patterns_leave_later_ones_nothing() {
+        let covers = |a: &str, b: &str| {
+            PathPattern::parse(a)
+                .unwrap()
+                .covers(&PathPattern::parse(b).unwrap())
+        };
+        for (earlier, later) in [
+            ("/*", "/api/*"),
+            ("/*", "/login"),
+            ("/api/*", "/api"),
+            ("/api/*", "/api/*"),
+            ("/api/*", "/api/v1/*"),
+            ("/api/*", "/api/{id}"),
+            ("/pets/{id}", "/pets/1"),
+            ("/pets/{id}", "/pets/{name}"),
+            ("/pets/{id}/*", "/pets/1/toys/{toy}"),
+            ("/login", "/login"),
+        ] {
+            assert!(covers(earlier, later), "{earlier} covers {later}");
+        }
+        for (earlier, later) in [
+            ("/api", "/api/*"),
+            ("/api/{id}", "/api/*"),
+            ("/api/*", "/apix"),
+            ("/pets/1", "/pets/{id}"),
+            ("/pets/{id}", "/pets/{id}/toys"),
+            ("/pets/{id}/toys", "/pets/*"),
+            ("/a/{x}/c", "/a/b/{y}"),
+            ("/login", "/logout"),
+        ] {
+            assert!(
+                !covers(earlier, later),
+                "{earlier} leaves {later} some paths"
+            );
+        }
+    }
 
     fn check(pattern: &str, path: &str, expected: Option<&[(&str, &str)]>) {
         let pattern = PathPattern::parse(pattern).unwrap();

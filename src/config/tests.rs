@@ -174,6 +174,53 @@ fn an_upstream_at_seawalls_own_listener_is_refused() {
 }
 
 #[test]
+fn routes_an_earlier_route_leaves_nothing_are_warned_about() {
+    let config = load(
+        r#"
+[upstreams.app]
+url = "http://127.0.0.1:3000"
+
+[[routes]]
+name = "reads"
+match = "/api/*"
+methods = ["GET"]
+upstream = "app"
+
+[[routes]]
+name = "api"
+match = "/api/*"
+upstream = "app"
+
+[[routes]]
+name = "everything"
+match = "/*"
+upstream = "app"
+
+[[routes]]
+name = "login"
+match = "/login"
+methods = ["POST"]
+upstream = "app"
+"#,
+        &[],
+    )
+    .unwrap();
+    let shadowed: Vec<&String> = config
+        .warnings
+        .iter()
+        .filter(|w| w.contains("is never reached"))
+        .collect();
+    assert_eq!(shadowed.len(), 1, "{shadowed:?}");
+    assert!(
+        shadowed[0].starts_with(
+            r#"routes[3] ("login", /login) is never reached: routes[2] ("everything", /*)"#
+        ),
+        "{}",
+        shadowed[0]
+    );
+}
+
+#[test]
 fn routes_are_checked_against_upstreams_and_each_other() {
     let e = error(
         "[[routes]]\nname = \"a\"\nmatch = \"/a\"\nupstream = \"nowhere\"\n",

@@ -54,7 +54,7 @@ pub fn validate(
         v.below_request_timeout("postgres.call_timeout_ms", postgres.call_timeout, &server)?;
     }
     let ratelimit = v.ratelimit(&raw.ratelimit)?;
-    let warnings = idle_sections(&raw, &flags);
+    let mut warnings = idle_sections(&raw, &flags);
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.routes.len());
     for (index, raw_route) in raw.routes.iter().enumerate() {
         let mut route = v.route(index, raw_route, &server, &upstreams, postgres.is_some())?;
@@ -76,6 +76,7 @@ pub fn validate(
         }
         routes.push(route);
     }
+    warnings.extend(shadowed_routes(&routes));
     let route_names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
     let audit = v.audit(&raw.audit, &route_names)?;
     if audit.require_explicit_coverage {
@@ -792,6 +793,30 @@ fn check_name(name: &str) -> Result<(), String> {
 }
 
 /// Sections that are configured but will do nothing while their feature stays off.
+/// Routes that an earlier route leaves nothing: first match wins, and it matches every path
+/// and method they do (a flag does not change that: a route whose flag is off answers 404).
+fn shadowed_routes(routes: &[RouteConfig]) -> Vec<String> {
+    let methods_cover =
+        |earlier: &RouteConfig, later: &RouteConfig| match (&earlier.methods, &later.methods) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(theirs), Some(mine)) => mine.iter().all(|m| theirs.contains(m)),
+        };
+    let mut warnings = Vec::new();
+    for (index, later) in routes.iter().enumerate() {
+        let first = routes[..index].iter().enumerate().find(|(_, earlier)| {
+            earlier.pattern.covers(&later.pattern) && methods_cover(earlier, later)
+        });
+        if let Some((before, earlier)) = first {
+            warnings.push(format!(
+                "routes[{index}] ({:?}, {}) is never reached: routes[{before}] ({:?}, {}) comes first and takes every request it would; put the more specific route first",
+                later.name, later.pattern, earlier.name, earlier.pattern
+            ));
+        }
+    }
+    warnings
+}
+
 fn idle_sections(raw: &RawConfig, flags: &FlagsConfig) -> Vec<String> {
     let off = |flag: &str| {
         !flags
