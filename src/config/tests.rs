@@ -174,6 +174,16 @@ fn an_upstream_at_seawalls_own_listener_is_refused() {
 }
 
 #[test]
+fn a_route_cannot_name_connect() {
+    let e = error(
+        "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n[[routes]]\nname = \"t\"\nmatch = \"/t\"\nmethods = [\"GET\", \"CONNECT\"]\nupstream = \"app\"\n",
+        &[],
+    );
+    assert_eq!(e.key, "routes[0].methods");
+    assert!(e.message.contains("CONNECT"), "{e}");
+}
+
+#[test]
 fn routes_an_earlier_route_leaves_nothing_are_warned_about() {
     let config = load(
         r#"

@@ -442,6 +442,12 @@ impl Validator<'_> {
                     .iter()
                     .map(|m| self.method(&key("methods"), m))
                     .collect::<Result<Vec<_>, _>>()?;
+                if methods.contains(&Method::CONNECT) {
+                    return Err(self.error(
+                        &key("methods"),
+                        "names CONNECT, which seawall refuses: it is a reverse proxy and opens no tunnels".to_string(),
+                    ));
+                }
                 // RFC 9110 §9.3.2: HEAD is GET without the body; a server that answers GET
                 // answers HEAD too (as nginx's `limit_except GET` does).
                 if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
