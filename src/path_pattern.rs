@@ -82,6 +82,25 @@ impl PathPattern {
             && (self.prefix || (!other.prefix && self.segments.len() == other.segments.len()))
     }
 
+    /// Whether some path this pattern matches starts with `prefix` at a segment boundary (so a
+    /// route's `strip_prefix` can ever apply). `prefix` starts with '/'.
+    pub fn admits_prefix(&self, prefix: &str) -> bool {
+        let wanted: Vec<&str> = prefix.trim_start_matches('/').split('/').collect();
+        if wanted == [""] {
+            return true;
+        }
+        if wanted.len() > self.segments.len() && !self.prefix {
+            return false;
+        }
+        self.segments
+            .iter()
+            .zip(&wanted)
+            .all(|(segment, part)| match segment {
+                Segment::Literal(text) => text == part,
+                Segment::Param(_) => !part.is_empty(),
+            })
+    }
+
     /// Matches a request path (without its query string); `None` when it does not match.
     pub fn matches(&self, path: &str) -> Option<Params> {
         let rest = path.strip_prefix('/')?;
@@ -142,6 +161,35 @@ impl fmt::Display for PathPattern {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prefix_is_admitted_where_some_matching_path_starts_with_it() {
+        let admits = |pattern: &str, prefix: &str| {
+            PathPattern::parse(pattern).unwrap().admits_prefix(prefix)
+        };
+        for (pattern, prefix) in [
+            ("/api/*", "/api"),
+            ("/api/*", "/api/v1"),
+            ("/*", "/anything"),
+            ("/pets/{id}", "/pets"),
+            ("/pets/{id}", "/pets/7"),
+            ("/login", "/login"),
+            ("/login", "/"),
+        ] {
+            assert!(admits(pattern, prefix), "{pattern} admits {prefix}");
+        }
+        for (pattern, prefix) in [
+            ("/api/*", "/v1"),
+            ("/api/*", "/ap"),
+            ("/pets/{id}", "/pets/7/toys"),
+            ("/login", "/log"),
+        ] {
+            assert!(
+                !admits(pattern, prefix),
+                "{pattern} never starts with {prefix}"
+            );
+        }
+    }
 
     #[test]
     fn covering_patterns_leave_later_ones_nothing() {

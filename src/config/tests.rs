@@ -174,6 +174,20 @@ fn an_upstream_at_seawalls_own_listener_is_refused() {
 }
 
 #[test]
+fn a_strip_prefix_that_can_never_apply_is_refused() {
+    let route = |strip: &str| {
+        format!(
+            "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n[[routes]]\nname = \"api\"\nmatch = \"/api/*\"\nupstream = \"app\"\nstrip_prefix = {strip:?}\n"
+        )
+    };
+    let e = error(&route("/v1"), &[]);
+    assert_eq!(e.key, "routes[0].strip_prefix");
+    assert!(e.message.contains("can never apply"), "{e}");
+    assert!(load(&route("/api"), &[]).is_ok());
+    assert!(load(&route("/api/v1"), &[]).is_ok());
+}
+
+#[test]
 fn a_route_cannot_name_connect() {
     let e = error(
         "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n[[routes]]\nname = \"t\"\nmatch = \"/t\"\nmethods = [\"GET\", \"CONNECT\"]\nupstream = \"app\"\n",

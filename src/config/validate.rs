@@ -500,6 +500,14 @@ impl Validator<'_> {
                 format!("{prefix:?} must start with '/' and not end with '/'"),
             ));
         }
+        if let Some(prefix) = &raw.strip_prefix
+            && !pattern.admits_prefix(prefix)
+        {
+            return Err(self.error(
+                &key("strip_prefix"),
+                format!("{prefix:?} can never apply: no path that match = \"{pattern}\" finds starts with it"),
+            ));
+        }
         let upgrades = match &raw.upgrades {
             None => Vec::new(),
             Some(list) => self.upgrades(&key("upgrades"), list, &target, upstreams)?,
