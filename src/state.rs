@@ -75,6 +75,19 @@ impl AppState {
     pub fn build(config: Config) -> Result<AppState, StartError> {
         let store = Store::open(&config.store)?;
         let flags = Arc::new(FlagStore::open(&store, &config.flags)?);
+        let snapshot = flags.snapshot();
+        for route in config.routes.iter() {
+            if let Some(flag) = &route.flag
+                && snapshot.live(flag).is_none()
+            {
+                // Likely a name spelled one way here and another in the API or FF_* variable.
+                tracing::warn!(
+                    route = %route.name,
+                    flag = %flag,
+                    "the route's flag does not exist: the route answers 404 until the flag is created"
+                );
+            }
+        }
         let mut breaker_configs: Vec<_> = config
             .upstreams
             .iter()

@@ -511,3 +511,39 @@ flag = "new-api"
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_flag_that_does_not_exist_is_named_at_start() {
+    let backend = crate::backend::Backend::start().await;
+    let route = |name: &str, flag: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nmatch = \"/{name}/*\"\nstrip_prefix = \"/{name}\"\nupstream = \"app\"\nflag = \"{flag}\"\n"
+        )
+    };
+    let config = format!(
+        "[upstreams.app]\nurl = \"{}\"\n{}{}",
+        backend.url(),
+        route("beta", "new-beta"),
+        route("known", "known-flag")
+    );
+    let dir = Arc::new(TempDir::new().unwrap());
+    let seawall = Seawall::start_in(dir, &config, &[("FF_KNOWN_FLAG", "true")]);
+    let warnings: Vec<String> = seawall
+        .logs()
+        .lines()
+        .filter(|line| line.contains("the route's flag does not exist"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(r#""route":"beta""#) && warnings[0].contains(r#""flag":"new-beta""#),
+        "{}",
+        warnings[0]
+    );
+    assert_error(
+        &get(&seawall.proxy_url("/beta/headers")).await,
+        404,
+        "NOT_FOUND",
+    );
+    assert_eq!(get(&seawall.proxy_url("/known/headers")).await.status, 200);
+}
