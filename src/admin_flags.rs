@@ -7,7 +7,7 @@
 //! | `GET /admin/flags/{name}` | one flag and its metadata, with `ETag` |
 //! | `PUT /admin/flags/{name}` | replace; `If-Match` optional, 412 when stale |
 //! | `PATCH /admin/flags/{name}` | JSON merge patch (RFC 7396); `If-Match` as above |
-//! | `DELETE /admin/flags/{name}` | delete (204); seawall's own features cannot be deleted |
+//! | `DELETE /admin/flags/{name}` | delete (204); seawall's own features, and flags that gate a configured route (409 `FLAG_IN_USE`), cannot be deleted |
 //! | `GET /admin/flags/{name}/history` | every change: version, time, actor, action, before, after |
 //! | `POST /admin/flags/{name}/reset` | back to the configured (`FF_*`, `[features]`) definition |
 //! | `POST /admin/flags/import` | an Unleash state `{version, features, segments}`, all or nothing |
@@ -148,8 +148,25 @@ pub async fn handle(
             Ok(with_etag(StatusCode::OK, &record))
         }
         (Route::Flag(name), Method::DELETE) => {
+            let actor = actor?;
+            let gated = state
+                .config
+                .routes
+                .iter()
+                .find(|route| route.flag.as_deref() == Some(name.as_str()));
+            if let Some(route) = gated
+                && flags.snapshot().live(&name).is_some()
+            {
+                return Err(Error::Conflict {
+                    code: "FLAG_IN_USE",
+                    message: format!(
+                        "Route {:?} is served only while this flag is on: deleted, the route would answer 404 for everyone. Switch the flag off instead (PATCH {{\"enabled\": false}}), or take the flag out of the route's configuration first.",
+                        route.name
+                    ),
+                });
+            }
             flags
-                .delete(&name, if_match.as_deref(), &actor?)
+                .delete(&name, if_match.as_deref(), &actor)
                 .await
                 .map_err(write_error)?;
             let mut response = Response::new(body::empty());

@@ -513,7 +513,7 @@ flag = "new-api"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_route_flag_that_does_not_exist_is_named_at_start() {
+async fn route_flags_are_named_when_missing_and_kept_while_a_route_needs_them() {
     let backend = crate::backend::Backend::start().await;
     let route = |name: &str, flag: &str| {
         format!(
@@ -546,4 +546,23 @@ async fn a_route_flag_that_does_not_exist_is_named_at_start() {
         "NOT_FOUND",
     );
     assert_eq!(get(&seawall.proxy_url("/known/headers")).await.status, 200);
+    // Deleting it would take the route away from everyone; switching it off is the way.
+    let flag = "/admin/flags/known-flag";
+    let delete = admin(&seawall, Method::DELETE, flag, None, &[]).await;
+    assert_error(&delete, 409, "FLAG_IN_USE");
+    assert!(
+        delete.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"known\"")
+    );
+    assert_eq!(get(&seawall.proxy_url("/known/headers")).await.status, 200);
+    let off = json!({"enabled": false});
+    let patch = admin(&seawall, Method::PATCH, flag, Some(off), &[]).await;
+    assert_eq!(patch.status, 200, "{}", patch.text());
+    assert_error(
+        &get(&seawall.proxy_url("/known/headers")).await,
+        404,
+        "NOT_FOUND",
+    );
 }
