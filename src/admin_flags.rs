@@ -7,7 +7,7 @@
 //! | `GET /admin/flags/{name}` | one flag and its metadata, with `ETag` |
 //! | `PUT /admin/flags/{name}` | replace; `If-Match` optional, 412 when stale |
 //! | `PATCH /admin/flags/{name}` | JSON merge patch (RFC 7396); `If-Match` as above |
-//! | `DELETE /admin/flags/{name}` | delete (204); seawall's own features, and flags that gate a configured route (409 `FLAG_IN_USE`), cannot be deleted |
+//! | `DELETE /admin/flags/{name}` | delete (204); seawall's own features, flags that gate a configured route (409 `FLAG_IN_USE`) and flags others depend on (409 `FLAG_HAS_DEPENDENTS`) cannot be deleted |
 //! | `GET /admin/flags/{name}/history` | every change: version, time, actor, action, before, after |
 //! | `POST /admin/flags/{name}/reset` | back to the configured (`FF_*`, `[features]`) definition |
 //! | `POST /admin/flags/import` | an Unleash state `{version, features, segments}`, all or nothing |
@@ -263,6 +263,12 @@ fn write_error(error: WriteError) -> Error {
         WriteError::Invalid(e) => Error::Validation {
             field: e.field,
             message: e.message,
+        },
+        WriteError::HasDependents { name, dependents } => Error::Conflict {
+            code: "FLAG_HAS_DEPENDENTS",
+            message: format!(
+                "Flags {dependents:?} depend on {name:?}: deleted, it would leave them off for everyone. Remove those dependencies first, or switch {name:?} off instead."
+            ),
         },
         WriteError::Reserved(message) => Error::Conflict {
             code: "RESERVED_FLAG",

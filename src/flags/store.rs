@@ -108,6 +108,11 @@ pub enum WriteError {
     Invalid(FieldError),
     #[error("{0}")]
     Reserved(String),
+    #[error("flags {dependents:?} depend on {name:?}")]
+    HasDependents {
+        name: String,
+        dependents: Vec<String>,
+    },
     #[error("flag {0:?} is not defined by configuration, so there is nothing to reset it to")]
     NoConfiguration(String),
     #[error(transparent)]
@@ -400,6 +405,20 @@ impl FlagStore {
                 return Err(WriteError::Reserved(format!(
                     "{name:?} is one of seawall's own features; disable it instead"
                 )));
+            }
+            // A dependency on a flag that is gone is never met: they would be off for everyone.
+            let dependents: Vec<String> = snap
+                .records
+                .values()
+                .filter_map(|r| r.flag.as_ref())
+                .filter(|f| f.dependencies.iter().any(|d| d.feature == name))
+                .map(|f| f.name.clone())
+                .collect();
+            if !dependents.is_empty() {
+                return Err(WriteError::HasDependents {
+                    name: name.to_string(),
+                    dependents,
+                });
             }
             precondition(record, if_match)?;
             let before = Some(current.clone());

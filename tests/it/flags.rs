@@ -565,4 +565,14 @@ async fn route_flags_are_named_when_missing_and_kept_while_a_route_needs_them() 
         404,
         "NOT_FOUND",
     );
+    // Nor can a flag others depend on: a dependency on a flag that is gone is never met.
+    for created in [
+        json!({"name": "parent", "enabled": true}),
+        json!({"name": "child", "enabled": true, "dependencies": [{"feature": "parent"}]}),
+    ] {
+        let reply = admin(&seawall, Method::POST, "/admin/flags", Some(created), &[]).await;
+        assert_eq!(reply.status, 201, "{}", reply.text());
+    }
+    let delete = admin(&seawall, Method::DELETE, "/admin/flags/parent", None, &[]).await;
+    assert_error(&delete, 409, "FLAG_HAS_DEPENDENTS");
 }

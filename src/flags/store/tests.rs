@@ -117,6 +117,24 @@ async fn deleted_configured_flags_stay_deleted_until_reset() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_others_depend_on_is_kept_until_they_no_longer_do() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, &[]);
+    let parent = flag(json!({"name": "parent", "enabled": true}));
+    let child = json!({"name": "child", "enabled": true, "dependencies": [{"feature": "parent"}]});
+    store.create(parent, "ann").await.unwrap();
+    store.create(flag(child), "ann").await.unwrap();
+    match store.delete("parent", None, "ann").await {
+        Err(WriteError::HasDependents { dependents, .. }) => assert_eq!(dependents, ["child"]),
+        other => panic!("expected HasDependents, got {other:?}"),
+    }
+    assert!(store.snapshot().live("parent").is_some(), "nothing changed");
+    store.delete("child", None, "ann").await.unwrap();
+    store.delete("parent", None, "ann").await.unwrap();
+    assert!(store.snapshot().live("parent").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_with_one_etag_let_exactly_one_win() {
     let dir = TempDir::new().unwrap();
     let store = Arc::new(open(&dir, &[]));
