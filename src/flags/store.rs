@@ -307,7 +307,7 @@ impl FlagStore {
             if flag.name.starts_with(RESERVED_PREFIX) {
                 return Err(WriteError::Reserved(format!("names starting with {RESERVED_PREFIX:?} are reserved for seawall's own features")));
             }
-            check(snap, &flag, &[])?;
+            check(snap, &flag)?;
             let previous = snap.records.get(&flag.name);
             let meta = match previous {
                 // Re-creating a deleted configured flag: still a runtime override.
@@ -339,7 +339,7 @@ impl FlagStore {
                     ),
                 )));
             }
-            check(snap, &flag, &[])?;
+            check(snap, &flag)?;
             precondition(record, if_match)?;
             Ok(overridden(
                 name,
@@ -376,7 +376,7 @@ impl FlagStore {
                     "a flag cannot be renamed",
                 )));
             }
-            check(snap, &flag, &[])?;
+            check(snap, &flag)?;
             precondition(record, if_match)?;
             Ok(overridden(
                 name,
@@ -497,10 +497,27 @@ impl FlagStore {
                         format!("{:?} appears twice", flag.name),
                     )));
                 }
-                let exists = |dep: &str| {
-                    snap.live(dep).is_some() || state.features.iter().any(|f| f.name == dep)
+                // The flags as they will be: the import over what is stored.
+                let imported = |name: &str| state.features.iter().find(|f| f.name == name);
+                let stored = || {
+                    snap.records
+                        .values()
+                        .filter_map(|r| r.flag.as_ref())
+                        .filter(|f| imported(&f.name).is_none())
                 };
-                validate::check_flag(flag, &exists, &ids).map_err(at)?;
+                let neighbours = validate::Neighbours {
+                    dependencies_of: &|name| {
+                        imported(name)
+                            .or_else(|| snap.live(name).map(|(f, _)| f))
+                            .map(|f| f.dependencies.len())
+                    },
+                    has_dependents: &|name| {
+                        state.features.iter().chain(stored()).any(|f| {
+                            f.name != name && f.dependencies.iter().any(|d| d.feature == name)
+                        })
+                    },
+                };
+                validate::check_flag(flag, &neighbours, &ids).map_err(at)?;
                 let record = snap.records.get(&flag.name);
                 if record.is_none_or(|r| r.meta.origin != Origin::Builtin)
                     && flag.name.starts_with(RESERVED_PREFIX)
@@ -802,11 +819,23 @@ fn precondition(record: &Record, if_match: Option<&str>) -> Result<(), WriteErro
     }
 }
 
-/// Validates a flag against the snapshot (its dependencies and segments must exist).
-fn check(snap: &Snapshot, flag: &Flag, also_existing: &[&str]) -> Result<(), WriteError> {
+/// Validates a flag against the snapshot it is about to join (its dependencies and segments
+/// must exist, dependencies one level deep).
+fn check(snap: &Snapshot, flag: &Flag) -> Result<(), WriteError> {
     let ids: HashSet<i64> = snap.segments.keys().copied().collect();
-    let exists = |name: &str| snap.live(name).is_some() || also_existing.contains(&name);
-    validate::check_flag(flag, &exists, &ids).map_err(WriteError::Invalid)
+    let neighbours = validate::Neighbours {
+        dependencies_of: &|name| match name == flag.name {
+            true => Some(flag.dependencies.len()),
+            false => snap.live(name).map(|(f, _)| f.dependencies.len()),
+        },
+        has_dependents: &|name| {
+            snap.records
+                .values()
+                .filter_map(|r| r.flag.as_ref())
+                .any(|f| f.name != flag.name && f.dependencies.iter().any(|d| d.feature == name))
+        },
+    };
+    validate::check_flag(flag, &neighbours, &ids).map_err(WriteError::Invalid)
 }
 
 /// The record a create, replace, patch or reset wrote (they always write one).

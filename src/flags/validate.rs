@@ -59,11 +59,20 @@ pub fn check_name(name: &str) -> Result<(), FieldError> {
     }
 }
 
-/// Checks a whole flag. `flag_exists` answers whether a dependency's parent exists;
-/// `segment_ids` lists the segments a strategy may reference.
+/// The other flags a flag is checked against, as they will be once it is written.
+pub struct Neighbours<'a> {
+    /// `None` when no flag has that name, else how many dependencies it has.
+    pub dependencies_of: &'a dyn Fn(&str) -> Option<usize>,
+    /// Whether another flag depends on the named one.
+    pub has_dependents: &'a dyn Fn(&str) -> bool,
+}
+
+/// Checks a whole flag against its `neighbours` (dependencies: one level, as in Unleash, where
+/// a parent that has parents of its own is never met); `segment_ids` lists the segments a
+/// strategy may reference.
 pub fn check_flag(
     flag: &Flag,
-    flag_exists: &dyn Fn(&str) -> bool,
+    neighbours: &Neighbours<'_>,
     segment_ids: &HashSet<i64>,
 ) -> Result<(), FieldError> {
     check_name(&flag.name)?;
@@ -98,12 +107,30 @@ pub fn check_flag(
         if dep.feature == flag.name {
             return Err(FieldError::new(at, "a flag cannot depend on itself"));
         }
-        if !flag_exists(&dep.feature) {
-            return Err(FieldError::new(
-                at,
-                format!("flag {:?} does not exist", dep.feature),
-            ));
+        match (neighbours.dependencies_of)(&dep.feature) {
+            None => {
+                return Err(FieldError::new(
+                    at,
+                    format!("flag {:?} does not exist", dep.feature),
+                ));
+            }
+            Some(0) => {}
+            Some(_) => {
+                return Err(FieldError::new(
+                    at,
+                    format!(
+                        "flag {:?} depends on other flags itself; dependencies are one level deep (as in Unleash), so this one would never be met",
+                        dep.feature
+                    ),
+                ));
+            }
         }
+    }
+    if !flag.dependencies.is_empty() && (neighbours.has_dependents)(&flag.name) {
+        return Err(FieldError::new(
+            "dependencies",
+            "other flags depend on this one, so it cannot depend on others (dependencies are one level deep, as in Unleash)",
+        ));
     }
     Ok(())
 }
@@ -307,9 +334,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The other flags: `parent` (no dependencies, others depend on it), `child` (depends on
+    /// `parent`) and `solo` (neither).
     fn check(value: serde_json::Value) -> Result<(), FieldError> {
         let flag: Flag = serde_json::from_value(value).unwrap();
-        check_flag(&flag, &|name| name == "parent", &HashSet::from([1]))
+        let neighbours = Neighbours {
+            dependencies_of: &|name| match name {
+                "parent" | "solo" => Some(0),
+                "child" => Some(1),
+                _ => None,
+            },
+            has_dependents: &|name| name == "parent",
+        };
+        check_flag(&flag, &neighbours, &HashSet::from([1]))
     }
 
     fn field_of(value: serde_json::Value) -> String {
@@ -381,6 +418,17 @@ mod tests {
         assert_eq!(
             field_of(json!({"name": "a", "enabled": true, "dependencies": [{"feature": "ghost"}]})),
             "dependencies[0].feature"
+        );
+        // One level: no parent with parents, no parents for a parent.
+        assert_eq!(
+            field_of(json!({"name": "a", "enabled": true, "dependencies": [{"feature": "child"}]})),
+            "dependencies[0].feature"
+        );
+        assert_eq!(
+            field_of(
+                json!({"name": "parent", "enabled": true, "dependencies": [{"feature": "solo"}]})
+            ),
+            "dependencies"
         );
         assert_eq!(field_of(json!({"name": "a b", "enabled": true})), "name");
     }

@@ -124,6 +124,23 @@ async fn a_flag_others_depend_on_is_kept_until_they_no_longer_do() {
     let child = json!({"name": "child", "enabled": true, "dependencies": [{"feature": "parent"}]});
     store.create(parent, "ann").await.unwrap();
     store.create(flag(child), "ann").await.unwrap();
+    // Dependencies are one level deep: neither a grandchild nor a parent with a parent.
+    let grandchild =
+        json!({"name": "grandchild", "enabled": true, "dependencies": [{"feature": "child"}]});
+    assert!(matches!(
+        store.create(flag(grandchild), "ann").await,
+        Err(WriteError::Invalid(e)) if e.field == "dependencies[0].feature"
+    ));
+    store
+        .create(flag(json!({"name": "other", "enabled": true})), "ann")
+        .await
+        .unwrap();
+    let parent_with_parent =
+        json!({"name": "parent", "enabled": true, "dependencies": [{"feature": "other"}]});
+    assert!(matches!(
+        store.replace("parent", flag(parent_with_parent), None, "ann").await,
+        Err(WriteError::Invalid(e)) if e.field == "dependencies"
+    ));
     match store.delete("parent", None, "ann").await {
         Err(WriteError::HasDependents { dependents, .. }) => assert_eq!(dependents, ["child"]),
         other => panic!("expected HasDependents, got {other:?}"),
@@ -223,4 +240,15 @@ async fn imports_are_all_or_nothing() {
         store.snapshot().live("c").is_none(),
         "no flag of a refused import is written"
     );
+    // Judged against the store as the import leaves it: `b` (stored) depends on `a`, so an
+    // imported `a` cannot depend on anything.
+    let deeper: State = serde_json::from_value(json!({
+        "features": [{"name": "e", "enabled": true},
+                     {"name": "a", "enabled": true, "dependencies": [{"feature": "e"}]}]
+    }))
+    .unwrap();
+    let Err(WriteError::Invalid(e)) = store.import(deeper, "ann").await else {
+        panic!("refused")
+    };
+    assert_eq!(e.field, "features[1].dependencies");
 }
