@@ -483,6 +483,23 @@ impl FlagStore {
                 ids.insert(segment.id);
                 plan.segments.push((segment.id, Some(segment.clone())));
             }
+            // The flags as they will be: the import over what is stored. Built once, so that
+            // checking each imported flag against them stays linear.
+            let mut after: HashMap<&str, &Flag> = snap
+                .records
+                .values()
+                .filter_map(|r| r.flag.as_ref())
+                .map(|f| (f.name.as_str(), f))
+                .collect();
+            after.extend(state.features.iter().map(|f| (f.name.as_str(), f)));
+            let depended_on: HashSet<&str> = after
+                .values()
+                .flat_map(|f| f.dependencies.iter().map(|d| d.feature.as_str()))
+                .collect();
+            let neighbours = validate::Neighbours {
+                dependencies_of: &|name| after.get(name).map(|f| f.dependencies.len()),
+                has_dependents: &|name| depended_on.contains(name),
+            };
             let mut seen = HashSet::new();
             for (i, flag) in state.features.iter().enumerate() {
                 let at = |e: FieldError| {
@@ -497,26 +514,6 @@ impl FlagStore {
                         format!("{:?} appears twice", flag.name),
                     )));
                 }
-                // The flags as they will be: the import over what is stored.
-                let imported = |name: &str| state.features.iter().find(|f| f.name == name);
-                let stored = || {
-                    snap.records
-                        .values()
-                        .filter_map(|r| r.flag.as_ref())
-                        .filter(|f| imported(&f.name).is_none())
-                };
-                let neighbours = validate::Neighbours {
-                    dependencies_of: &|name| {
-                        imported(name)
-                            .or_else(|| snap.live(name).map(|(f, _)| f))
-                            .map(|f| f.dependencies.len())
-                    },
-                    has_dependents: &|name| {
-                        state.features.iter().chain(stored()).any(|f| {
-                            f.name != name && f.dependencies.iter().any(|d| d.feature == name)
-                        })
-                    },
-                };
                 validate::check_flag(flag, &neighbours, &ids).map_err(at)?;
                 let record = snap.records.get(&flag.name);
                 if record.is_none_or(|r| r.meta.origin != Origin::Builtin)
