@@ -11,8 +11,8 @@ use tempfile::TempDir;
 
 use crate::backend::Backend;
 use crate::support::{
-    ADMIN_TOKEN, BREAKER_ON, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error, full, get,
-    raw_exchange, required_env, send,
+    ADMIN_TOKEN, BREAKER_ON, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error,
+    breaker_named, full, get, named, raw_exchange, required_env, send,
 };
 
 fn config(backend: &Backend, upstream_extra: &str, breaker: &str) -> String {
@@ -39,14 +39,7 @@ strip_prefix = "/app"
 }
 
 async fn app_breaker(seawall: &Seawall) -> Value {
-    let all = admin_get(seawall, "/admin/breakers").await.json();
-    all["breakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "app")
-        .expect("breaker app")
-        .clone()
+    breaker_named(seawall, "app").await
 }
 
 async fn operator(seawall: &Seawall, path: &str) -> Reply {
@@ -128,13 +121,7 @@ async fn a_flood_beyond_slots_and_queue_is_refused_at_once() {
         "two slots plus two queued; the rest refused"
     );
     let pools = admin_get(&seawall, "/admin/pools").await.json();
-    let app = pools["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "app")
-        .unwrap()
-        .clone();
+    let app = named(&pools["pools"], "app");
     assert_eq!(app["errors"]["queue_full"], 8);
     assert_eq!(
         (app["inFlight"].clone(), app["waiters"].clone()),
@@ -234,12 +221,7 @@ async fn a_client_that_breaks_or_stalls_its_body_costs_the_breaker_nothing() {
         "ten clients' faults, none of them the upstream's: {breaker}"
     );
     let pools = admin_get(&seawall, "/admin/pools").await.json();
-    let app = pools["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "app");
-    let errors = &app.expect("pool app")["errors"];
+    let errors = &named(&pools["pools"], "app")["errors"];
     assert_eq!(
         (
             errors["client_body"].clone(),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::support::{Chroma, Reply, Seawall, admin_get, assert_error, full, get, metric, send};
+use crate::support::{
+    Chroma, Reply, Seawall, assert_error, breaker_named, full, get, metric, send,
+};
 
 const COLLECTIONS: &str =
     "/chroma/api/v2/tenants/default_tenant/databases/default_database/collections";
@@ -28,14 +30,7 @@ async fn chroma_check(seawall: &Seawall) -> Value {
 }
 
 async fn breaker(seawall: &Seawall) -> Value {
-    let all = admin_get(seawall, "/admin/breakers").await.json();
-    all["breakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "chroma")
-        .unwrap()
-        .clone()
+    breaker_named(seawall, "chroma").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

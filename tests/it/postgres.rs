@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::support::{
-    BREAKER_ON, PROCESS_TIMEOUT, Pg, Reply, Seawall, admin_get, assert_error, await_metric, full,
-    get, metric, required_env, send,
+    BREAKER_ON, PROCESS_TIMEOUT, Pg, Reply, Seawall, admin_get, assert_error, await_metric,
+    breaker_named, full, get, metric, required_env, send,
 };
 
 const SCHEMA: &str = "CREATE TABLE pets (id bigint PRIMARY KEY, name text NOT NULL UNIQUE);
@@ -95,14 +95,7 @@ async fn post(seawall: &Seawall, path: &str, body: Value) -> Reply {
 }
 
 async fn postgres_breaker(seawall: &Seawall) -> Value {
-    let all = admin_get(seawall, "/admin/breakers").await.json();
-    all["breakers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "postgres")
-        .unwrap()
-        .clone()
+    breaker_named(seawall, "postgres").await
 }
 
 async fn postgres_check(seawall: &Seawall) -> Value {

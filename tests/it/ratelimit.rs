@@ -11,7 +11,7 @@ use tempfile::TempDir;
 
 use crate::backend::Backend;
 use crate::support::{
-    ADMIN_TOKEN, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error, full, get, send,
+    ADMIN_TOKEN, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error, full, get, named, send,
 };
 
 const ON: [(&str, &str); 1] = [("FF_ENABLE_PRIORITIZED_RATE_LIMIT", "true")];
@@ -233,13 +233,7 @@ async fn custom_policies_stack_and_dry_run_only_counts() {
         );
     }
     let view = admin_get(&seawall, "/admin/ratelimits").await.json();
-    let strict = view["levels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "strict")
-        .unwrap()
-        .clone();
+    let strict = named(&view["levels"], "strict");
     assert_eq!(strict["decisions"]["dry_run_limited"], 5, "{strict}");
     assert_eq!(strict["mode"], "dry_run");
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tempfile::TempDir;
 
 use crate::backend::Backend;
-use crate::support::{BREAKER_ON, Seawall, admin_get, get, raw_exchange};
+use crate::support::{BREAKER_ON, Seawall, breaker_named, get, raw_exchange};
 
 /// xorshift64*: deterministic, and enough to pick among a few choices.
 struct Picker(u64);
@@ -176,9 +176,7 @@ upstream = "app"
         reached >= 100 && statuses[&400] >= 100,
         "{reached} reached the upstream; {statuses:?}"
     );
-    let breakers = admin_get(&seawall, "/admin/breakers").await.json();
-    assert_eq!(breakers["breakers"][0]["name"], "app");
-    let calls = &breakers["breakers"][0]["calls"];
+    let calls = &breaker_named(&seawall, "app").await["calls"];
     assert_eq!(calls["failed"], 0, "{statuses:?} {calls}");
     assert_eq!(get(&seawall.proxy_url("/health/ready")).await.status, 200);
 }

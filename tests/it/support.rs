@@ -385,6 +385,20 @@ pub async fn raw_exchange(addr: SocketAddr, request: impl AsRef<[u8]>) -> Reply 
     }
 }
 
+/// The member of a JSON array (a list in an admin answer) whose `name` is `name`.
+pub fn named(list: &serde_json::Value, name: &str) -> serde_json::Value {
+    list.as_array()
+        .and_then(|items| items.iter().find(|item| item["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("nothing named {name:?} in {list}"))
+}
+
+/// One breaker as `GET /admin/breakers` shows it.
+pub async fn breaker_named(seawall: &Seawall, name: &str) -> serde_json::Value {
+    let all = admin_get(seawall, "/admin/breakers").await.json();
+    named(&all["breakers"], name)
+}
+
 /// Asserts the JSON error shape of answers seawall makes itself.
 pub fn assert_error(reply: &Reply, status: u16, code: &str) {
     assert_eq!(reply.status.as_u16(), status, "body: {}", reply.text());
