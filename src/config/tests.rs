@@ -175,11 +175,7 @@ fn an_upstream_at_seawalls_own_listener_is_refused() {
 
 #[test]
 fn a_strip_prefix_that_can_never_apply_is_refused() {
-    let route = |strip: &str| {
-        format!(
-            "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n[[routes]]\nname = \"api\"\nmatch = \"/api/*\"\nupstream = \"app\"\nstrip_prefix = {strip:?}\n"
-        )
-    };
+    let route = |strip: &str| format!("{ROUTED}strip_prefix = {strip:?}\n");
     let e = error(&route("/v1"), &[]);
     assert_eq!(e.key, "routes[0].strip_prefix");
     assert!(e.message.contains("can never apply"), "{e}");
@@ -189,10 +185,7 @@ fn a_strip_prefix_that_can_never_apply_is_refused() {
 
 #[test]
 fn a_route_cannot_name_connect() {
-    let e = error(
-        "[upstreams.app]\nurl = \"http://127.0.0.1:3000\"\n[[routes]]\nname = \"t\"\nmatch = \"/t\"\nmethods = [\"GET\", \"CONNECT\"]\nupstream = \"app\"\n",
-        &[],
-    );
+    let e = error(&format!("{ROUTED}methods = [\"GET\", \"CONNECT\"]\n"), &[]);
     assert_eq!(e.key, "routes[0].methods");
     assert!(e.message.contains("CONNECT"), "{e}");
 }
