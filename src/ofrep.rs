@@ -272,7 +272,7 @@ fn parse_context(bytes: &[u8], ctx: &RequestContext) -> Result<Context, (&'stati
         }
     }
     if context.remote_address.is_none() {
-        context.remote_address = Some(ctx.client_ip.to_string());
+        context.remote_address = Some(ctx.client_address.clone());
     }
     Ok(context)
 }

@@ -22,6 +22,8 @@ pub struct RequestContext {
     pub request_id: String,
     pub peer: SocketAddr,
     pub client_ip: IpAddr,
+    /// `client_ip` as text, formatted once: flags, OFREP and audit all need it.
+    pub client_address: String,
     /// `http` or `https`, as the original client used it.
     pub scheme: &'static str,
     /// Whether the socket peer is a trusted proxy (its forwarding headers were believed).
@@ -48,13 +50,15 @@ impl RequestContext {
         } else {
             (peer_ip, "http")
         };
-        let client_key = address_key(client_ip);
+        let client_address = client_ip.to_string();
+        let client_key = address_key(client_ip, &client_address);
         RequestContext {
             request_id: request_id(headers),
             peer,
-            flag_context: flag_context(&client_key, client_ip),
+            flag_context: flag_context(&client_key, &client_address),
             client_key,
             client_ip,
+            client_address,
             scheme,
             peer_trusted,
             started: Instant::now(),
@@ -79,27 +83,28 @@ impl RequestContext {
                     .map(|b| format!("{b:02x}"))
                     .collect::<String>()
             );
-            self.flag_context = flag_context(&self.client_key, self.client_ip);
+            self.flag_context = flag_context(&self.client_key, &self.client_address);
         }
         self
     }
 }
 
-fn flag_context(client_key: &str, client_ip: IpAddr) -> Context {
+fn flag_context(client_key: &str, client_address: &str) -> Context {
     Context {
         user_id: Some(client_key.to_string()),
-        remote_address: Some(client_ip.to_string()),
+        remote_address: Some(client_address.to_string()),
         ..Context::default()
     }
 }
 
-/// IPv4 addresses as they are; IPv6 addresses grouped by their /56 network.
-pub fn address_key(ip: IpAddr) -> String {
+/// IPv4 addresses as they are (`text` is `ip` formatted); IPv6 addresses grouped by their /56
+/// network.
+fn address_key(ip: IpAddr, text: &str) -> String {
     match ip {
-        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V4(_) => text.to_string(),
         IpAddr::V6(v6) => match ipnet::Ipv6Net::new(v6, 56) {
             Ok(net) => net.trunc().to_string(),
-            Err(_) => v6.to_string(),
+            Err(_) => text.to_string(),
         },
     }
 }

@@ -64,6 +64,7 @@ struct Pending {
     route: Arc<str>,
     version: Version,
     client_ip: IpAddr,
+    client_address: String,
     actor_kind: &'static str,
     auth_method: &'static str,
     admin_actor: Option<String>,
@@ -171,7 +172,7 @@ impl RequestAudit {
         let path = redact::text(parts.uri.path(), &mut notes);
         let query = parts.uri.query().map(|q| redact::query(q, &mut notes));
         let client = ClientPart {
-            address: ctx.client_ip.to_string(),
+            address: &ctx.client_address,
             request_id: &ctx.request_id,
             user_agent: redact::capped(user_agent, redact::MAX_USER_AGENT, &mut notes),
             path: redact::capped(path, redact::MAX_PATH, &mut notes),
@@ -195,6 +196,7 @@ impl RequestAudit {
             route,
             version: parts.version,
             client_ip: ctx.client_ip,
+            client_address: ctx.client_address.clone(),
             actor_kind,
             auth_method,
             admin_actor,
@@ -367,7 +369,7 @@ impl Pending {
     fn ip_subject(&self) -> Subject {
         Subject {
             kind: IdKind::Ip,
-            value: self.client_ip.to_string(),
+            value: self.client_address.clone(),
         }
     }
 
@@ -505,7 +507,7 @@ struct BodyMarkers {
 /// The sealed client facts of a request.
 #[derive(Serialize)]
 struct ClientPart<'a> {
-    address: String,
+    address: &'a str,
     request_id: &'a str,
     user_agent: String,
     path: String,
