@@ -219,7 +219,7 @@ impl Service for AdminService {
 
     async fn call(
         &self,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         _ctx: &RequestContext,
         endpoint: Endpoint,
     ) -> Result<Response<Body>, Error> {
@@ -234,12 +234,16 @@ impl Service for AdminService {
         if matches!(endpoint, Endpoint::Unknown) {
             return Err(Error::NotFound);
         }
-        if let Some(methods) = endpoint.methods()
-            && !methods.contains(request.method())
-        {
-            return Err(Error::MethodNotAllowed {
-                allow: methods.to_vec(),
-            });
+        match endpoint.methods() {
+            Some(methods) if !methods.contains(request.method()) => {
+                return Err(Error::MethodNotAllowed {
+                    allow: methods.to_vec(),
+                });
+            }
+            // The API groups match on GET alone: HEAD is the same request without the body,
+            // which hyper leaves out of the answer (RFC 9110 §9.3.2).
+            None if request.method() == Method::HEAD => *request.method_mut() = Method::GET,
+            _ => {}
         }
         Ok(match endpoint {
             Endpoint::Flags => return admin_flags::handle(&self.state, request).await,

@@ -275,8 +275,15 @@ impl Error {
         let headers = response.headers_mut();
         match self {
             Error::MethodNotAllowed { allow } => {
-                let allow: Vec<&str> = allow.iter().map(Method::as_str).collect();
-                if let Ok(value) = HeaderValue::from_str(&allow.join(", ")) {
+                let mut names: Vec<&str> = allow.iter().map(Method::as_str).collect();
+                // Whatever answers GET answers HEAD (RFC 9110 §9.1); the admin API modules
+                // list GET alone, since HEAD reaches them as GET.
+                if let Some(get) = allow.iter().position(|m| m == Method::GET)
+                    && !allow.contains(&Method::HEAD)
+                {
+                    names.insert(get + 1, Method::HEAD.as_str());
+                }
+                if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
                     headers.insert(header::ALLOW, value);
                 }
             }

@@ -86,7 +86,7 @@ async fn the_document_is_valid_served_and_every_operation_is_routed() {
 }
 
 /// RFC 9110 §15.5.6: a 405 lists the methods the resource supports, which are the ones its
-/// path documents (and HEAD where GET is).
+/// path documents, and HEAD where GET is (§9.1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_method_a_path_does_not_document_is_answered_405_with_its_own_methods() {
     let seawall = Seawall::start(CONFIG);
@@ -111,10 +111,39 @@ async fn a_method_a_path_does_not_document_is_answered_405_with_its_own_methods(
             .header("allow")
             .unwrap_or_else(|| panic!("OPTIONS {path}: no Allow"))
             .split(", ")
-            .filter(|m| !(*m == "HEAD" && methods.contains("GET")))
             .map(str::to_string)
             .collect();
-        assert_eq!(allow, methods, "OPTIONS {path}");
+        let mut expected = methods.clone();
+        if methods.contains("GET") {
+            expected.insert("HEAD".to_string());
+        }
+        assert_eq!(allow, expected, "OPTIONS {path}");
+    }
+}
+
+/// RFC 9110 §9.3.2: HEAD is answered as GET would be, without the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_get_answers_head_alike_without_a_body() {
+    let seawall = Seawall::start(CONFIG);
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    let gets: Vec<String> = operations()
+        .into_iter()
+        .filter(|(method, _)| method == Method::GET)
+        .map(|(_, path)| path)
+        .collect();
+    assert!(gets.len() >= 15, "{gets:?}");
+    for path in gets {
+        let url = concrete_url(&seawall, &path);
+        let get = send(Method::GET, &url, &headers, full("")).await;
+        let head = send(Method::HEAD, &url, &headers, full("")).await;
+        assert_eq!(head.status, get.status, "HEAD {path}: {}", get.text());
+        assert!(head.body.is_empty(), "HEAD {path} has a body");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "HEAD {path}"
+        );
     }
 }
 
