@@ -191,17 +191,34 @@ pub fn last_success(store: &Store) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.as_ref().try_into().ok()?))
 }
 
-/// Backs up the data directory of a stopped server into `to` (any path). Blocking.
+/// Backs up the data directory of a stopped server into `to` (any new folder outside its
+/// store and keys). Blocking.
 pub fn offline(
     store_config: &StoreConfig,
     origin: &str,
     to: &Path,
 ) -> Result<BackupReport, BackupError> {
+    let data_dir = &store_config.data_dir;
+    verify::require_data_dir(data_dir)?;
     if to.exists() {
         return Err(BackupError::Destination(format!(
             "{} already exists; backups never overwrite",
             to.display()
         )));
+    }
+    let refused = |why: String| BackupError::Destination(format!("{}: {why}", to.display()));
+    let target = resolved(to).map_err(|e| refused(format!("cannot tell where it is ({e})")))?;
+    for copied in ["store", "keys"].map(|folder| data_dir.join(folder)) {
+        // A copy into what is being copied would never end.
+        if copied
+            .canonicalize()
+            .is_ok_and(|real| target.starts_with(real))
+        {
+            return Err(refused(format!(
+                "it is inside {}, which the backup copies",
+                copied.display()
+            )));
+        }
     }
     let store = Store::open(store_config)?;
     let keyring =
@@ -216,6 +233,32 @@ pub fn offline(
     drop(log);
     drop(store);
     report
+}
+
+/// Where `path` is, with symbolic links and `..` resolved as far as it exists; a relative path
+/// starts at the working directory. The part that does not exist yet must be plain names.
+fn resolved(path: &Path) -> io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut missing = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(real) => {
+                return Ok(missing
+                    .iter()
+                    .rev()
+                    .fold(real, |path, name| path.join(name)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let (Some(name), Some(parent)) = (existing.file_name(), existing.parent()) else {
+                    return Err(e);
+                };
+                missing.push(name);
+                existing = parent;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn counts(store: &Store) -> BTreeMap<String, usize> {

@@ -80,6 +80,8 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("{path} is not a seawall data directory: {missing} is missing")]
+    NotADataDir { path: PathBuf, missing: PathBuf },
 }
 
 /// What went wrong opening sled, in the operator's terms: another process holding the lock

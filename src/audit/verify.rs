@@ -62,14 +62,7 @@ pub fn data_dir(
     origin: &str,
     pinned: Option<VerifyingKey>,
 ) -> Result<Report, StoreError> {
-    let signing = data_dir.join("keys").join("signing.key");
-    if !signing.is_file() {
-        return Err(StoreError::Corrupt(format!(
-            "{} is missing: is {} a seawall data directory?",
-            signing.display(),
-            data_dir.display()
-        )));
-    }
+    require_data_dir(data_dir)?;
     let config = crate::config::StoreConfig {
         data_dir: data_dir.to_path_buf(),
         cache_capacity_bytes: 64 << 20,
@@ -80,6 +73,23 @@ pub fn data_dir(
     let pinned = pinned.unwrap_or_else(|| keyring.signing_key().verifying_key());
     let log = AuditLog::open(&store, std::sync::Arc::new(keyring), origin)?;
     streams(&log, &Stream::ALL, &pinned)
+}
+
+/// Refuses a folder that holds no store or no audit keys, before the commands that work on
+/// the data directory of a stopped server open it: opening would create an empty store and
+/// new keys there, and a mistyped path would then verify, or back up, as empty.
+pub fn require_data_dir(data_dir: &std::path::Path) -> Result<(), StoreError> {
+    let needed = [
+        data_dir.join("store").join("conf"),
+        data_dir.join("keys").join("signing.key"),
+    ];
+    match needed.into_iter().find(|file| !file.is_file()) {
+        Some(missing) => Err(StoreError::NotADataDir {
+            path: data_dir.to_path_buf(),
+            missing,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A stream's retention cut, as its signed anchor states it.

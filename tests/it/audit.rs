@@ -710,6 +710,52 @@ async fn twenty_online_backups_verify_and_one_restores() {
     assert!(report["audit"]["access"]["events"].as_u64().unwrap() >= events[19]);
 }
 
+/// `seawall backup --to DIR` works on what is there: a folder that is no data directory (a
+/// mistyped path) is refused rather than backed up as a new, empty store, and a destination
+/// inside the store or the keys (however it is spelled) is refused rather than copied into
+/// itself without end. Neither leaves anything behind.
+#[test]
+fn the_offline_backup_refuses_a_folder_that_is_no_data_directory_or_a_copy_into_itself() {
+    let mut seawall = Seawall::start("");
+    seawall.signal("TERM");
+    assert!(seawall.wait_exit(PROCESS_TIMEOUT).success());
+    let data = seawall.data_dir();
+    let work = TempDir::new().unwrap();
+    let backup = |data_dir: &Path, to: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_seawall"))
+            .args(["backup", "--to"])
+            .arg(to)
+            .env_clear()
+            .env("SEAWALL_DATA_DIR", data_dir)
+            .current_dir(&data)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "backup --to {to:?} succeeded");
+        assert!(!to.exists(), "backup --to {to:?} left it behind");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let mistyped = work.path().join("no-such-data");
+    let refusal = backup(&mistyped, &work.path().join("copy"));
+    assert!(
+        refusal.contains("is not a seawall data directory"),
+        "{refusal}"
+    );
+    assert!(!mistyped.exists(), "no store was created in {mistyped:?}");
+
+    std::os::unix::fs::symlink(data.join("store"), work.path().join("link")).unwrap();
+    for inside in [
+        data.join("store/copy"),
+        data.join("keys/copy"),
+        data.join("keys/../store/copy"),
+        Path::new("store/copy").to_path_buf(),
+        work.path().join("link/copy"),
+    ] {
+        let refusal = backup(&data, &inside);
+        assert!(refusal.contains("which the backup copies"), "{refusal}");
+    }
+}
+
 pub(crate) fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
