@@ -221,13 +221,12 @@ pub fn offline(
         }
     }
     let store = Store::open(store_config)?;
-    let keyring =
-        Arc::new(
-            Keyring::open(&store_config.data_dir).map_err(|source| BackupError::Copy {
-                path: store_config.data_dir.join("keys"),
-                source,
-            })?,
-        );
+    let keyring = Arc::new(
+        Keyring::open_existing(&store_config.data_dir).map_err(|source| BackupError::Copy {
+            path: store_config.data_dir.join("keys"),
+            source,
+        })?,
+    );
     let log = AuditLog::open(&store, keyring, origin)?;
     let report = online(&store, &log, &store_config.data_dir, to);
     drop(log);
@@ -309,8 +308,9 @@ fn check_copy(
             )));
         }
     }
-    let keyring =
-        Arc::new(Keyring::open(to).map_err(|e| failed(format!("its keys do not open: {e}")))?);
+    let keyring = Arc::new(
+        Keyring::open_existing(to).map_err(|e| failed(format!("its keys do not open: {e}")))?,
+    );
     let log = AuditLog::open(&copy, keyring, origin)?;
     let mut verified = BTreeMap::new();
     for stream in Stream::ALL {

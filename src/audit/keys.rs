@@ -43,11 +43,43 @@ impl Keyring {
         let dir = data_dir.join("keys");
         fs::create_dir_all(&dir)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        Keyring::load(dir, load_or_create, load_or_create)
+    }
+
+    /// Opens the keys of a store that already holds data. The current KEK and the pseudonym
+    /// key must exist (an error names the first that is missing): without them the stored
+    /// data keys and pseudonyms mean nothing. A missing signing key is made anew, as `open`
+    /// does, because verification reports every digest it did not sign. Blocking.
+    pub fn open_existing(data_dir: &Path) -> io::Result<Keyring> {
+        let dir = data_dir.join("keys");
+        let missing = |path: &Path| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is missing", path.display()),
+            )
+        };
+        if !dir.is_dir() {
+            return Err(missing(&dir));
+        }
+        let required = |path: &Path| match read_key(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(missing(path)),
+            other => other,
+        };
+        Keyring::load(dir, required, load_or_create)
+    }
+
+    /// Loads the keys in `dir`: the KEK and pseudonym key through `data`, the signing key
+    /// through `signing`.
+    fn load(
+        dir: PathBuf,
+        data: impl Fn(&Path) -> io::Result<DataKey>,
+        signing: impl Fn(&Path) -> io::Result<DataKey>,
+    ) -> io::Result<Keyring> {
         let epoch = current_epoch(&dir)?.unwrap_or(1);
-        let kek = load_or_create(&dir.join(format!("kek.{epoch}")))?;
-        let pseudonym_key = load_or_create(&dir.join("pseudonym.key"))?;
-        let pseudonym_mac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &pseudonym_key);
-        let signing = SigningKey::from_bytes(&load_or_create(&dir.join("signing.key"))?);
+        let kek = data(&dir.join(format!("kek.{epoch}")))?;
+        let pseudonym_mac =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &data(&dir.join("pseudonym.key"))?);
+        let signing = SigningKey::from_bytes(&signing(&dir.join("signing.key"))?);
         Ok(Keyring {
             dir,
             kek: RwLock::new((epoch, kek)),

@@ -291,6 +291,41 @@ pub struct AuditTrail {
     capacity_step: AtomicU8,
 }
 
+/// Where the store notes which keys it was written with.
+const KEYRING_BINDING: &[u8] = b"audit_keyring";
+
+/// The audit keys. The first start creates them and notes in the store which pseudonym key
+/// it uses (a check value, not the key); later starts refuse a missing KEK or pseudonym key,
+/// or another store's (a restore that brought the store back without its `keys/`, or with
+/// another's). New ones would leave the sealed data unreadable and the subjects already
+/// stored unfindable for erasure, and nothing else would say so. A lost signing key is made
+/// anew, as before: verification reports the digests it did not sign. Blocking (startup).
+fn open_keyring(store: &Store, data_dir: &Path) -> Result<Keyring, StoreError> {
+    let meta = store.tree(crate::store::trees::META)?;
+    let binding = |keyring: &Keyring| verify::hex(&keyring.pseudonym("seawall", "keyring binding"));
+    let not_ours = |detail: String| StoreError::KeysNotThisStores {
+        path: data_dir.join("keys"),
+        detail,
+    };
+    match meta.get(KEYRING_BINDING)? {
+        Some(noted) => {
+            let keyring = Keyring::open_existing(data_dir).map_err(|e| not_ours(e.to_string()))?;
+            if binding(&keyring).as_bytes() != noted.as_ref() {
+                return Err(not_ours("they are another store's".into()));
+            }
+            Ok(keyring)
+        }
+        None => {
+            let keyring = Keyring::open(data_dir)
+                .map_err(|e| StoreError::Corrupt(format!("audit keys: {e}")))?;
+            let _writing = store.writing();
+            meta.insert(KEYRING_BINDING, binding(&keyring).as_bytes())?;
+            store.flush()?;
+            Ok(keyring)
+        }
+    }
+}
+
 impl AuditTrail {
     /// Opens the keys and the log and prepares the writer. Blocking (startup).
     pub fn open(
@@ -298,9 +333,7 @@ impl AuditTrail {
         data_dir: &Path,
         config: AuditConfig,
     ) -> Result<AuditTrail, StoreError> {
-        let keyring = Arc::new(
-            Keyring::open(data_dir).map_err(|e| StoreError::Corrupt(format!("audit keys: {e}")))?,
-        );
+        let keyring = Arc::new(open_keyring(store, data_dir)?);
         let log = Arc::new(AuditLog::open(store, keyring, &config.origin)?);
         let ledger = Arc::new(Ledger::new(data_dir));
         // A restored backup may hold keys erased after it was taken: they go before anything

@@ -68,7 +68,7 @@ pub fn data_dir(
         cache_capacity_bytes: 64 << 20,
     };
     let store = crate::store::Store::open(&config)?;
-    let keyring = crate::audit::keys::Keyring::open(data_dir)
+    let keyring = crate::audit::keys::Keyring::open_existing(data_dir)
         .map_err(|e| StoreError::Corrupt(format!("audit keys: {e}")))?;
     let pinned = pinned.unwrap_or_else(|| keyring.signing_key().verifying_key());
     let log = AuditLog::open(&store, std::sync::Arc::new(keyring), origin)?;

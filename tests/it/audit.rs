@@ -756,6 +756,59 @@ fn the_offline_backup_refuses_a_folder_that_is_no_data_directory_or_a_copy_into_
     }
 }
 
+/// A restore that brings the store back without its `keys/`, without its pseudonym key, or
+/// with another store's keys, stops the start and names the way back, creating no keys: new
+/// ones would leave the sealed parts unreadable and stored subjects unfindable for erasure.
+/// With its own keys back, the store starts and verifies. (A lost signing key alone is made
+/// anew and reported by verification: `gdpr::scheduled_verification_records_its_result`.)
+#[tokio::test]
+async fn a_store_without_its_own_keys_does_not_start() {
+    let dir = Arc::new(TempDir::new().unwrap());
+    let mut first = Seawall::start_in(dir.clone(), "", &[]);
+    first.signal("TERM");
+    assert!(first.wait_exit(PROCESS_TIMEOUT).success());
+    let keys = first.data_dir().join("keys");
+    let kept = dir.path().join("kept-keys");
+    std::fs::rename(&keys, &kept).unwrap();
+    let config_file = dir.path().join("seawall.toml");
+    std::fs::write(&config_file, "").unwrap();
+
+    let (code, stderr) = crate::support::run_until_exit(dir.path(), &config_file, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not the ones this store was written with"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("keys is missing"), "{stderr}");
+    assert!(!keys.exists(), "no new keys were created");
+
+    let mut other = Seawall::start("");
+    other.signal("TERM");
+    assert!(other.wait_exit(PROCESS_TIMEOUT).success());
+    copy_tree(&other.data_dir().join("keys"), &keys);
+    let (code, stderr) = crate::support::run_until_exit(dir.path(), &config_file, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("another store's"), "{stderr}");
+
+    std::fs::remove_dir_all(&keys).unwrap();
+    std::fs::rename(&kept, &keys).unwrap();
+    let pseudonym_key = keys.join("pseudonym.key");
+    let kept_key = dir.path().join("kept-pseudonym.key");
+    std::fs::rename(&pseudonym_key, &kept_key).unwrap();
+    let (code, stderr) = crate::support::run_until_exit(dir.path(), &config_file, &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("pseudonym.key is missing"), "{stderr}");
+    assert!(!pseudonym_key.exists(), "no new pseudonym key was made");
+
+    std::fs::rename(&kept_key, &pseudonym_key).unwrap();
+    let mut restored = Seawall::start_in(dir, "", &[]);
+    let verified = admin_get(&restored, "/admin/audit/verify").await;
+    assert_eq!(verified.status, 200, "{}", verified.text());
+    assert_eq!(verified.json()["ok"], true, "{}", verified.text());
+    restored.signal("TERM");
+    assert!(restored.wait_exit(PROCESS_TIMEOUT).success());
+}
+
 pub(crate) fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
