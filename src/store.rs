@@ -81,7 +81,7 @@ pub enum StoreError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(
-        "the audit keys in {path} are not the ones this store was written with ({detail}): restore the keys folder that belongs with this store, from the same backup (docs/runbook.md, \"Back up and restore\"); new keys would leave its sealed data unreadable and its subjects unfindable for erasure"
+        "the audit keys this store was written with are not in {path} ({detail}): restore the keys folder that belongs with this store, from the same backup (docs/runbook.md, \"Back up and restore\"); new keys would leave its sealed data unreadable and its subjects unfindable for erasure"
     )]
     KeysNotThisStores { path: PathBuf, detail: String },
     #[error("{path} is not a seawall data directory: {missing} is missing")]

@@ -311,7 +311,7 @@ fn open_keyring(store: &Store, data_dir: &Path) -> Result<Keyring, StoreError> {
         Some(noted) => {
             let keyring = Keyring::open_existing(data_dir).map_err(|e| not_ours(e.to_string()))?;
             if binding(&keyring).as_bytes() != noted.as_ref() {
-                return Err(not_ours("they are another store's".into()));
+                return Err(not_ours("those there are another store's".into()));
             }
             Ok(keyring)
         }

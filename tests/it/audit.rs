@@ -776,7 +776,7 @@ async fn a_store_without_its_own_keys_does_not_start() {
     let (code, stderr) = crate::support::run_until_exit(dir.path(), &config_file, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains("not the ones this store was written with"),
+        stderr.contains("the audit keys this store was written with are not in"),
         "{stderr}"
     );
     assert!(stderr.contains("keys is missing"), "{stderr}");
