@@ -221,14 +221,15 @@ pub fn offline(
         }
     }
     let store = Store::open(store_config)?;
-    let keyring = Arc::new(
-        Keyring::open_existing(&store_config.data_dir).map_err(|source| BackupError::Copy {
-            path: store_config.data_dir.join("keys"),
-            source,
-        })?,
-    );
+    let keyring =
+        Arc::new(
+            Keyring::open_existing(data_dir).map_err(|source| BackupError::Copy {
+                path: data_dir.join("keys"),
+                source,
+            })?,
+        );
     let log = AuditLog::open(&store, keyring, origin)?;
-    let report = online(&store, &log, &store_config.data_dir, to);
+    let report = online(&store, &log, data_dir, to);
     drop(log);
     drop(store);
     report

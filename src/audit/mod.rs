@@ -291,7 +291,7 @@ pub struct AuditTrail {
     capacity_step: AtomicU8,
 }
 
-/// Where the store notes which keys it was written with.
+/// Where the store keeps a check value of the pseudonym key it was written with.
 const KEYRING_BINDING: &[u8] = b"audit_keyring";
 
 /// The audit keys. The first start creates them and notes in the store which pseudonym key
