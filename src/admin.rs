@@ -107,6 +107,7 @@ impl Endpoint {
             | Endpoint::Gdpr => None,
             Endpoint::Unknown => Some(&[]),
             Endpoint::Backup => Some(&[Method::POST]),
+            Endpoint::Health(_) => Some(HealthEndpoint::METHODS),
             _ => Some(&[Method::GET, Method::HEAD]),
         }
     }

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::audit::Level;
@@ -48,6 +48,9 @@ pub enum HealthEndpoint {
 }
 
 impl HealthEndpoint {
+    /// What every health endpoint answers; other methods get 405, on either listener.
+    pub const METHODS: &[Method] = &[Method::GET, Method::HEAD];
+
     /// The health endpoint at `path`, if it is one.
     pub fn from_path(path: &str) -> Option<HealthEndpoint> {
         match path {
@@ -98,7 +101,14 @@ impl Service for ProxyService {
     fn classify(&self, request: &mut Request<Incoming>) -> (Arc<str>, Target) {
         // Probes get their answer whatever else is wrong with the request.
         if let Some(endpoint) = HealthEndpoint::from_path(request.uri().path()) {
-            return (self.health_label.clone(), Target::Health(endpoint));
+            let target = if HealthEndpoint::METHODS.contains(request.method()) {
+                Target::Health(endpoint)
+            } else {
+                Target::Rejected(Error::MethodNotAllowed {
+                    allow: HealthEndpoint::METHODS.to_vec(),
+                })
+            };
+            return (self.health_label.clone(), target);
         }
         if let Err(Refused(message)) = request_target::canonicalize(request) {
             let refused = Error::BadRequest(message.to_string());

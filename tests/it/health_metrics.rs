@@ -1,6 +1,9 @@
 //! Health endpoints and the Prometheus exposition.
 
-use crate::support::{Seawall, admin_get, get, required_env};
+use bytes::Bytes;
+use http::Method;
+
+use crate::support::{Seawall, admin_get, full, get, required_env, send};
 
 #[tokio::test]
 async fn health_endpoints_answer_health_json() {
@@ -41,6 +44,18 @@ async fn health_endpoints_answer_health_json() {
     assert!(detailed["checks"]["uptime"][0]["observedValue"].is_number());
     // The admin listener serves health too, without a token.
     assert_eq!(get(&seawall.admin_url("/health/ready")).await.status, 200);
+    // Both listeners answer GET and HEAD alone.
+    for url in [
+        seawall.proxy_url("/health/ready"),
+        seawall.admin_url("/health/ready"),
+    ] {
+        let head = send(Method::HEAD, &url, &[], full(Bytes::new())).await;
+        assert_eq!(head.status, 200, "HEAD {url}");
+        assert!(head.body.is_empty(), "HEAD {url}");
+        let post = send(Method::POST, &url, &[], full(Bytes::new())).await;
+        assert_eq!(post.status, 405, "POST {url}: {}", post.text());
+        assert_eq!(post.header("allow"), Some("GET, HEAD"), "POST {url}");
+    }
 }
 
 #[tokio::test]
