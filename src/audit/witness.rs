@@ -388,13 +388,24 @@ pub fn exposition(report: &Report, target: &str, now: SystemTime) -> String {
     out.finish()
 }
 
-/// Replaces `path` as a whole (a new file renamed over the old one), so a run that stops
-/// half-way, or a reader in between, sees the previous content or the new one.
+/// Replaces `path` as a whole (a new file, on disk before it is renamed over the old one), so
+/// a run that stops half-way, a crash, or a reader in between sees the previous content or the
+/// new one. Each call writes its own new file, so two runs at once (an overlapping cron job)
+/// cannot mix their states: the last rename wins, whole.
 pub fn write_whole(path: &Path, text: &str) -> Result<(), String> {
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text)
-        .and_then(|()| std::fs::rename(&partial, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(format!(".{:016x}.partial", rand::random::<u64>()));
+    let partial = std::path::PathBuf::from(partial);
+    let written = std::fs::File::create(&partial)
+        .and_then(|mut file| {
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&partial, path));
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&partial);
+        format!("cannot write {}: {e}", path.display())
+    })
 }
 
 #[cfg(test)]
@@ -555,5 +566,31 @@ mod tests {
         ] {
             assert_eq!(kind(extend_behind(&refused)), ("missing", Some(1)));
         }
+    }
+
+    /// Two runs replacing the same state at once (an overlapping cron job), and a reader:
+    /// every read sees one whole state, and nothing is left beside it.
+    #[test]
+    fn concurrent_writes_replace_the_file_whole() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("state.json");
+        let texts = ["a".repeat(64 * 1024), "b".repeat(64 * 1024)];
+        write_whole(&path, &texts[0]).unwrap();
+        std::thread::scope(|scope| {
+            for text in &texts {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..200 {
+                        write_whole(path, text).unwrap();
+                    }
+                });
+            }
+            for _ in 0..400 {
+                let read = std::fs::read_to_string(&path).unwrap();
+                assert!(texts.contains(&read), "a mixed or partial state");
+            }
+        });
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 }
