@@ -430,12 +430,16 @@ async fn d2_d3_erased_data_is_gone_from_the_files_and_stays_gone_after_a_restore
         }
     }
 
-    // D3: the backup from before the erasure is restored; the ledger stays.
+    // D3: the backup from before the erasure is restored; the ledger stays, with a last line a
+    // crash cut short during a later erasure (which destroyed nothing), passed over.
     for folder in ["store", "keys"] {
         std::fs::remove_dir_all(data_dir.join(folder)).unwrap();
     }
     copy_tree(Path::new(&backup_dir), &data_dir);
-    assert!(data_dir.join("erasure-ledger.jsonl").exists());
+    let ledger = data_dir.join("erasure-ledger.jsonl");
+    let mut torn = std::fs::read(&ledger).unwrap();
+    torn.extend_from_slice(br#"{"time":"2026-11-28T00:00:00Z","request_id":"r","kids":["00"#);
+    std::fs::write(&ledger, torn).unwrap();
     let mut restored = Seawall::start_in(dir.clone(), &configuration, &[]);
     let after = export(&restored, alice()).await;
     assert!(!after.to_string().contains(A_NOTE), "{after}");
@@ -451,6 +455,7 @@ async fn d2_d3_erased_data_is_gone_from_the_files_and_stays_gone_after_a_restore
         "{}",
         restored.logs()
     );
+    assert!(restored.logs().contains("its last line was cut short"));
     restored.signal("TERM");
     assert!(restored.wait_exit(PROCESS_TIMEOUT).success());
     let stored = Stored::open(&data_dir);
