@@ -239,19 +239,33 @@ fn read_key(path: &Path) -> io::Result<DataKey> {
         .map_err(|_| io::Error::other(format!("{} is not a 32-byte key", path.display())))
 }
 
+/// The key at `path`, made when there is none. A new key is written and synced under another
+/// name first, then linked into place, so a crash leaves the key whole or absent: a short key
+/// file would stop every later start, and each erasure makes a new KEK.
 fn load_or_create(path: &Path) -> io::Result<DataKey> {
     match read_key(path) {
         Ok(key) => Ok(key),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let key = new_data_key();
+            let mut partial = path.as_os_str().to_owned();
+            partial.push(".partial");
+            let partial = PathBuf::from(partial);
             let mut file = OpenOptions::new()
                 .write(true)
-                .create_new(true)
+                .create(true)
+                .truncate(true)
                 .mode(0o600)
-                .open(path)?;
+                .open(&partial)?;
             file.write_all(&key)?;
             file.sync_all()?;
-            Ok(key)
+            // A link, unlike a rename, never replaces a key that appeared meanwhile.
+            let linked = fs::hard_link(&partial, path);
+            fs::remove_file(&partial)?;
+            match linked {
+                Ok(()) => Ok(key),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_key(path),
+                Err(e) => Err(e),
+            }
         }
         Err(e) => Err(e),
     }
@@ -260,6 +274,23 @@ fn load_or_create(path: &Path) -> io::Result<DataKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_key_is_whole_and_a_crash_leftover_is_replaced() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("kek.2");
+        // What a crash while writing the key leaves: a short file under the other name.
+        fs::write(dir.path().join("kek.2.partial"), [7u8; 5]).unwrap();
+        let key = load_or_create(&path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), key);
+        assert_eq!(load_or_create(&path).unwrap(), key);
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["kek.2"]);
+        assert_eq!(current_epoch(dir.path()).unwrap(), Some(2));
+    }
 
     #[test]
     fn sealed_data_opens_only_with_its_key_and_aad() {
