@@ -191,7 +191,7 @@ fn highest_placeholder(sql: &str) -> usize {
     highest
 }
 
-/// The connection string with any password replaced by a mask, in URL or key=value form.
+/// A connection string or URL with any password replaced by a mask, in URL or key=value form.
 pub fn mask(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let (authority, tail) = match rest.find(['/', '?']) {

@@ -124,6 +124,17 @@ fn malformed_urls_are_named() {
     }
     let e = error("", &[("CHROMA_URL", "not a url")]);
     assert_eq!(e.key, "upstreams.chroma.url (set by CHROMA_URL)");
+    // A refused URL is echoed without the password it carries (error lines reach logs).
+    for url in [
+        "http://u:pw-canary-1@h:1/x",
+        "ftp://u:pw-canary-1@h",
+        "http://u:pw-canary-1@",
+        "http://h:1/?password=pw-canary-1",
+    ] {
+        let e = error("", &[("CHROMA_URL", url)]);
+        assert!(!e.to_string().contains("pw-canary-1"), "{e}");
+        assert!(e.to_string().contains("********"), "{e}");
+    }
 }
 
 #[test]

@@ -763,8 +763,14 @@ impl Validator<'_> {
     }
 
     fn upstream_url(&self, key: &str, text: &str) -> Result<Uri, ConfigError> {
-        let bad =
-            |why: &str| self.error(key, format!("{text:?} is not a usable upstream URL: {why}"));
+        // The refused text is shown without a password it may carry: error lines reach logs.
+        let shown = super::database::mask(text);
+        let bad = |why: &str| {
+            self.error(
+                key,
+                format!("{shown:?} is not a usable upstream URL: {why}"),
+            )
+        };
         let uri: Uri = text
             .parse()
             .map_err(|_| bad("it does not parse as a URL"))?;
