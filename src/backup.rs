@@ -134,7 +134,26 @@ pub fn destination(
     if path.exists() {
         return bad("already exists; backups never overwrite");
     }
+    outside_what_is_copied(data_dir, &path).map_err(BackupError::Destination)?;
     Ok(path)
+}
+
+/// Refuses a destination inside the store or the keys however it is spelled (`..`, a
+/// symbolic link): a copy into what is being copied would never end.
+fn outside_what_is_copied(data_dir: &Path, to: &Path) -> Result<(), String> {
+    let target = resolved(to).map_err(|e| format!("cannot tell where it is ({e})"))?;
+    for copied in ["store", "keys"].map(|folder| data_dir.join(folder)) {
+        if copied
+            .canonicalize()
+            .is_ok_and(|real| target.starts_with(real))
+        {
+            return Err(format!(
+                "it is inside {}, which the backup copies",
+                copied.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Takes a backup of a running store into `to`. Blocking: run on `spawn_blocking`.
@@ -206,20 +225,8 @@ pub fn offline(
             to.display()
         )));
     }
-    let refused = |why: String| BackupError::Destination(format!("{}: {why}", to.display()));
-    let target = resolved(to).map_err(|e| refused(format!("cannot tell where it is ({e})")))?;
-    for copied in ["store", "keys"].map(|folder| data_dir.join(folder)) {
-        // A copy into what is being copied would never end.
-        if copied
-            .canonicalize()
-            .is_ok_and(|real| target.starts_with(real))
-        {
-            return Err(refused(format!(
-                "it is inside {}, which the backup copies",
-                copied.display()
-            )));
-        }
-    }
+    outside_what_is_copied(data_dir, to)
+        .map_err(|why| BackupError::Destination(format!("{}: {why}", to.display())))?;
     let store = Store::open(store_config)?;
     let keyring =
         Arc::new(
@@ -413,6 +420,8 @@ mod tests {
             dir.path().join("nightly/1")
         );
         fs::write(dir.path().join("notes.txt"), "a file").unwrap();
+        fs::create_dir_all(dir.path().join("store")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("store"), dir.path().join("link")).unwrap();
         let long_name = "n".repeat(256);
         for bad in [
             "",
@@ -426,6 +435,7 @@ mod tests {
             "store/x",
             "keys",
             "backups/19700101T000000.000Z",
+            "link/x",
         ] {
             assert!(
                 matches!(
