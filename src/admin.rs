@@ -317,13 +317,22 @@ async fn backup(
         message: e.to_string(),
     })?;
     let state = state.clone();
+    let to_default = options.to.is_none();
     let report = tokio::task::spawn_blocking(move || {
-        backup::online(&state.store, &state.audit.log, &data_dir, &to)
+        let mut report = backup::online(&state.store, &state.audit.log, &data_dir, &to)?;
+        // Only once the new backup verified, and only among the default ones.
+        if to_default {
+            match backup::prune(&data_dir, state.config.backup.keep) {
+                Ok(pruned) => report.pruned = pruned,
+                Err(e) => tracing::warn!(error = %e, "older backups could not be deleted"),
+            }
+        }
+        Ok::<_, backup::BackupError>(report)
     })
     .await
     .map_err(|_| Error::Internal("the backup task panicked".to_string()))?
     .map_err(|e| Error::Internal(format!("backup: {e}")))?;
-    tracing::info!(path = %report.path.display(), bytes = report.bytes, paused_ms = report.paused_ms, "backup verified");
+    tracing::info!(path = %report.path.display(), bytes = report.bytes, paused_ms = report.paused_ms, pruned = report.pruned.len(), "backup verified");
     Ok(body::json(StatusCode::CREATED, &report))
 }
 

@@ -11,6 +11,10 @@
 //! What is copied: the store, `keys/` and the top-level files of the data directory (the
 //! admin token), not earlier backups and not the erasure ledger (`audit::ledger`), which a
 //! restore must keep as it is so that erasures made after the backup are replayed.
+//!
+//! Default backups (`backups/<UTC time>`) are bounded: after each verified one, [`prune`]
+//! deletes the oldest beyond `backup.keep`, since they share the volume with the store and a
+//! full volume makes the capacity guard shorten audit retention. Named ones are left alone.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -31,6 +35,9 @@ use crate::store::{Store, StoreError};
 
 /// The folder inside the data directory that default backups go to.
 pub const BACKUPS: &str = "backups";
+
+/// How default backups are named: their UTC time.
+const STAMP: &str = "%Y%m%dT%H%M%S%.3fZ";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -57,6 +64,8 @@ pub struct BackupReport {
     pub audit: BTreeMap<&'static str, StreamHead>,
     pub paused_ms: u64,
     pub total_ms: u64,
+    /// Older backups in `backups/` deleted after this one, beyond `backup.keep`.
+    pub pruned: Vec<PathBuf>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -119,7 +128,7 @@ pub fn destination(
         }
         None => {
             let stamp = chrono::DateTime::<chrono::Utc>::from(now)
-                .format("%Y%m%dT%H%M%S%.3fZ")
+                .format(STAMP)
                 .to_string();
             let mut path = Path::new(BACKUPS).join(&stamp);
             let mut n = 1;
@@ -181,7 +190,41 @@ pub fn online(
         audit,
         paused_ms,
         total_ms: started.elapsed().as_millis() as u64,
+        pruned: Vec::new(),
     })
+}
+
+/// Deletes the oldest backups in `backups/` beyond the newest `keep` (0 keeps all), so that
+/// daily backups do not fill the volume and make the capacity guard shorten audit retention.
+/// Only folders named as seawall names them count; anything else there is the operator's.
+/// Returns what was deleted. Blocking.
+pub fn prune(data_dir: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
+    let folder = data_dir.join(BACKUPS);
+    if keep == 0 || !folder.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut ours: Vec<PathBuf> = Vec::new();
+    for entry in fs::read_dir(&folder)? {
+        let entry = entry?;
+        let named_by_us = entry.file_name().to_str().is_some_and(is_backup_name);
+        if named_by_us && entry.file_type()?.is_dir() {
+            ours.push(entry.path());
+        }
+    }
+    // The names are UTC times, so their order is the order they were taken in.
+    ours.sort();
+    let excess = ours.len().saturating_sub(keep);
+    let old: Vec<PathBuf> = ours.into_iter().take(excess).collect();
+    for path in &old {
+        fs::remove_dir_all(path)?;
+    }
+    Ok(old)
+}
+
+/// `20261127T162743.574Z`, or with `-N` when two backups fell in the same millisecond.
+fn is_backup_name(name: &str) -> bool {
+    let stamp = name.split_once('-').map_or(name, |(stamp, _)| stamp);
+    chrono::NaiveDateTime::parse_from_str(stamp, STAMP).is_ok()
 }
 
 const LAST_SUCCESS: &[u8] = b"backup_last_success_unix";
@@ -403,6 +446,42 @@ fn copy_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_newest_default_backups_are_kept() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let folder = dir.path().join(BACKUPS);
+        let names = [
+            "20261126T235959.999Z",
+            "20261127T000000.000Z",
+            "20261127T000000.000Z-2",
+            "20261128T101010.010Z",
+        ];
+        for name in names.iter().chain(&["nightly-copy"]) {
+            fs::create_dir_all(folder.join(name).join("store")).unwrap();
+        }
+        fs::write(folder.join("20261101T000000.000Z.txt"), "a file").unwrap();
+        assert!(prune(dir.path(), 0).unwrap().is_empty(), "0 keeps all");
+        assert_eq!(
+            prune(dir.path(), 2).unwrap(),
+            [folder.join(names[0]), folder.join(names[1])]
+        );
+        let mut left: Vec<String> = fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "20261101T000000.000Z.txt",
+                "20261127T000000.000Z-2",
+                "20261128T101010.010Z",
+                "nightly-copy"
+            ]
+        );
+        assert!(prune(dir.path(), 2).unwrap().is_empty(), "idempotent");
+    }
 
     #[test]
     fn destinations_stay_inside_the_data_directory() {

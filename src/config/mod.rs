@@ -38,6 +38,7 @@ use crate::ratelimit::{Level, RateLimitConfig};
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub backup: BackupConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
     pub health: HealthConfig,
@@ -99,6 +100,14 @@ pub struct ServerConfig {
 pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub cache_capacity_bytes: u64,
+}
+
+/// Online backups.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupConfig {
+    /// How many backups in `<data_dir>/backups/` (the default destination) are kept: after
+    /// each verified one there, the oldest beyond this are deleted. 0 keeps them all.
+    pub keep: usize,
 }
 
 /// Admin API settings.

@@ -17,6 +17,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub store: RawStore,
     #[serde(default)]
+    pub backup: RawBackup,
+    #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
     pub log: RawLog,
@@ -63,6 +65,12 @@ pub struct RawServer {
 pub struct RawStore {
     pub data_dir: Option<String>,
     pub cache_capacity_mb: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub keep: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

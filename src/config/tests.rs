@@ -35,6 +35,7 @@ fn embedded_defaults_need_nothing() {
     );
     assert_eq!(config.store.data_dir, PathBuf::from("./data"));
     assert_eq!(config.store.cache_capacity_bytes, 64 * 1024 * 1024);
+    assert_eq!(config.backup.keep, 7);
     assert!(config.routes.is_empty());
     assert!(config.admin.token.is_none());
 }
@@ -318,6 +319,7 @@ fn request_heads_are_bounded_from_hyper_minimum_up() {
     assert_eq!(load("", &[]).unwrap().server.max_header_bytes, 32 * 1024);
     let e = error("[server]\nmax_header_bytes = 4096\n", &[]);
     assert_eq!(e.key, "server.max_header_bytes");
+    assert_eq!(error("[backup]\nkeep = 1001\n", &[]).key, "backup.keep");
     assert!(e.message.contains("8192"), "{}", e.message);
 }
 
@@ -463,6 +465,7 @@ mod fuzz {
     const SECTIONS: &[&str] = &[
         "[server]",
         "[store]",
+        "[backup]",
         "[features]",
         "[health]",
         "[postgres]",
@@ -486,6 +489,7 @@ mod fuzz {
         "admin_listen",
         "data_dir",
         "cache_capacity_mb",
+        "keep",
         "audit_trail",
         "circuit_breaker",
         "circuit_breaker_percentage",

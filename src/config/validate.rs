@@ -15,8 +15,9 @@ use crate::breaker::{BreakerConfig, WindowKind};
 use crate::config::env::Sources;
 use crate::config::raw::{RawBreaker, RawConfig, RawRoute, RawUpstream};
 use crate::config::{
-    AdminConfig, Config, ConfigError, FlagsConfig, HealthConfig, LogConfig, LogFormat, RouteConfig,
-    RouteTarget, Secret, ServerConfig, StoreConfig, UpstreamConfig, UpstreamKind,
+    AdminConfig, BackupConfig, Config, ConfigError, FlagsConfig, HealthConfig, LogConfig,
+    LogFormat, RouteConfig, RouteTarget, Secret, ServerConfig, StoreConfig, UpstreamConfig,
+    UpstreamKind,
 };
 use crate::path_pattern::PathPattern;
 
@@ -103,6 +104,9 @@ pub fn validate(
                 4,
                 65_536,
             )? * MIB,
+        },
+        backup: BackupConfig {
+            keep: v.range("backup.keep", raw.backup.keep, 7, 0, 1_000)? as usize,
         },
         admin: AdminConfig {
             token: v.token(raw.admin.token)?,

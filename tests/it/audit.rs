@@ -679,6 +679,20 @@ async fn twenty_online_backups_verify_and_one_restores() {
     assert_error(&escaping, 400, "VALIDATION_FAILED");
     let seventh = &reports[7];
     assert!(seventh["path"].as_str().unwrap().ends_with("kept/seventh"));
+    // Of the 19 default backups, the newest 7 (`backup.keep`) are kept: each one past the
+    // seventh deleted the oldest. The named one is the operator's.
+    let kept = std::fs::read_dir(seawall.data_dir().join("backups"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 7);
+    let pruned: Vec<&str> = reports
+        .iter()
+        .flat_map(|r| r["pruned"].as_array().unwrap())
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(pruned.len(), 12, "{pruned:?}");
+    assert!(pruned.iter().all(|p| !Path::new(p).exists()));
+    assert_eq!(pruned[0], reports[0]["path"].as_str().unwrap());
 
     // Restore: the backup directory becomes the data directory of a new server.
     let restored_dir = Arc::new(TempDir::new().unwrap());
