@@ -134,6 +134,17 @@ impl Snapshot {
         record.flag.as_ref().map(|flag| (flag, record))
     }
 
+    /// Every live flag.
+    fn flags(&self) -> impl Iterator<Item = &Flag> {
+        self.records.values().filter_map(|r| r.flag.as_ref())
+    }
+
+    /// The live flags that depend on `name`.
+    fn dependents<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Flag> {
+        self.flags()
+            .filter(move |f| f.dependencies.iter().any(|d| d.feature == name))
+    }
+
     fn build(
         records: BTreeMap<String, Record>,
         segments: BTreeMap<i64, Segment>,
@@ -407,13 +418,7 @@ impl FlagStore {
                 )));
             }
             // A dependency on a flag that is gone is never met: they would be off for everyone.
-            let dependents: Vec<String> = snap
-                .records
-                .values()
-                .filter_map(|r| r.flag.as_ref())
-                .filter(|f| f.dependencies.iter().any(|d| d.feature == name))
-                .map(|f| f.name.clone())
-                .collect();
+            let dependents: Vec<String> = snap.dependents(name).map(|f| f.name.clone()).collect();
             if !dependents.is_empty() {
                 return Err(WriteError::HasDependents {
                     name: name.to_string(),
@@ -485,12 +490,8 @@ impl FlagStore {
             }
             // The flags as they will be: the import over what is stored. Built once, so that
             // checking each imported flag against them stays linear.
-            let mut after: HashMap<&str, &Flag> = snap
-                .records
-                .values()
-                .filter_map(|r| r.flag.as_ref())
-                .map(|f| (f.name.as_str(), f))
-                .collect();
+            let mut after: HashMap<&str, &Flag> =
+                snap.flags().map(|f| (f.name.as_str(), f)).collect();
             after.extend(state.features.iter().map(|f| (f.name.as_str(), f)));
             let depended_on: HashSet<&str> = after
                 .values()
@@ -825,12 +826,7 @@ fn check(snap: &Snapshot, flag: &Flag) -> Result<(), WriteError> {
             true => Some(flag.dependencies.len()),
             false => snap.live(name).map(|(f, _)| f.dependencies.len()),
         },
-        has_dependents: &|name| {
-            snap.records
-                .values()
-                .filter_map(|r| r.flag.as_ref())
-                .any(|f| f.name != flag.name && f.dependencies.iter().any(|d| d.feature == name))
-        },
+        has_dependents: &|name| snap.dependents(name).any(|f| f.name != flag.name),
     };
     validate::check_flag(flag, &neighbours, &ids).map_err(WriteError::Invalid)
 }
