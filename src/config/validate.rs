@@ -816,7 +816,6 @@ fn check_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Sections that are configured but will do nothing while their feature stays off.
 /// Routes that an earlier route leaves nothing: first match wins, and it matches every path
 /// and method they do (a flag does not change that: a route whose flag is off answers 404).
 fn shadowed_routes(routes: &[RouteConfig]) -> Vec<String> {
@@ -841,6 +840,7 @@ fn shadowed_routes(routes: &[RouteConfig]) -> Vec<String> {
     warnings
 }
 
+/// Sections that are configured but will do nothing while their feature stays off.
 fn idle_sections(raw: &RawConfig, flags: &FlagsConfig) -> Vec<String> {
     let off = |flag: &str| {
         !flags
