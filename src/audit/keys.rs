@@ -11,7 +11,10 @@
 //! rewrapped) is what turns an erasure into physical erasure: the copies of destroyed data keys
 //! that sled leaves in its files were wrapped under a KEK that no longer exists.
 //!
-//! Sealing is XChaCha20-Poly1305 with a random 24-byte nonce; the nonce leads the ciphertext.
+//! Sealing is XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha) with a random 24-byte nonce; the
+//! nonce leads the ciphertext. It is put together from HChaCha20 (`chacha20`) and `ring`'s
+//! ChaCha20-Poly1305, whose assembly seals a short part in a fifth of the time of a portable
+//! implementation: the audit writer seals every personal part of every event.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
@@ -19,14 +22,14 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use chacha20poly1305::aead::{Aead, Payload};
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use ed25519_dalek::SigningKey;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
 pub type DataKey = [u8; 32];
 pub type Pseudonym = [u8; 16];
 
 const NONCE: usize = 24;
+const TAG: usize = 16;
 
 pub struct Keyring {
     dir: PathBuf,
@@ -176,41 +179,50 @@ pub fn new_data_key() -> DataKey {
     rand::random()
 }
 
-/// `nonce || ciphertext` of `plaintext` under `key`, bound to `aad`.
+/// `nonce || ciphertext || tag` of `plaintext` under `key`, bound to `aad`.
 pub fn seal(key: &DataKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
     let nonce: [u8; NONCE] = rand::random();
-    let ct = cipher
-        .encrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .expect("in-memory encryption cannot fail");
-    let mut out = Vec::with_capacity(NONCE + ct.len());
+    let (cipher, inner_nonce) = xchacha(key, &nonce);
+    let mut out = Vec::with_capacity(NONCE + plaintext.len() + TAG);
     out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(plaintext);
+    let tag = cipher
+        .seal_in_place_separate_tag(inner_nonce, Aad::from(aad), &mut out[NONCE..])
+        .expect("a part is far below ChaCha20's 256 GiB limit");
+    out.extend_from_slice(tag.as_ref());
     out
 }
 
 /// The plaintext of `sealed`, or `None` when the key, the AAD or the bytes are wrong.
 pub fn open(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-    if sealed.len() < NONCE {
+    if sealed.len() < NONCE + TAG {
         return None;
     }
-    let cipher = XChaCha20Poly1305::new_from_slice(key).expect("32-byte key");
-    let nonce: [u8; NONCE] = sealed[..NONCE].try_into().ok()?;
-    cipher
-        .decrypt(
-            &XNonce::from(nonce),
-            Payload {
-                msg: &sealed[NONCE..],
-                aad,
-            },
-        )
-        .ok()
+    let (nonce, ciphertext) = sealed.split_at(NONCE);
+    let (cipher, inner_nonce) = xchacha(key, nonce.try_into().ok()?);
+    let mut plaintext = ciphertext.to_vec();
+    let opened = cipher
+        .open_in_place(inner_nonce, Aad::from(aad), &mut plaintext)
+        .ok()?
+        .len();
+    plaintext.truncate(opened);
+    Some(plaintext)
+}
+
+/// XChaCha20-Poly1305 is ChaCha20-Poly1305 under the subkey HChaCha20 derives from the key and
+/// the nonce's first 16 bytes, with the nonce's last 8 bytes after four zero bytes.
+fn xchacha(key: &DataKey, nonce: &[u8; NONCE]) -> (LessSafeKey, Nonce) {
+    let (derivation, rest) = nonce.split_at(16);
+    let subkey =
+        chacha20::hchacha::<chacha20::R20>(key.into(), derivation.try_into().expect("16 bytes"));
+    let cipher = UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice())
+        .expect("HChaCha20 gives a 32-byte key");
+    let mut inner = [0u8; 12];
+    inner[4..].copy_from_slice(rest);
+    (
+        LessSafeKey::new(cipher),
+        Nonce::assume_unique_for_key(inner),
+    )
 }
 
 fn current_epoch(dir: &Path) -> io::Result<Option<u32>> {
@@ -290,6 +302,43 @@ mod tests {
             .collect();
         assert_eq!(names, ["kek.2"]);
         assert_eq!(current_epoch(dir.path()).unwrap(), Some(2));
+    }
+
+    /// draft-irtf-cfrg-xchacha-03, A.3.1: the construction is the standard one, so parts
+    /// sealed before `ring` did the sealing still open.
+    #[test]
+    fn sealing_matches_the_xchacha20_poly1305_test_vector() {
+        let unhex = |text: &str| crate::audit::digest::unhex(text).unwrap();
+        let key: DataKey =
+            unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+                .try_into()
+                .unwrap();
+        let nonce = unhex("404142434445464748494a4b4c4d4e4f5051525354555657");
+        let aad = unhex("50515253c0c1c2c3c4c5c6c7");
+        let plaintext = b"Ladies and Gentlemen of the class of '99: If I could offer you only one \
+            tip for the future, sunscreen would be it.";
+        let expected = unhex(concat!(
+            "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb",
+            "731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b452",
+            "2f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff9",
+            "21f9664c97637da9768812f615c68b13b52e",
+            "c0875924c1c7987947deafd8780acf49",
+        ));
+
+        let (cipher, inner_nonce) = xchacha(&key, nonce.as_slice().try_into().unwrap());
+        let mut sealed = plaintext.to_vec();
+        let tag = cipher
+            .seal_in_place_separate_tag(inner_nonce, Aad::from(&aad), &mut sealed)
+            .unwrap();
+        sealed.extend_from_slice(tag.as_ref());
+        assert_eq!(sealed, expected);
+
+        let stored = [nonce.as_slice(), &expected].concat();
+        assert_eq!(open(&key, &aad, &stored).unwrap(), plaintext);
+        let mut flipped = stored.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(open(&key, &aad, &flipped).is_none());
+        assert!(open(&key, &aad, &stored[..NONCE + TAG - 1]).is_none());
     }
 
     #[test]
