@@ -4,6 +4,8 @@
 #
 #   direct       the upstream itself
 #   nginx        nginx as a plain reverse proxy with upstream keep-alive
+#   hyper        the floor of seawall's stack: hyper's server and pooled client with nothing
+#                between them (benches/hyper_floor.rs)
 #   seawall      seawall as a plain proxy, all four features off
 #   all          seawall with all four features on: a flag gating the route, rate limits high
 #                enough never to refuse, the breaker closed, auditing at metadata level
@@ -29,6 +31,9 @@ need wrk wrk
 need nginx nginx-light
 
 cargo build --release --quiet
+# cargo prints where the bench binary is: `Executable benches/hyper_floor.rs (target/...)`.
+cargo bench --bench hyper_floor --no-run 2>"$work/hyper_floor.build" || { cat "$work/hyper_floor.build" >&2; exit 1; }
+hyper_floor=$(sed -n 's/.*Executable .*(\(.*\))$/\1/p' "$work/hyper_floor.build")
 
 # --- the upstream and nginx as a proxy ---------------------------------------------------
 upstream_port=$(free_port)
@@ -66,6 +71,13 @@ track
 nginx_pid=$!
 wait_http "http://127.0.0.1:$upstream_port/"
 wait_http "http://127.0.0.1:$nginx_port/"
+
+# --- hyper alone ----------------------------------------------------------------------------
+hyper_port=$(free_port)
+"$hyper_floor" "127.0.0.1:$hyper_port" "http://127.0.0.1:$upstream_port" &
+track
+hyper_pid=$!
+wait_http "http://127.0.0.1:$hyper_port/"
 
 # --- two seawalls: features off, and all four on ---------------------------------------
 start_seawall() {
@@ -119,12 +131,13 @@ all_pid=$seawall_pid all_port=$proxy all_admin=$admin
 declare -A url=(
   [direct]="http://127.0.0.1:$upstream_port/"
   [nginx]="http://127.0.0.1:$nginx_port/"
+  [hyper]="http://127.0.0.1:$hyper_port/"
   [seawall]="http://127.0.0.1:$plain_port/gated/"
   [all]="http://127.0.0.1:$all_port/gated/"
   [all-noaudit]="http://127.0.0.1:$all_port/noaudit/"
   [all-strict]="http://127.0.0.1:$all_port/strict/"
 )
-targets=(direct nginx seawall all all-noaudit all-strict)
+targets=(direct nginx hyper seawall all all-noaudit all-strict)
 
 # Every target must answer 200 before anything is measured (the gate flag, the quotas).
 for target in "${targets[@]}"; do
@@ -158,6 +171,7 @@ cpu_ticks() {
 serving() {
   case $1 in
     direct | nginx) echo "$nginx_pid" $(pgrep -P "$nginx_pid") ;;
+    hyper) echo "$hyper_pid" ;;
     seawall) echo "$plain_pid" ;;
     *) echo "$all_pid" ;;
   esac
@@ -199,7 +213,7 @@ for target in "${targets[@]}"; do
   set -- ${row[$target]}
   printf '%-12s %12s %9s %9s %9s %8s %12s\n' "$1" "$2" "$3" "$4" "$5" "$6" "$7"
 done
-for target in seawall all; do
+for target in hyper seawall all; do
   set -- ${row[$target]}; t_rps=$2 t_p99=$4
   set -- ${row[nginx]}
   awk -v t="$target" -v a="$t_rps" -v b="$2" -v c="$t_p99" -v d="$4" \
