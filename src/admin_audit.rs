@@ -22,11 +22,11 @@ use serde_json::json;
 use std::collections::BTreeMap;
 
 use crate::audit::query::{self, Query};
-use crate::audit::verify::hex;
 use crate::audit::{Stream, anchor, application, digest, policy};
 use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
 use crate::features::Feature;
+use crate::hex;
 use crate::request_context::new_request_id;
 use crate::state::AppState;
 
@@ -124,7 +124,7 @@ fn public_key(state: &AppState) -> serde_json::Value {
     let key = state.audit.public_key();
     json!({
         "alg": digest::ALGORITHM,
-        "public_key": hex(key.as_bytes()),
+        "public_key": hex::encode(key.as_bytes()),
         "key_fingerprint": digest::fingerprint(&key),
     })
 }

@@ -21,10 +21,10 @@ use serde_json::{Value, json};
 use crate::audit::event::{IdKind, Role, Stream, Subject, rfc3339_nanos};
 use crate::audit::gdpr::{self, Hold};
 use crate::audit::manifest;
-use crate::audit::verify::hex;
 use crate::audit::{Draft, event};
 use crate::body::{self, Body, RequestBody};
 use crate::error::Error;
+use crate::hex;
 use crate::request_context::new_request_id;
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -365,7 +365,7 @@ fn answered(
     };
     let stored: Value = serde_json::from_slice(&stored)
         .map_err(|_| Error::Internal("an undecodable erasure request".to_string()))?;
-    if stored["request_hash"] != json!(hex(request_hash)) {
+    if stored["request_hash"] != json!(hex::encode(request_hash)) {
         return Err(Error::Conflict {
             code: "IDEMPOTENCY_KEY_REUSED",
             message: "This Idempotency-Key was used for a different request.".to_string(),
@@ -381,7 +381,7 @@ fn remember(
     request_hash: &[u8; 32],
     answer: &Value,
 ) -> Result<(), Error> {
-    let stored = json!({"request_hash": hex(request_hash), "answer": answer});
+    let stored = json!({"request_hash": hex::encode(request_hash), "answer": answer});
     let tree = requests_tree(state)?;
     let _writing = state.audit.log.store.writing();
     tree.insert(slot, serde_json::to_vec(&stored).expect("JSON"))
@@ -445,7 +445,7 @@ async fn create_hold(
     let hold = tokio::task::spawn_blocking(move || {
         let pseudonyms = log.resolve(&subjects)?;
         let hold = Hold {
-            pseudonyms: pseudonyms.iter().map(|p| hex(p)).collect(),
+            pseudonyms: pseudonyms.iter().map(|p| hex::encode(p)).collect(),
             ..hold
         };
         gdpr::add_hold(&log, &hold)?;

@@ -327,7 +327,7 @@ fn audit_heads(log: &AuditLog) -> Result<BTreeMap<&'static str, StreamHead>, Sto
             stream.as_str(),
             StreamHead {
                 events: log.count(stream)? as u64,
-                head: verify::hex(&head),
+                head: crate::hex::encode(&head),
             },
         );
     }

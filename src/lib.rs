@@ -23,7 +23,8 @@
 //!   query, signed digests and verification, GDPR rights, crypto-shredding, the erasure
 //!   ledger); `backup`: verified copies of the data directory.
 //! - `admin_*`: the admin API of each subsystem.
-//! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`: utilities.
+//! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`, `hex`:
+//!   utilities.
 //!   `fd_limit`: the open-file limit raised at start to what the configuration can hold open.
 #![forbid(unsafe_code)]
 
@@ -47,6 +48,7 @@ pub mod fd_limit;
 pub mod features;
 pub mod flags;
 pub mod health;
+pub mod hex;
 pub mod logging;
 pub mod metrics;
 pub mod ofrep;

@@ -27,6 +27,7 @@ use crate::flags::model::Payload;
 use crate::flags::store::Snapshot;
 use crate::flags::validate::RESERVED_PREFIX;
 use crate::flags::{Context, Evaluation, ThreadRandom};
+use crate::hex;
 use crate::request_context::RequestContext;
 use crate::state::AppState;
 
@@ -151,7 +152,7 @@ fn bulk(
     let bytes = serde_json::to_vec(&json!({ "flags": flags })).expect("JSON serializes");
     let etag = format!(
         "\"{}\"",
-        hex(&ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()[..16])
+        hex::encode(&ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()[..16])
     );
     let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header value");
     if none_match(headers, &etag) {
@@ -283,10 +284,6 @@ fn failure(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> 
         out["key"] = json!(key);
     }
     body::json(status, &out)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

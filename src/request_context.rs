@@ -12,6 +12,7 @@ use http::HeaderMap;
 use ipnet::IpNet;
 
 use crate::flags::Context;
+use crate::hex;
 
 /// The longest client-supplied request id that is propagated rather than replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
@@ -76,13 +77,7 @@ impl RequestContext {
             .filter(|k| !k.is_empty())
         {
             let digest = ring::digest::digest(&ring::digest::SHA256, key);
-            self.client_key = format!(
-                "key:{}",
-                digest.as_ref()[..8]
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            );
+            self.client_key = format!("key:{}", hex::encode(&digest.as_ref()[..8]));
             self.flag_context = flag_context(&self.client_key, &self.client_address);
         }
         self
@@ -171,7 +166,7 @@ fn request_id(headers: &HeaderMap) -> String {
 
 /// 128 random bits as 32 hex digits.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    hex::encode(&rand::random::<[u8; 16]>())
 }
 
 #[cfg(test)]

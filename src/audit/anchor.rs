@@ -12,10 +12,10 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::audit::digest::{fingerprint, unhex};
+use crate::audit::digest::fingerprint;
 use crate::audit::event::{Hash, Stream};
 use crate::audit::log::AuditLog;
-use crate::audit::verify::hex;
+use crate::hex;
 use crate::store::StoreError;
 
 /// Where retention cut a stream's chain.
@@ -67,9 +67,10 @@ impl Anchor {
             key_fingerprint: fingerprint(&key.verifying_key()),
             signature: String::new(),
         };
-        anchor.signature = hex(&key
-            .sign(anchor.signing_string(origin, stream).as_bytes())
-            .to_bytes());
+        anchor.signature = hex::encode(
+            &key.sign(anchor.signing_string(origin, stream).as_bytes())
+                .to_bytes(),
+        );
         anchor
     }
 
@@ -80,7 +81,7 @@ impl Anchor {
             origin,
             stream.as_str(),
             &self.pruned_through.to_string(),
-            &hex(&self.chain),
+            &hex::encode(&self.chain),
             &self.through_day.to_string(),
             &self.time,
             &self.header_days.to_string(),
@@ -90,7 +91,7 @@ impl Anchor {
     }
 
     pub fn signed_by(&self, key: &VerifyingKey, origin: &str, stream: Stream) -> bool {
-        let Some(signature) = unhex(&self.signature)
+        let Some(signature) = crate::hex::decode(&self.signature)
             .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
             .map(|bytes| Signature::from_bytes(&bytes))
         else {
@@ -107,7 +108,7 @@ impl Anchor {
             "origin": origin,
             "stream": stream.as_str(),
             "pruned_through": self.pruned_through,
-            "chain": hex(&self.chain),
+            "chain": hex::encode(&self.chain),
             "through_day": self.through_day,
             "time": self.time,
             "header_days": self.header_days,
@@ -123,7 +124,7 @@ impl Anchor {
         let number = |name: &str| value.get(name)?.as_u64();
         let anchor = Anchor {
             pruned_through: number("pruned_through")?,
-            chain: unhex(&text("chain")?)?.try_into().ok()?,
+            chain: crate::hex::decode(&text("chain")?)?.try_into().ok()?,
             through_day: u32::try_from(number("through_day")?).ok()?,
             time: text("time")?,
             header_days: u32::try_from(number("header_days")?).ok()?,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::event::{self, Hash, Stream};
 use crate::audit::log::AuditLog;
-use crate::audit::verify::hex;
+use crate::hex;
 use crate::store::StoreError;
 
 pub const ALGORITHM: &str = "Ed25519";
@@ -68,14 +68,17 @@ impl Digest {
             number: previous.map_or(0, |p| p.number + 1),
             from_seq: coverage.from_seq,
             next_seq: coverage.next_seq,
-            chain_head: hex(coverage.chain_head),
-            batch_merkle_root: coverage.batch_merkle_root.as_ref().map(|root| hex(root)),
+            chain_head: hex::encode(coverage.chain_head),
+            batch_merkle_root: coverage
+                .batch_merkle_root
+                .as_ref()
+                .map(|root| hex::encode(root)),
             time: coverage.time,
-            prev_digest: previous.map(|p| hex(&p.hash())),
+            prev_digest: previous.map(|p| hex::encode(&p.hash())),
             key_fingerprint: fingerprint(&key.verifying_key()),
             signature: String::new(),
         };
-        digest.signature = hex(&key.sign(digest.signing_string().as_bytes()).to_bytes());
+        digest.signature = hex::encode(&key.sign(digest.signing_string().as_bytes()).to_bytes());
         digest
     }
 
@@ -116,7 +119,7 @@ impl Digest {
 
     /// Whether `key` signed exactly these fields.
     pub fn signed_by(&self, key: &VerifyingKey) -> bool {
-        let Some(bytes) = unhex(&self.signature) else {
+        let Some(bytes) = crate::hex::decode(&self.signature) else {
             return false;
         };
         let Ok(signature) = Signature::from_slice(&bytes) else {
@@ -132,22 +135,12 @@ impl Digest {
 
 /// Hex of the first 16 bytes of SHA-256 over the public key.
 pub fn fingerprint(key: &VerifyingKey) -> String {
-    hex(&event::sha256(&[key.as_bytes()])[..16])
-}
-
-pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::encode(&event::sha256(&[key.as_bytes()])[..16])
 }
 
 /// A public key from its hex form.
 pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
-    let bytes: [u8; 32] = unhex(text)?.try_into().ok()?;
+    let bytes: [u8; 32] = crate::hex::decode(text)?.try_into().ok()?;
     VerifyingKey::from_bytes(&bytes).ok()
 }
 
@@ -287,16 +280,16 @@ mod tests {
         assert!(first.signed_by(&key.verifying_key()));
         let second = Digest::sign(&key, coverage(&[2; 32]), Some(&first));
         assert_eq!(second.number, 1);
-        assert_eq!(second.prev_digest, Some(hex(&first.hash())));
+        assert_eq!(second.prev_digest, Some(hex::encode(&first.hash())));
         let mut altered = second.clone();
         altered.next_seq = 9;
         assert!(!altered.signed_by(&key.verifying_key()));
         let other = SigningKey::from_bytes(&[8; 32]);
         let forged = Digest::sign(&other, coverage(&[2; 32]), Some(&first));
         assert!(!forged.signed_by(&key.verifying_key()));
-        assert!(parse_public_key(&hex(key.verifying_key().as_bytes())).is_some());
-        assert_eq!(unhex("0aff"), Some(vec![10, 255]));
-        assert_eq!(unhex("0g"), None);
+        assert!(parse_public_key(&hex::encode(key.verifying_key().as_bytes())).is_some());
+        assert_eq!(crate::hex::decode("0aff"), Some(vec![10, 255]));
+        assert_eq!(crate::hex::decode("0g"), None);
     }
 
     #[test]
@@ -311,10 +304,10 @@ mod tests {
         assert!(
             digest
                 .signing_string()
-                .ends_with(&format!("\n{}", hex(&[3; 32])))
+                .ends_with(&format!("\n{}", hex::encode(&[3; 32])))
         );
         let mut altered = digest.clone();
-        altered.batch_merkle_root = Some(hex(&[4; 32]));
+        altered.batch_merkle_root = Some(hex::encode(&[4; 32]));
         assert!(!altered.signed_by(&key.verifying_key()));
         let mut dropped = digest.clone();
         dropped.batch_merkle_root = None;

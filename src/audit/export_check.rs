@@ -16,8 +16,8 @@ use serde_json::Value;
 
 use crate::audit::digest::{self, Digest};
 use crate::audit::event::{self, Hash, Stream};
-use crate::audit::verify::hex;
 use crate::audit::{manifest, merkle};
+use crate::hex;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ExportReport {
@@ -148,13 +148,13 @@ fn check_event(
     // The tree's size is the signed digest's, never the proof's.
     let size = digest.next_seq - digest.from_seq;
     match merkle::root_from_path(&leaf, seq - digest.from_seq, size, &path) {
-        Some(proven) if hex(&proven) == root => Ok(true),
+        Some(proven) if hex::encode(&proven) == root => Ok(true),
         _ => Err("proof"),
     }
 }
 
 fn hash_of(value: &Value) -> Option<Hash> {
-    digest::unhex(value.as_str()?)?.try_into().ok()
+    crate::hex::decode(value.as_str()?)?.try_into().ok()
 }
 
 fn hashes_of(value: &Value) -> Option<Vec<Hash>> {
@@ -205,12 +205,12 @@ mod tests {
                 "time": format!("2026-11-{:02}T00:00:00Z", seq + 1),
                 "integrity": {
                     "stream": "access", "seq": seq, "header": headers[seq],
-                    "part_digests": [hex(&parts[0])], "leaf": hex(&leaves[seq]),
+                    "part_digests": [hex::encode(&parts[0])], "leaf": hex::encode(&leaves[seq]),
                     "digest": 0, "proof": proof,
                 },
             })
         };
-        let path = |seq| json!({"path": tree.path(seq).unwrap().iter().map(|h| hex(h)).collect::<Vec<_>>()});
+        let path = |seq| json!({"path": tree.path(seq).unwrap().iter().map(|h| hex::encode(h)).collect::<Vec<_>>()});
         let mut document = json!({
             "events": [event(1, path(1)), event(3, path(3)), event(4, Value::Null)],
             "digests": [digest],
@@ -280,7 +280,7 @@ mod tests {
             ("/digests/0/next_seq", json!(6), ("digests", 0, "signature")),
             (
                 "/digests/0/batch_merkle_root",
-                json!(hex(&[2; 32])),
+                json!(hex::encode(&[2; 32])),
                 ("digests", 0, "signature"),
             ),
         ];
@@ -313,7 +313,7 @@ mod tests {
             .replace("success", "failure");
         let leaf = event::leaf(&event::header_hash(&header), &[[7; 32]]);
         altered["events"][0]["integrity"]["header"] = json!(header);
-        altered["events"][0]["integrity"]["leaf"] = json!(hex(&leaf));
+        altered["events"][0]["integrity"]["leaf"] = json!(hex::encode(&leaf));
         assert_eq!(
             resigned_problem(&altered, &key),
             Some(("events", 0, "proof"))

@@ -20,8 +20,8 @@ use crate::audit::ledger::Ledger;
 use crate::audit::log::{self, AuditLog, KeyRecord};
 use crate::audit::proofs::{Inclusion, Proofs};
 use crate::audit::shred::{self, Shredded};
-use crate::audit::verify::hex;
 use crate::audit::{AuditConfig, ErasureAction};
+use crate::hex;
 use crate::store::StoreError;
 
 /// Events one export returns at most; a subject with more is asked for by stream ranges
@@ -71,7 +71,7 @@ pub struct Hold {
 impl Hold {
     fn covers(&self, pseudonym: &Pseudonym, stream: Stream) -> bool {
         (self.streams.is_empty() || self.streams.contains(&stream))
-            && self.pseudonyms.iter().any(|p| *p == hex(pseudonym))
+            && self.pseudonyms.iter().any(|p| *p == hex::encode(pseudonym))
     }
 }
 
@@ -403,8 +403,8 @@ fn exported(
             "stream": stream.as_str(),
             "seq": seq,
             "header": record.header,
-            "part_digests": record.parts.iter().map(|p| hex(&p.digest)).collect::<Vec<_>>(),
-            "leaf": hex(&record.leaf),
+            "part_digests": record.parts.iter().map(|p| hex::encode(&p.digest)).collect::<Vec<_>>(),
+            "leaf": hex::encode(&record.leaf),
         },
     });
     inclusion.add_to(&mut event["integrity"]);

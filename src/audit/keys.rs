@@ -308,7 +308,7 @@ mod tests {
     /// sealed before `ring` did the sealing still open.
     #[test]
     fn sealing_matches_the_xchacha20_poly1305_test_vector() {
-        let unhex = |text: &str| crate::audit::digest::unhex(text).unwrap();
+        let unhex = |text: &str| crate::hex::decode(text).unwrap();
         let key: DataKey =
             unhex("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
                 .try_into()

@@ -21,8 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::audit::digest::unhex;
-use crate::audit::verify::hex;
+use crate::hex;
 
 pub const FILE: &str = "erasure-ledger.jsonl";
 
@@ -55,7 +54,7 @@ impl Ledger {
         let entry = Entry {
             time: time.to_string(),
             request_id: request_id.to_string(),
-            kids: kids.iter().map(|k| hex(k)).collect(),
+            kids: kids.iter().map(|k| hex::encode(k)).collect(),
         };
         let mut line = serde_json::to_vec(&entry).expect("entries serialize");
         line.push(b'\n');
@@ -108,7 +107,7 @@ impl Ledger {
             };
             let entry: Entry = serde_json::from_str(&line).map_err(|_| bad())?;
             for kid in entry.kids {
-                let kid: [u8; 16] = unhex(&kid)
+                let kid: [u8; 16] = crate::hex::decode(&kid)
                     .and_then(|k| k.try_into().ok())
                     .ok_or_else(bad)?;
                 kids.insert(kid);

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::audit::digest::{self, ALGORITHM};
 use crate::audit::event::{Hash, finish, write_canonical};
-use crate::audit::verify::hex;
+use crate::hex;
 
 /// The first line of the signing string; the digests' strings start differently, so one
 /// signature can never pass for the other.
@@ -25,14 +25,14 @@ pub fn attach(key: &SigningKey, document: &mut Value) {
     if let Some(members) = document.as_object_mut() {
         members.remove(MEMBER);
     }
-    let content = hex(&content_sha256(document));
+    let content = hex::encode(&content_sha256(document));
     let fingerprint = digest::fingerprint(&key.verifying_key());
     let signature = key.sign(signing_string(&content, &fingerprint).as_bytes());
     document[MEMBER] = json!({
         "alg": ALGORITHM,
         "key_fingerprint": fingerprint,
         "content_sha256": content,
-        "signature": hex(&signature.to_bytes()),
+        "signature": hex::encode(&signature.to_bytes()),
     });
 }
 
@@ -46,7 +46,7 @@ pub fn problem(document: &Value, pinned: &VerifyingKey) -> Option<&'static str> 
         manifest["key_fingerprint"].as_str(),
         manifest["signature"]
             .as_str()
-            .and_then(digest::unhex)
+            .and_then(crate::hex::decode)
             .and_then(|bytes| Signature::from_slice(&bytes).ok()),
     ) else {
         return Some("malformed");
@@ -59,7 +59,7 @@ pub fn problem(document: &Value, pinned: &VerifyingKey) -> Option<&'static str> 
     if !signed {
         return Some("signature");
     }
-    (hex(&content_sha256(document)) != content).then_some("content")
+    (hex::encode(&content_sha256(document)) != content).then_some("content")
 }
 
 /// SHA-256 of the document's canonical form without its manifest, hashed as it is written.
@@ -116,7 +116,7 @@ mod tests {
         let other = SigningKey::from_bytes(&[4; 32]).verifying_key();
         assert_eq!(problem(&document, &other), Some("signature"));
         let mut forged = document.clone();
-        forged["manifest"]["content_sha256"] = json!(hex(&[0; 32]));
+        forged["manifest"]["content_sha256"] = json!(hex::encode(&[0; 32]));
         assert_eq!(problem(&forged, &pinned), Some("signature"));
         let mut missing = document.clone();
         missing.as_object_mut().unwrap().remove("manifest");

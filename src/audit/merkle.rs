@@ -139,7 +139,7 @@ pub fn root_from_path(leaf: &Hash, index: u64, size: u64, path: &[Hash]) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::verify::hex;
+    use crate::hex;
 
     /// The Certificate Transparency reference leaves (RFC 6962 test data, as published with
     /// transparency-dev/merkle) and the tree head for each size from 0 to 8.
@@ -179,9 +179,13 @@ mod tests {
         for (size, expected) in ROOTS.iter().enumerate() {
             let mut frontier = Frontier::default();
             leaves[..size].iter().for_each(|leaf| frontier.push(leaf));
-            assert_eq!(hex(&frontier.root()), *expected, "frontier of {size}");
+            assert_eq!(
+                hex::encode(&frontier.root()),
+                *expected,
+                "frontier of {size}"
+            );
             let tree = Tree::new(leaves[..size].to_vec());
-            assert_eq!(hex(&tree.root()), *expected, "tree of {size}");
+            assert_eq!(hex::encode(&tree.root()), *expected, "tree of {size}");
         }
     }
 
@@ -207,7 +211,12 @@ mod tests {
             ),
         ];
         for (index, expected) in cases {
-            let path: Vec<String> = tree.path(index).unwrap().iter().map(|h| hex(h)).collect();
+            let path: Vec<String> = tree
+                .path(index)
+                .unwrap()
+                .iter()
+                .map(|h| hex::encode(h))
+                .collect();
             assert_eq!(path, expected, "leaf {index}");
         }
     }

@@ -12,7 +12,7 @@ use crate::audit::digest::{self, Digest};
 use crate::audit::event::{Hash, Stream};
 use crate::audit::log::AuditLog;
 use crate::audit::merkle::Tree;
-use crate::audit::verify::hex;
+use crate::hex;
 use crate::store::StoreError;
 
 /// Proofs for events visited in sequence order per stream. The digest covering an event is
@@ -43,7 +43,7 @@ impl Inclusion {
         integrity["digest"] = serde_json::json!(self.digest);
         integrity["proof"] = match &self.path {
             Some(path) => {
-                serde_json::json!({ "path": path.iter().map(|h| hex(h)).collect::<Vec<_>>() })
+                serde_json::json!({ "path": path.iter().map(|h| hex::encode(h)).collect::<Vec<_>>() })
             }
             None => serde_json::Value::Null,
         };

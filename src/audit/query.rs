@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::audit::event::{self, Stream};
 use crate::audit::log::{self, AuditLog};
 use crate::audit::proofs::Proofs;
-use crate::audit::verify::hex;
+use crate::hex;
 use crate::store::StoreError;
 
 /// Records read per page at most.
@@ -237,9 +237,9 @@ pub fn run(log: &AuditLog, query: &Query) -> Result<Page, StoreError> {
                 if query.matches(&header) {
                     if query.integrity {
                         header["integrity"] = json!({
-                            "part_digests": record.parts.iter().map(|p| hex(&p.digest)).collect::<Vec<_>>(),
-                            "leaf": hex(&record.leaf),
-                            "chain": hex(&record.chain),
+                            "part_digests": record.parts.iter().map(|p| hex::encode(&p.digest)).collect::<Vec<_>>(),
+                            "leaf": hex::encode(&record.leaf),
+                            "chain": hex::encode(&record.chain),
                         });
                         proofs.prove(stream, seq)?.add_to(&mut header["integrity"]);
                     }

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::audit::AuditConfig;
 use crate::audit::anchor::{self, Anchor};
-use crate::audit::digest::{self, unhex};
+use crate::audit::digest;
 use crate::audit::event::{self, KeyClass, Stream};
 use crate::audit::gdpr::{self, Hold};
 use crate::audit::log::{self, AuditLog, KeyRecord};
@@ -283,7 +283,8 @@ fn bucket_held(
             continue;
         }
         for pseudonym in &hold.pseudonyms {
-            let Some(pseudonym) = unhex(pseudonym).and_then(|p| <[u8; 16]>::try_from(p).ok())
+            let Some(pseudonym) =
+                crate::hex::decode(pseudonym).and_then(|p| <[u8; 16]>::try_from(p).ok())
             else {
                 continue;
             };

@@ -21,6 +21,7 @@ use crate::audit::digest::{self, Digest};
 use crate::audit::event::{self, Hash, Record, Stream};
 use crate::audit::log::AuditLog;
 use crate::audit::merkle::{self, Frontier};
+use crate::hex;
 use crate::store::StoreError;
 
 /// The result of checking several streams.
@@ -47,7 +48,7 @@ pub fn streams(
     Ok(Report {
         ok: streams.iter().all(|r| r.broken.is_none()),
         alg: digest::ALGORITHM,
-        public_key: hex(pinned.as_bytes()),
+        public_key: hex::encode(pinned.as_bytes()),
         key_fingerprint: digest::fingerprint(pinned),
         streams,
     })
@@ -195,7 +196,7 @@ pub fn stream(
         events: 0,
         first_seq: None,
         last_seq: None,
-        head: hex(&start_chain),
+        head: hex::encode(&start_chain),
         parts_present: 0,
         parts_dropped: 0,
         digests: 0,
@@ -265,7 +266,7 @@ pub fn stream(
         }
         expected_seq = seq + 1;
     }
-    report.head = hex(&previous);
+    report.head = hex::encode(&previous);
     let checked_until = report.broken.as_ref().map_or(expected_seq, |b| b.seq);
     if let Some(found) = check_digests(
         &digests,
@@ -398,7 +399,7 @@ fn check_digests(
         let linked = match previous {
             Some(p) => {
                 digest.number == p.number + 1
-                    && digest.prev_digest.as_deref() == Some(hex(&p.hash()).as_str())
+                    && digest.prev_digest.as_deref() == Some(hex::encode(&p.hash()).as_str())
                     && digest.from_seq == p.next_seq
             }
             // The oldest kept digest: its predecessors went with retention.
@@ -418,7 +419,7 @@ fn check_digests(
         }
         if digest.next_seq >= start_seq && digest.next_seq <= checked_until {
             match recomputed.chain_before(digest.next_seq) {
-                Some(chain) if hex(&chain) == digest.chain_head => {}
+                Some(chain) if hex::encode(&chain) == digest.chain_head => {}
                 _ => {
                     found = Some(at("head"));
                     break;
@@ -429,7 +430,11 @@ fn check_digests(
         if let Some(signed_root) = &digest.batch_merkle_root
             && digest.from_seq >= start_seq
             && digest.next_seq <= checked_until
-            && recomputed.root_of(digest).map(|root| hex(&root)).as_ref() != Some(signed_root)
+            && recomputed
+                .root_of(digest)
+                .map(|root| hex::encode(&root))
+                .as_ref()
+                != Some(signed_root)
         {
             found = Some(at("merkle"));
             break;
@@ -441,8 +446,4 @@ fn check_digests(
     report.signed_through = signed_next.and_then(|n| n.checked_sub(1));
     report.unanchored_tail = stored_next - signed_next.unwrap_or(start_seq).min(stored_next);
     found
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -34,7 +34,7 @@ use serde_json::Value;
 use crate::audit::anchor::Anchor;
 use crate::audit::digest::{self, Digest};
 use crate::audit::event::Stream;
-use crate::audit::verify::hex;
+use crate::hex;
 use crate::metrics::Exposition;
 
 /// Longest wait for one answer of the feed.
@@ -181,7 +181,7 @@ pub fn extend(
                     ),
                 ));
             }
-            if d.prev_digest.as_deref() != Some(hex(&p.hash()).as_str()) {
+            if d.prev_digest.as_deref() != Some(hex::encode(&p.hash()).as_str()) {
                 return Err(fail(
                     Some(d.number),
                     "link",

@@ -6,7 +6,7 @@ use crate::audit::event::Part;
 use crate::audit::gdpr::{self, Hold};
 use crate::audit::ledger::Ledger;
 use crate::audit::shred;
-use crate::audit::verify::hex;
+use crate::hex;
 
 fn user(id: &str) -> Subject {
     Subject {
@@ -224,7 +224,7 @@ fn a_legal_hold_beats_erasure_and_retention() {
     let pseudonyms = f.log.resolve(&alice).unwrap();
     let hold = Hold {
         id: "case-1".into(),
-        pseudonyms: pseudonyms.iter().map(|p| hex(p)).collect(),
+        pseudonyms: pseudonyms.iter().map(|p| hex::encode(p)).collect(),
         streams: vec![Stream::DataChange],
         case: "case-1".into(),
         created: "t".into(),

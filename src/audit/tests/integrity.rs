@@ -381,7 +381,7 @@ fn resign_second_digest(f: &Fixture, root: Option<Hash>) {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let head = digest::unhex(&digests[1].chain_head).unwrap();
+    let head = crate::hex::decode(&digests[1].chain_head).unwrap();
     let resigned = Digest::sign(
         f.log.keyring.signing_key(),
         Coverage {
@@ -429,7 +429,7 @@ fn each_digest_signs_the_merkle_root_of_its_events_also_across_a_restart() {
         .collect();
     let expected: Vec<(u64, u64, Option<String>)> = expected
         .iter()
-        .map(|(from, next, root)| (*from, *next, Some(verify::hex(root))))
+        .map(|(from, next, root)| (*from, *next, Some(crate::hex::encode(root))))
         .collect();
     assert_eq!(signed, expected);
     assert_eq!(check(&f.log, Stream::Access).broken, None);
