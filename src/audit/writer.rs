@@ -62,13 +62,7 @@ fn groups(first: u64, records: &[Record]) -> Vec<(u64, &[Record])> {
     let mut out = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, record) in records.iter().enumerate() {
-        let record_size = record.header.len()
-            + record
-                .parts
-                .iter()
-                .map(|p| p.sealed.as_ref().map_or(0, Vec::len) + 96)
-                .sum::<usize>()
-            + 80;
+        let record_size = log::stored_size(record);
         if size > 0 && size + record_size > GROUP_BYTES {
             out.push((first + start as u64, &records[start..i]));
             (start, size) = (i, 0);
