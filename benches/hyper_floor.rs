@@ -5,49 +5,59 @@
 //!
 //!     hyper_floor LISTEN_ADDR UPSTREAM_URL     # e.g. 127.0.0.1:8081 http://127.0.0.1:8080
 //!
-//! `cargo bench` runs every bench target with `--bench`; this one has nothing to measure on its
-//! own and says so.
+//! Without those arguments (`cargo test --all-targets` runs it bare, `cargo bench` with
+//! `--bench`) it checks itself instead: one request through it to an upstream of its own, on
+//! ephemeral loopback ports.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 
-use http::Uri;
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() {
-    let mut args = std::env::args().skip(1).peekable();
-    if args.peek().is_some_and(|arg| arg == "--bench") {
-        println!("hyper_floor is a proxy for benches/load.sh to measure, not a benchmark");
-        return;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match &args[..] {
+        [listen, upstream] if !listen.starts_with("--") => {
+            let listen: SocketAddr = listen.parse().expect("LISTEN_ADDR is host:port");
+            let upstream: Uri = upstream.parse().expect("UPSTREAM_URL is a URL");
+            let authority = upstream
+                .authority()
+                .expect("UPSTREAM_URL has a host")
+                .clone();
+            let listener = TcpListener::bind(listen)
+                .await
+                .expect("LISTEN_ADDR can be bound");
+            proxy(listener, authority).await;
+        }
+        _ => check_itself().await,
     }
-    let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
-        eprintln!("usage: hyper_floor LISTEN_ADDR UPSTREAM_URL");
-        std::process::exit(2);
-    };
-    let listen: SocketAddr = listen.parse().expect("LISTEN_ADDR is host:port");
-    let upstream: Uri = upstream.parse().expect("UPSTREAM_URL is a URL");
-    let authority = upstream.authority().expect("UPSTREAM_URL has a host").clone();
+}
+
+/// Forwards every request on `listener` to `upstream` through one pooled client.
+async fn proxy(listener: TcpListener, upstream: Authority) {
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .expect("LISTEN_ADDR can be bound");
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
         let client = client.clone();
-        let authority = authority.clone();
-        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        let upstream = upstream.clone();
+        let service = service_fn(move |mut request: Request<Incoming>| {
             let mut target = request.uri().clone().into_parts();
-            target.scheme = Some(http::uri::Scheme::HTTP);
-            target.authority = Some(authority.clone());
+            target.scheme = Some(Scheme::HTTP);
+            target.authority = Some(upstream.clone());
             *request.uri_mut() = Uri::from_parts(target).expect("an absolute URI");
             let client = client.clone();
             async move {
@@ -61,4 +71,45 @@ async fn main() {
                 .await;
         });
     }
+}
+
+/// One request through the proxy to an upstream that names the path it was asked for.
+async fn check_itself() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let upstream_addr = upstream.local_addr().expect("bound");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = upstream.accept().await {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let body = format!("upstream saw {}", request.uri());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    let front = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+    let front_addr = front.local_addr().expect("bound");
+    let authority: Authority = upstream_addr.to_string().parse().expect("an authority");
+    tokio::spawn(proxy(front, authority));
+
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let uri: Uri = format!("http://{front_addr}/floor?check=1")
+        .parse()
+        .expect("a URI");
+    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.get(uri))
+        .await
+        .expect("the proxy answers within 30 s")
+        .expect("the proxy answers");
+    assert_eq!(response.status(), 200);
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("a whole body")
+        .to_bytes();
+    assert_eq!(&body[..], b"upstream saw /floor?check=1");
+    println!("hyper_floor: a request went through to the upstream and back");
 }
