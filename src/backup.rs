@@ -31,6 +31,7 @@ use crate::audit::ledger;
 use crate::audit::log::AuditLog;
 use crate::audit::verify;
 use crate::config::StoreConfig;
+use crate::hex;
 use crate::store::{Store, StoreError};
 
 /// The folder inside the data directory that default backups go to.
@@ -327,7 +328,7 @@ fn audit_heads(log: &AuditLog) -> Result<BTreeMap<&'static str, StreamHead>, Sto
             stream.as_str(),
             StreamHead {
                 events: log.count(stream)? as u64,
-                head: crate::hex::encode(&head),
+                head: hex::encode(&head),
             },
         );
     }

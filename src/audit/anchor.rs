@@ -91,7 +91,7 @@ impl Anchor {
     }
 
     pub fn signed_by(&self, key: &VerifyingKey, origin: &str, stream: Stream) -> bool {
-        let Some(signature) = crate::hex::decode(&self.signature)
+        let Some(signature) = hex::decode(&self.signature)
             .and_then(|bytes| <[u8; 64]>::try_from(bytes).ok())
             .map(|bytes| Signature::from_bytes(&bytes))
         else {
@@ -124,7 +124,7 @@ impl Anchor {
         let number = |name: &str| value.get(name)?.as_u64();
         let anchor = Anchor {
             pruned_through: number("pruned_through")?,
-            chain: crate::hex::decode(&text("chain")?)?.try_into().ok()?,
+            chain: hex::decode(&text("chain")?)?.try_into().ok()?,
             through_day: u32::try_from(number("through_day")?).ok()?,
             time: text("time")?,
             header_days: u32::try_from(number("header_days")?).ok()?,

@@ -119,7 +119,7 @@ impl Digest {
 
     /// Whether `key` signed exactly these fields.
     pub fn signed_by(&self, key: &VerifyingKey) -> bool {
-        let Some(bytes) = crate::hex::decode(&self.signature) else {
+        let Some(bytes) = hex::decode(&self.signature) else {
             return false;
         };
         let Ok(signature) = Signature::from_slice(&bytes) else {
@@ -140,7 +140,7 @@ pub fn fingerprint(key: &VerifyingKey) -> String {
 
 /// A public key from its hex form.
 pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
-    let bytes: [u8; 32] = crate::hex::decode(text)?.try_into().ok()?;
+    let bytes: [u8; 32] = hex::decode(text)?.try_into().ok()?;
     VerifyingKey::from_bytes(&bytes).ok()
 }
 
@@ -288,8 +288,6 @@ mod tests {
         let forged = Digest::sign(&other, coverage(&[2; 32]), Some(&first));
         assert!(!forged.signed_by(&key.verifying_key()));
         assert!(parse_public_key(&hex::encode(key.verifying_key().as_bytes())).is_some());
-        assert_eq!(crate::hex::decode("0aff"), Some(vec![10, 255]));
-        assert_eq!(crate::hex::decode("0g"), None);
     }
 
     #[test]

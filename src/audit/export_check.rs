@@ -154,7 +154,7 @@ fn check_event(
 }
 
 fn hash_of(value: &Value) -> Option<Hash> {
-    crate::hex::decode(value.as_str()?)?.try_into().ok()
+    hex::decode(value.as_str()?)?.try_into().ok()
 }
 
 fn hashes_of(value: &Value) -> Option<Vec<Hash>> {

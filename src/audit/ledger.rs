@@ -107,7 +107,7 @@ impl Ledger {
             };
             let entry: Entry = serde_json::from_str(&line).map_err(|_| bad())?;
             for kid in entry.kids {
-                let kid: [u8; 16] = crate::hex::decode(&kid)
+                let kid: [u8; 16] = hex::decode(&kid)
                     .and_then(|k| k.try_into().ok())
                     .ok_or_else(bad)?;
                 kids.insert(kid);

@@ -46,7 +46,7 @@ pub fn problem(document: &Value, pinned: &VerifyingKey) -> Option<&'static str> 
         manifest["key_fingerprint"].as_str(),
         manifest["signature"]
             .as_str()
-            .and_then(crate::hex::decode)
+            .and_then(hex::decode)
             .and_then(|bytes| Signature::from_slice(&bytes).ok()),
     ) else {
         return Some("malformed");

@@ -64,6 +64,7 @@ use crate::audit::keys::Keyring;
 use crate::audit::ledger::Ledger;
 use crate::audit::log::AuditLog;
 use crate::audit::writer::Writer;
+use crate::hex;
 use crate::metrics::{Counter, Exposition, Gauge};
 use crate::store::{Store, StoreError};
 
@@ -302,8 +303,7 @@ const KEYRING_BINDING: &[u8] = b"audit_keyring";
 /// anew, as before: verification reports the digests it did not sign. Blocking (startup).
 fn open_keyring(store: &Store, data_dir: &Path) -> Result<Keyring, StoreError> {
     let meta = store.tree(crate::store::trees::META)?;
-    let binding =
-        |keyring: &Keyring| crate::hex::encode(&keyring.pseudonym("seawall", "keyring binding"));
+    let binding = |keyring: &Keyring| hex::encode(&keyring.pseudonym("seawall", "keyring binding"));
     let not_ours = |detail: String| StoreError::KeysNotThisStores {
         path: data_dir.join("keys"),
         detail,

@@ -32,6 +32,7 @@ use crate::audit::event::{self, KeyClass, Stream};
 use crate::audit::gdpr::{self, Hold};
 use crate::audit::log::{self, AuditLog, KeyRecord};
 use crate::audit::shred;
+use crate::hex;
 use crate::store::StoreError;
 
 /// Keys destroyed per batch.
@@ -283,8 +284,7 @@ fn bucket_held(
             continue;
         }
         for pseudonym in &hold.pseudonyms {
-            let Some(pseudonym) =
-                crate::hex::decode(pseudonym).and_then(|p| <[u8; 16]>::try_from(p).ok())
+            let Some(pseudonym) = hex::decode(pseudonym).and_then(|p| <[u8; 16]>::try_from(p).ok())
             else {
                 continue;
             };

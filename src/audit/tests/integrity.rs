@@ -9,6 +9,7 @@ use crate::audit::digest::{self, Coverage, Digest};
 use crate::audit::event::{self, Hash, Record};
 use crate::audit::merkle;
 use crate::audit::verify::Break;
+use crate::hex;
 
 /// A digest every five events, and none for time alone.
 fn every_five() -> DigestPolicy {
@@ -381,7 +382,7 @@ fn resign_second_digest(f: &Fixture, root: Option<Hash>) {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let head = crate::hex::decode(&digests[1].chain_head).unwrap();
+    let head = hex::decode(&digests[1].chain_head).unwrap();
     let resigned = Digest::sign(
         f.log.keyring.signing_key(),
         Coverage {
@@ -429,7 +430,7 @@ fn each_digest_signs_the_merkle_root_of_its_events_also_across_a_restart() {
         .collect();
     let expected: Vec<(u64, u64, Option<String>)> = expected
         .iter()
-        .map(|(from, next, root)| (*from, *next, Some(crate::hex::encode(root))))
+        .map(|(from, next, root)| (*from, *next, Some(hex::encode(root))))
         .collect();
     assert_eq!(signed, expected);
     assert_eq!(check(&f.log, Stream::Access).broken, None);
