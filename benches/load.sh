@@ -219,6 +219,11 @@ for target in hyper seawall all; do
   awk -v t="$target" -v a="$t_rps" -v b="$2" -v c="$t_p99" -v d="$4" \
     'BEGIN { printf "%-11s vs nginx: requests/s %.2fx, p99 %.2fx\n", t, a / b, c / d }'
 done
+# What seawall adds to its own stack: the same proxying through hyper with nothing between.
+set -- ${row[seawall]}; s_rps=$2 s_p99=$4 s_cpu=$7
+set -- ${row[hyper]}
+awk -v a="$s_rps" -v b="$2" -v c="$s_p99" -v d="$4" -v e="$s_cpu" -v f="$7" \
+  'BEGIN { printf "seawall     vs hyper: requests/s %.2fx, p99 %.2fx, CPU per request +%.1f us\n", a / b, c / d, e - f }'
 set -- ${row[all]}; a_rps=$2 a_p99=$4
 set -- ${row[all-noaudit]}
 awk -v a="$a_rps" -v b="$2" -v c="$a_p99" -v d="$4" \
