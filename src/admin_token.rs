@@ -13,6 +13,7 @@ use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
 use crate::config::{AdminConfig, Secret};
+use crate::hex;
 
 /// Where the token in use came from, for the startup log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,11 +60,7 @@ impl AdminToken {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir_all(data_dir)?;
-                let token = format!(
-                    "{:032x}{:032x}",
-                    rand::random::<u128>(),
-                    rand::random::<u128>()
-                );
+                let token = hex::encode(&rand::random::<[u8; 32]>());
                 let mut file = OpenOptions::new()
                     .write(true)
                     .create_new(true)

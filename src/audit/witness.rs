@@ -394,7 +394,10 @@ pub fn exposition(report: &Report, target: &str, now: SystemTime) -> String {
 /// cannot mix their states: the last rename wins, whole.
 pub fn write_whole(path: &Path, text: &str) -> Result<(), String> {
     let mut partial = path.as_os_str().to_owned();
-    partial.push(format!(".{:016x}.partial", rand::random::<u64>()));
+    partial.push(format!(
+        ".{}.partial",
+        hex::encode(&rand::random::<[u8; 8]>())
+    ));
     let partial = std::path::PathBuf::from(partial);
     let written = std::fs::File::create(&partial)
         .and_then(|mut file| {
