@@ -315,11 +315,15 @@ fn stalled_transfers_have_bounds() {
 }
 
 #[test]
+fn kept_backups_are_bounded() {
+    assert_eq!(error("[backup]\nkeep = 1001\n", &[]).key, "backup.keep");
+}
+
+#[test]
 fn request_heads_are_bounded_from_hyper_minimum_up() {
     assert_eq!(load("", &[]).unwrap().server.max_header_bytes, 32 * 1024);
     let e = error("[server]\nmax_header_bytes = 4096\n", &[]);
     assert_eq!(e.key, "server.max_header_bytes");
-    assert_eq!(error("[backup]\nkeep = 1001\n", &[]).key, "backup.keep");
     assert!(e.message.contains("8192"), "{}", e.message);
 }
 
