@@ -9,8 +9,9 @@
 //! chain head. `seawall backup --to DIR` does the same for a stopped server.
 //!
 //! What is copied: the store, `keys/` and the top-level files of the data directory (the
-//! admin token), not earlier backups and not the erasure ledger (`audit::ledger`), which a
-//! restore must keep as it is so that erasures made after the backup are replayed.
+//! admin token), not earlier backups, not the erasure ledger (`audit::ledger`), which a
+//! restore must keep as it is so that erasures made after the backup are replayed, and not
+//! the audit watermark (`audit::watermark`), which would hide the rollback a restore is.
 //!
 //! Default backups (`backups/<UTC time>`) are bounded: after each verified one, [`prune`]
 //! deletes the oldest beyond `backup.keep`, since they share the volume with the store and a
@@ -30,6 +31,7 @@ use crate::audit::keys::Keyring;
 use crate::audit::ledger;
 use crate::audit::log::AuditLog;
 use crate::audit::verify;
+use crate::audit::watermark;
 use crate::config::StoreConfig;
 use crate::hex;
 use crate::store::{Store, StoreError};
@@ -395,9 +397,14 @@ fn check_copy(
 /// a new directory `to`; earlier backups and anything else are left out. Returns the bytes
 /// copied.
 fn copy_data_dir(data_dir: &Path, to: &Path) -> Result<u64, BackupError> {
-    // The erasure ledger stays out: restoring a backup must never replace a newer ledger.
+    // The erasure ledger stays out: restoring a backup must never replace a newer ledger. So
+    // does the watermark: restored over a data directory, it would hide the rollback.
     let mut bytes = copy_dir(data_dir, to, &|entry| {
-        entry.file_type().is_ok_and(|t| t.is_file()) && entry.file_name() != ledger::FILE
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        entry.file_type().is_ok_and(|t| t.is_file())
+            && name != ledger::FILE
+            && !name.starts_with(watermark::FILE)
     })?;
     for folder in ["store", "keys"] {
         if data_dir.join(folder).is_dir() {

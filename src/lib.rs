@@ -21,7 +21,7 @@
 //!   database.
 //! - `audit`: the audit trail (model, redaction, keys, writer, policy, middleware, retention,
 //!   query, signed digests and verification, GDPR rights, crypto-shredding, the erasure
-//!   ledger); `backup`: verified copies of the data directory.
+//!   ledger, the watermark); `backup`: verified copies of the data directory.
 //! - `admin_*`: the admin API of each subsystem.
 //! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`, `hex`:
 //!   utilities.

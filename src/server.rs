@@ -116,6 +116,7 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
     if let Some(started) = state.unclean_previous_run {
         state.audit.unclean_end_event(started).await;
     }
+    state.audit.rollback_event().await;
     state.audit.system_event("sys.startup").await;
     tracing::info!(proxy = %listeners.proxy_addr(), admin = %listeners.admin_addr(), "listening");
 

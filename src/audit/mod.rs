@@ -11,6 +11,8 @@
 //!   needed periods when the data volume fills up.
 //! - `verify`, `digest`, `merkle`: checking chains, and the signed digests that cover them
 //!   (with a Merkle root over each batch, for single-event inclusion proofs).
+//! - `watermark`: the heads each flush made durable, kept beside the store, so a start can
+//!   tell that the store went back.
 //! - `gdpr`, `shred`, `ledger`: subject access, erasure and its record; `proofs`: the
 //!   exported events' inclusion proofs; `manifest`: the export's signature; `export_check`:
 //!   checking an export offline.
@@ -44,6 +46,7 @@ pub mod redact;
 pub mod retention;
 pub mod shred;
 pub mod verify;
+pub mod watermark;
 pub mod witness;
 pub mod writer;
 
@@ -63,6 +66,7 @@ use crate::audit::capacity::Step;
 use crate::audit::keys::Keyring;
 use crate::audit::ledger::Ledger;
 use crate::audit::log::AuditLog;
+use crate::audit::watermark::Watermark;
 use crate::audit::writer::Writer;
 use crate::hex;
 use crate::metrics::{Counter, Exposition, Gauge};
@@ -271,6 +275,8 @@ struct AuditMetrics {
     verifications_failed: Counter,
     verification_broken: Gauge,
     verified_at: Gauge,
+    /// 1 when this start found the store behind the watermark.
+    rolled_back: Gauge,
 }
 
 pub struct AuditTrail {
@@ -290,6 +296,9 @@ pub struct AuditTrail {
     data_dir: PathBuf,
     /// The guard's current [`Step`], which retention runs apply.
     capacity_step: AtomicU8,
+    /// Where the store was found behind the watermark at start, for the `integrity.rollback`
+    /// event.
+    rollback: Vec<watermark::Rollback>,
 }
 
 /// Where the store keeps a check value of the pseudonym key it was written with.
@@ -356,7 +365,36 @@ impl AuditTrail {
                 "retention anchors from an earlier version signed (their period unknown)"
             );
         }
-        let writer = Writer::new(log.clone())?;
+        let mut writer = Writer::new(log.clone())?;
+        let watermark = Watermark::new(data_dir);
+        let rollback = match watermark.read() {
+            Ok(Some(mark)) => writer.behind(&mark),
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                tracing::warn!(
+                    path = %watermark.path().display(),
+                    error = %e,
+                    "the audit watermark is unreadable, so this start cannot tell whether the store went back; the next flush rewrites it"
+                );
+                Vec::new()
+            }
+        };
+        writer.keep_watermark(watermark);
+        let metrics = AuditMetrics::default();
+        if !rollback.is_empty() {
+            metrics.rolled_back.set(1);
+            let streams: Vec<String> = rollback
+                .iter()
+                .map(|r| match r.chain_differs {
+                    true => format!("{}: another chain at {}", r.stream, r.store_next_seq),
+                    false => format!("{}: {} missing", r.stream, r.missing_events),
+                })
+                .collect();
+            tracing::error!(
+                streams = streams.join(", "),
+                "the audit store holds less than the previous run flushed (a restored backup, or a replaced or damaged store): recorded as integrity.rollback"
+            );
+        }
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         Ok(AuditTrail {
             log,
@@ -366,9 +404,10 @@ impl AuditTrail {
             tx,
             rx: std::sync::Mutex::new(Some((rx, writer))),
             unreported_drops: AtomicU64::new(0),
-            metrics: Arc::new(AuditMetrics::default()),
+            metrics: Arc::new(metrics),
             data_dir: data_dir.to_path_buf(),
             capacity_step: AtomicU8::new(Step::Normal.level()),
+            rollback,
         })
     }
 
@@ -463,6 +502,19 @@ impl AuditTrail {
                 "flush_interval_ms",
                 json!(self.config.flush_interval.as_millis() as u64),
             );
+        self.record(draft.important()).await;
+    }
+
+    /// Records what [`AuditTrail::open`] found behind the watermark, if anything, as
+    /// `integrity.rollback` (outcome failure): the trail then says where it went back instead
+    /// of continuing as if it had not.
+    pub async fn rollback_event(&self) {
+        if self.rollback.is_empty() {
+            return;
+        }
+        let draft = system_draft("integrity.rollback", "failure")
+            .field("streams", json!(self.rollback))
+            .field("watermark", json!(watermark::FILE));
         self.record(draft.important()).await;
     }
 
@@ -573,6 +625,11 @@ impl AuditTrail {
                 "seawall_audit_last_verification_timestamp_seconds",
                 "When the latest full verification ended (Unix seconds; 0 before the first).",
                 &self.metrics.verified_at,
+            ),
+            (
+                "seawall_audit_store_rolled_back",
+                "1 when this start found the audit store behind the watermark the previous run left (an integrity.rollback event says where), else 0.",
+                &self.metrics.rolled_back,
             ),
             (
                 "seawall_data_volume_size_bytes",

@@ -18,6 +18,7 @@ use crate::audit::event::{self, Draft, Hash, KeyClass, Record, StoredPart, Strea
 use crate::audit::keys::{self, DataKey, Pseudonym};
 use crate::audit::log::{self, AuditLog, KeyRecord};
 use crate::audit::merkle::Frontier;
+use crate::audit::watermark::{self, Watermark};
 use crate::store::StoreError;
 
 /// Bounds on the writer's caches: past these they are cleared and refilled from sled.
@@ -47,6 +48,9 @@ pub struct Writer {
     /// The bucket day never goes backwards, even if the clock does, so each stream's buckets
     /// stay in sequence order.
     day: u32,
+    /// Where each flush leaves the heads it made durable, if anywhere; and whether the last
+    /// attempt failed (reported once, not at every flush).
+    watermark: Option<(Watermark, bool)>,
 }
 
 /// Records are grouped up to about this many bytes: large enough that sled does one insert per
@@ -157,12 +161,40 @@ impl Writer {
             unsigned,
             generation,
             day,
+            watermark: None,
         })
     }
 
-    /// Makes everything committed so far durable. Blocking.
-    pub fn flush(&self) -> Result<(), StoreError> {
-        self.log.store.flush().map(drop)
+    /// From now on each successful flush records the heads in `watermark`.
+    pub fn keep_watermark(&mut self, watermark: Watermark) {
+        self.watermark = Some((watermark, false));
+    }
+
+    /// Where the store is behind what `watermark` says an earlier run flushed.
+    pub fn behind(&self, mark: &watermark::Mark) -> Vec<watermark::Rollback> {
+        watermark::compare(mark, &self.heads)
+    }
+
+    /// Makes everything committed so far durable, then records the heads in the watermark.
+    /// The store is what matters: a mark that cannot be written is reported, not an error.
+    /// Blocking.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.log.store.flush()?;
+        if let Some((watermark, failing)) = &mut self.watermark {
+            match watermark.write(&self.heads) {
+                Ok(()) => *failing = false,
+                Err(e) if !*failing => {
+                    *failing = true;
+                    tracing::warn!(
+                        path = %watermark.path().display(),
+                        error = %e,
+                        "the audit watermark could not be written: a rollback of the store would go unnoticed at the next start"
+                    );
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// The next sequence number of each stream.

@@ -3,7 +3,7 @@
 //! online backups and a restore. Stored events are read back with seawall's own library from
 //! the data directory once the process has exited.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use tempfile::TempDir;
 use crate::backend::Backend;
 use crate::support::{
     ADMIN_TOKEN, PROCESS_TIMEOUT, Seawall, admin_get, assert_error, full, get, metric, send,
+    try_send,
 };
 
 pub(crate) fn config(backend: &Backend, extra: &str) -> String {
@@ -768,6 +769,93 @@ fn the_offline_backup_refuses_a_folder_that_is_no_data_directory_or_a_copy_into_
         let refusal = backup(&data, &inside);
         assert!(refusal.contains("which the backup copies"), "{refusal}");
     }
+}
+
+/// The watermark (`audit::watermark`): a store restored in place from an older backup holds
+/// fewer events than the previous run flushed, and the next start says so (an
+/// `integrity.rollback` event naming the streams, the gauge, a log line) instead of appending
+/// as if nothing had happened. Once: the start after it finds nothing behind. A deliberate
+/// restore that removes the watermark, as the README's procedure says, reports nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_restored_in_place_is_reported_as_a_rollback() {
+    let backend = Backend::start().await;
+    let configuration = config(&backend, "");
+    let dir = Arc::new(TempDir::new().unwrap());
+    async fn requests(seawall: &Seawall, n: usize) {
+        for _ in 0..n {
+            assert_eq!(get(&seawall.proxy_url("/api/status/200")).await.status, 200);
+        }
+    }
+    async fn rollbacks(seawall: &Seawall) -> Vec<Value> {
+        query_all(seawall, "stream=system&type=integrity.rollback").await
+    }
+    /// The gauge, read first after each start; a failure carries seawall's log.
+    async fn rolled_back(seawall: &Seawall) -> Option<f64> {
+        let url = seawall.admin_url("/metrics");
+        match try_send(Method::GET, &url, &[], full(Bytes::new())).await {
+            Ok(reply) => metric(&reply.text(), "seawall_audit_store_rolled_back"),
+            Err(e) => panic!("GET /metrics: {e}; seawall's log:\n{}", seawall.logs()),
+        }
+    }
+    let mut seawall = Seawall::start_in(dir.clone(), &configuration, &[]);
+    requests(&seawall, 3).await;
+    await_events(&seawall, "api", 3).await;
+    let backup = admin(&seawall, Method::POST, "/admin/backup", json!({}), &[]).await;
+    assert_eq!(backup.status, 201, "{}", backup.text());
+    let backup = PathBuf::from(backup.json()["path"].as_str().unwrap());
+    requests(&seawall, 5).await;
+    await_events(&seawall, "api", 8).await;
+    seawall.signal("TERM");
+    assert!(seawall.wait_exit(PROCESS_TIMEOUT).success());
+    let data_dir = seawall.data_dir();
+    assert!(data_dir.join("audit-watermark.json").is_file());
+    assert!(
+        !backup.join("audit-watermark.json").exists(),
+        "backups leave the watermark out"
+    );
+    let restore = || {
+        for folder in ["store", "keys"] {
+            std::fs::remove_dir_all(data_dir.join(folder)).unwrap();
+        }
+        copy_tree(&backup, &data_dir);
+    };
+
+    restore();
+    let mut restored = Seawall::start_in(dir.clone(), &configuration, &[]);
+    assert_eq!(rolled_back(&restored).await, Some(1.0));
+    barrier(&restored).await;
+    let reported = rollbacks(&restored).await;
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0]["outcome"], "failure");
+    let access = reported[0]["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stream"] == "access")
+        .cloned()
+        .unwrap_or_else(|| panic!("{reported:?}"));
+    // The five requests after the backup and their events are what the store lost; the
+    // backup's own admin event too.
+    assert!(access["missing_events"].as_u64().unwrap() >= 5, "{access}");
+    assert_eq!(access["chain_differs"], false);
+    assert!(restored.logs().contains("recorded as integrity.rollback"));
+    restored.signal("TERM");
+    assert!(restored.wait_exit(PROCESS_TIMEOUT).success());
+
+    let mut again = Seawall::start_in(dir.clone(), &configuration, &[]);
+    assert_eq!(rolled_back(&again).await, Some(0.0));
+    assert_eq!(rollbacks(&again).await.len(), 1, "reported once");
+    again.signal("TERM");
+    assert!(again.wait_exit(PROCESS_TIMEOUT).success());
+
+    restore();
+    std::fs::remove_file(data_dir.join("audit-watermark.json")).unwrap();
+    let mut deliberate = Seawall::start_in(dir, &configuration, &[]);
+    assert_eq!(rolled_back(&deliberate).await, Some(0.0));
+    barrier(&deliberate).await;
+    assert!(rollbacks(&deliberate).await.is_empty());
+    deliberate.signal("TERM");
+    assert!(deliberate.wait_exit(PROCESS_TIMEOUT).success());
 }
 
 /// A restore that brings the store back without its `keys/`, without its pseudonym key, or

@@ -180,6 +180,13 @@ async fn the_witness_extends_its_digests_and_catches_a_trail_started_anew() {
     traffic(&seawall, 1).await;
     let verified = admin_get(&seawall, "/admin/audit/verify").await.json();
     assert_eq!(verified["ok"], true, "{verified}");
+    // The machine's own watermark notices a wipe done by hand (not one done by whoever can
+    // also edit that file: that is the witness's job).
+    let metrics = admin_get(&seawall, "/metrics").await.text();
+    assert_eq!(
+        metric(&metrics, "seawall_audit_store_rolled_back"),
+        Some(1.0)
+    );
     let kept = state_bytes(&witness.state());
     let (code, caught, stderr) = witness.run(&seawall.admin_url("")).await;
     assert_eq!(code, Some(1), "{caught} {stderr}");
