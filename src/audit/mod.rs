@@ -386,7 +386,10 @@ impl AuditTrail {
             let streams: Vec<String> = rollback
                 .iter()
                 .map(|r| match r.chain_differs {
-                    true => format!("{}: another chain at {}", r.stream, r.store_next_seq),
+                    true => format!(
+                        "{}: not the trail marked at {}",
+                        r.stream, r.watermark_next_seq
+                    ),
                     false => format!("{}: {} missing", r.stream, r.missing_events),
                 })
                 .collect();

@@ -5,8 +5,9 @@
 //! The store alone cannot tell that it went back in time: a store replaced by an older backup,
 //! wiped, or missing its tail opens and appends from its own head as if nothing happened. At
 //! start [`compare`] holds the store's heads against the mark, and what is behind (fewer events
-//! than the mark says were on disk, or the same number with another chain value) is reported
-//! as an `integrity.rollback` event, a log line and a gauge, instead of staying silent. This
+//! than the mark says were on disk) or another trail (another chain value after the mark's
+//! last event) is reported as an `integrity.rollback` event, a log line and a gauge, instead
+//! of staying silent. This
 //! guards against accidents on the machine; someone who can edit the data directory can edit
 //! this file too, which is what the digest feed and `seawall audit witness` (from another
 //! machine) are for.
@@ -66,21 +67,35 @@ pub struct Rollback {
     pub store_next_seq: u64,
     /// Events the mark counted that the store does not have (0 when only the chain differs).
     pub missing_events: u64,
-    /// The store reaches the mark's sequence number with another chain value: it is another
-    /// trail, or a rewritten one.
+    /// The store holds the mark's last event with another chain value: it is another trail,
+    /// or a rewritten one.
     pub chain_differs: bool,
 }
 
-/// Where the store is behind `mark`. A store ahead of the mark is not reported: the mark
-/// lags the store after a crash between a flush and its write.
-pub fn compare(mark: &Mark, heads: &HashMap<Stream, (u64, Hash)>) -> Vec<Rollback> {
+/// Where the store is behind `mark`, or not the trail the mark was taken of. A store ahead of
+/// the mark is normal (the mark lags the store after a crash between a flush and its write),
+/// as long as it continues the marked trail: `chain_at(stream, seq)` is the stored chain value
+/// after event `seq`, `None` when the store no longer holds it (retention), and then there is
+/// nothing to compare.
+pub fn compare(
+    mark: &Mark,
+    heads: &HashMap<Stream, (u64, Hash)>,
+    chain_at: impl Fn(Stream, u64) -> Option<Hash>,
+) -> Vec<Rollback> {
     let mut behind = Vec::new();
     for stream in Stream::ALL {
         let Some(marked) = mark.streams.get(stream.as_str()) else {
             continue;
         };
         let (next_seq, chain) = heads.get(&stream).copied().unwrap_or((0, [0; 32]));
-        let chain_differs = next_seq == marked.next_seq && hex::encode(&chain) != marked.chain;
+        let stored_at_mark = match next_seq.cmp(&marked.next_seq) {
+            std::cmp::Ordering::Less => None,
+            std::cmp::Ordering::Equal => Some(chain),
+            // The chain value before event 0 is the stream's genesis: nothing was marked.
+            std::cmp::Ordering::Greater if marked.next_seq == 0 => None,
+            std::cmp::Ordering::Greater => chain_at(stream, marked.next_seq - 1),
+        };
+        let chain_differs = stored_at_mark.is_some_and(|c| hex::encode(&c) != marked.chain);
         if next_seq < marked.next_seq || chain_differs {
             behind.push(Rollback {
                 stream: stream.as_str(),
@@ -155,18 +170,43 @@ mod tests {
         ])
     }
 
+    /// A store whose chain value after event 9 of `access` is `at_9`, and holds nothing else.
+    fn stored(at_9: u8) -> impl Fn(Stream, u64) -> Option<Hash> {
+        move |stream, seq| (stream == Stream::Access && seq == 9).then_some([at_9; 32])
+    }
+
     #[test]
-    fn the_same_or_a_later_store_is_not_behind() {
+    fn the_same_store_or_one_that_continues_it_is_not_behind() {
         let mark = Mark::of(&heads((10, 1), (3, 2)));
-        assert!(compare(&mark, &heads((10, 1), (3, 2))).is_empty());
-        assert!(compare(&mark, &heads((12, 7), (3, 2))).is_empty());
-        assert!(compare(&Mark::default(), &heads((0, 0), (0, 0))).is_empty());
+        assert!(compare(&mark, &heads((10, 1), (3, 2)), stored(1)).is_empty());
+        assert!(compare(&mark, &heads((12, 7), (3, 2)), stored(1)).is_empty());
+        // Event 9 pruned since: nothing left to compare.
+        assert!(compare(&mark, &heads((12, 7), (3, 2)), |_, _| None).is_empty());
+        assert!(compare(&Mark::default(), &heads((0, 0), (0, 0)), stored(1)).is_empty());
+        let nothing_marked = Mark::of(&heads((0, 5), (0, 6)));
+        assert!(compare(&nothing_marked, &heads((4, 1), (2, 2)), |_, _| None).is_empty());
+    }
+
+    #[test]
+    fn a_longer_store_that_does_not_continue_the_marked_trail_is_reported() {
+        let mark = Mark::of(&heads((10, 1), (3, 2)));
+        let other = compare(&mark, &heads((40, 7), (3, 2)), stored(8));
+        assert_eq!(
+            other,
+            [Rollback {
+                stream: "access",
+                watermark_next_seq: 10,
+                store_next_seq: 40,
+                missing_events: 0,
+                chain_differs: true,
+            }]
+        );
     }
 
     #[test]
     fn fewer_events_or_another_chain_is_a_rollback() {
         let mark = Mark::of(&heads((10, 1), (3, 2)));
-        let behind = compare(&mark, &heads((4, 1), (3, 9)));
+        let behind = compare(&mark, &heads((4, 1), (3, 9)), stored(1));
         assert_eq!(
             behind,
             [
@@ -187,7 +227,7 @@ mod tests {
             ]
         );
         // A wiped store has no heads at all.
-        let wiped = compare(&mark, &HashMap::new());
+        let wiped = compare(&mark, &HashMap::new(), |_, _| None);
         assert_eq!(wiped.len(), 2);
         assert_eq!(wiped[0].missing_events, 10);
     }

@@ -170,9 +170,14 @@ impl Writer {
         self.watermark = Some((watermark, false));
     }
 
-    /// Where the store is behind what `watermark` says an earlier run flushed.
+    /// Where the store is behind what `watermark` says an earlier run flushed, or is not the
+    /// trail it was taken of. Blocking.
     pub fn behind(&self, mark: &watermark::Mark) -> Vec<watermark::Rollback> {
-        watermark::compare(mark, &self.heads)
+        let chain_at = |stream, seq| match self.log.events_from(stream, seq).next() {
+            Some(Ok((stored, record))) if stored == seq => Some(record.chain),
+            _ => None,
+        };
+        watermark::compare(mark, &self.heads, chain_at)
     }
 
     /// Makes everything committed so far durable, then records the heads in the watermark.

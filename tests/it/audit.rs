@@ -775,7 +775,8 @@ fn the_offline_backup_refuses_a_folder_that_is_no_data_directory_or_a_copy_into_
 /// fewer events than the previous run flushed, and the next start says so (an
 /// `integrity.rollback` event naming the streams, the gauge, a log line) instead of appending
 /// as if nothing had happened. Once: the start after it finds nothing behind. A deliberate
-/// restore that removes the watermark, as the README's procedure says, reports nothing.
+/// restore that removes the watermark, as the README's procedure says, reports nothing. A
+/// store swapped for another machine's, longer one is reported as another chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_restored_in_place_is_reported_as_a_rollback() {
     let backend = Backend::start().await;
@@ -788,6 +789,17 @@ async fn a_store_restored_in_place_is_reported_as_a_rollback() {
     }
     async fn rollbacks(seawall: &Seawall) -> Vec<Value> {
         query_all(seawall, "stream=system&type=integrity.rollback").await
+    }
+    /// The `access` entry of the one `integrity.rollback` event reported.
+    fn access_entry(reported: &[Value]) -> Value {
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        reported[0]["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stream"] == "access")
+            .cloned()
+            .unwrap_or_else(|| panic!("{reported:?}"))
     }
     /// The gauge, read first after each start; a failure carries seawall's log.
     async fn rolled_back(seawall: &Seawall) -> Option<f64> {
@@ -825,15 +837,8 @@ async fn a_store_restored_in_place_is_reported_as_a_rollback() {
     assert_eq!(rolled_back(&restored).await, Some(1.0));
     barrier(&restored).await;
     let reported = rollbacks(&restored).await;
-    assert_eq!(reported.len(), 1, "{reported:?}");
+    let access = access_entry(&reported);
     assert_eq!(reported[0]["outcome"], "failure");
-    let access = reported[0]["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stream"] == "access")
-        .cloned()
-        .unwrap_or_else(|| panic!("{reported:?}"));
     // The five requests after the backup and their events are what the store lost; the
     // backup's own admin event too.
     assert!(access["missing_events"].as_u64().unwrap() >= 5, "{access}");
@@ -850,12 +855,33 @@ async fn a_store_restored_in_place_is_reported_as_a_rollback() {
 
     restore();
     std::fs::remove_file(data_dir.join("audit-watermark.json")).unwrap();
-    let mut deliberate = Seawall::start_in(dir, &configuration, &[]);
+    let mut deliberate = Seawall::start_in(dir.clone(), &configuration, &[]);
     assert_eq!(rolled_back(&deliberate).await, Some(0.0));
     barrier(&deliberate).await;
     assert!(rollbacks(&deliberate).await.is_empty());
     deliberate.signal("TERM");
     assert!(deliberate.wait_exit(PROCESS_TIMEOUT).success());
+
+    // Another machine's store and keys, with more events than this one ever had: not behind,
+    // but not the trail the watermark was taken of.
+    let mut other = Seawall::start(&configuration);
+    requests(&other, 30).await;
+    await_events(&other, "api", 30).await;
+    other.signal("TERM");
+    assert!(other.wait_exit(PROCESS_TIMEOUT).success());
+    for folder in ["store", "keys"] {
+        std::fs::remove_dir_all(data_dir.join(folder)).unwrap();
+        copy_tree(&other.data_dir().join(folder), &data_dir.join(folder));
+    }
+    let mut swapped = Seawall::start_in(dir, &configuration, &[]);
+    assert_eq!(rolled_back(&swapped).await, Some(1.0));
+    barrier(&swapped).await;
+    let access = access_entry(&rollbacks(&swapped).await);
+    assert_eq!(access["chain_differs"], true);
+    assert_eq!(access["missing_events"], 0);
+    assert!(access["store_next_seq"].as_u64() > access["watermark_next_seq"].as_u64());
+    swapped.signal("TERM");
+    assert!(swapped.wait_exit(PROCESS_TIMEOUT).success());
 }
 
 /// A restore that brings the store back without its `keys/`, without its pseudonym key, or
