@@ -336,6 +336,45 @@ fn open_keyring(store: &Store, data_dir: &Path) -> Result<Keyring, StoreError> {
     }
 }
 
+/// Holds the store against the watermark the previous run left (`watermark`), says what it
+/// found behind, and hands the watermark to the writer to keep. Blocking (startup).
+fn check_watermark(writer: &mut Writer, data_dir: &Path) -> Vec<watermark::Rollback> {
+    let watermark = Watermark::new(data_dir);
+    let rollback = match watermark.read() {
+        Ok(Some(mark)) => writer.behind(&mark),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(
+                path = %watermark.path().display(),
+                error = %e,
+                "the audit watermark is unreadable, so this start cannot tell whether the store went back; the next flush rewrites it"
+            );
+            Vec::new()
+        }
+    };
+    writer.keep_watermark(watermark);
+    if !rollback.is_empty() {
+        let streams: Vec<String> = rollback
+            .iter()
+            .map(|r| {
+                if r.chain_differs {
+                    format!(
+                        "{}: not the trail marked at {}",
+                        r.stream, r.watermark_next_seq
+                    )
+                } else {
+                    format!("{}: {} missing", r.stream, r.missing_events)
+                }
+            })
+            .collect();
+        tracing::error!(
+            streams = streams.join(", "),
+            "the audit store holds less than the previous run flushed (a restored backup, or a replaced or damaged store): recorded as integrity.rollback"
+        );
+    }
+    rollback
+}
+
 impl AuditTrail {
     /// Opens the keys and the log and prepares the writer. Blocking (startup).
     pub fn open(
@@ -366,38 +405,9 @@ impl AuditTrail {
             );
         }
         let mut writer = Writer::new(log.clone())?;
-        let watermark = Watermark::new(data_dir);
-        let rollback = match watermark.read() {
-            Ok(Some(mark)) => writer.behind(&mark),
-            Ok(None) => Vec::new(),
-            Err(e) => {
-                tracing::warn!(
-                    path = %watermark.path().display(),
-                    error = %e,
-                    "the audit watermark is unreadable, so this start cannot tell whether the store went back; the next flush rewrites it"
-                );
-                Vec::new()
-            }
-        };
-        writer.keep_watermark(watermark);
+        let rollback = check_watermark(&mut writer, data_dir);
         let metrics = AuditMetrics::default();
-        if !rollback.is_empty() {
-            metrics.rolled_back.set(1);
-            let streams: Vec<String> = rollback
-                .iter()
-                .map(|r| match r.chain_differs {
-                    true => format!(
-                        "{}: not the trail marked at {}",
-                        r.stream, r.watermark_next_seq
-                    ),
-                    false => format!("{}: {} missing", r.stream, r.missing_events),
-                })
-                .collect();
-            tracing::error!(
-                streams = streams.join(", "),
-                "the audit store holds less than the previous run flushed (a restored backup, or a replaced or damaged store): recorded as integrity.rollback"
-            );
-        }
+        metrics.rolled_back.set(i64::from(!rollback.is_empty()));
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         Ok(AuditTrail {
             log,
