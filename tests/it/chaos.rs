@@ -363,6 +363,15 @@ async fn seawall_killed_under_audited_load_keeps_acknowledged_changes() {
         "{stored} events for {settled} settled answers"
     );
     assert_eq!(verify["ok"], true, "{verify}");
+    // The watermark is written after the flush it describes, so a kill leaves it behind the
+    // store, never ahead: no rollback to report.
+    let metrics = admin_get(&restarted, "/metrics").await.text();
+    assert_eq!(
+        metric(&metrics, "seawall_audit_store_rolled_back"),
+        Some(0.0),
+        "{}",
+        restarted.logs()
+    );
 }
 
 /// A tmpfs of a few MiB mounted at a path for one test, unmounted when dropped (after the
