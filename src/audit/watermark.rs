@@ -7,10 +7,9 @@
 //! start [`compare`] holds the store's heads against the mark, and what is behind (fewer events
 //! than the mark says were on disk) or another trail (another chain value after the mark's
 //! last event) is reported as an `integrity.rollback` event, a log line and a gauge, instead
-//! of staying silent. This
-//! guards against accidents on the machine; someone who can edit the data directory can edit
-//! this file too, which is what the digest feed and `seawall audit witness` (from another
-//! machine) are for.
+//! of staying silent. This guards against accidents on the machine; someone who can edit the
+//! data directory can edit this file too, which is what the digest feed and `seawall audit
+//! witness` (from another machine) are for.
 //!
 //! The mark never runs ahead of the store: it is written after the flush it describes, so a
 //! crash can leave it behind the store (nothing to report) but not ahead of it. It is replaced
@@ -59,7 +58,7 @@ impl Mark {
     }
 }
 
-/// A stream the store holds less of than the mark says was on disk.
+/// A stream the store holds less of than the mark says was on disk, or another trail of.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rollback {
     pub stream: &'static str,
@@ -89,10 +88,12 @@ pub fn compare(
         };
         let (next_seq, chain) = heads.get(&stream).copied().unwrap_or((0, [0; 32]));
         let stored_at_mark = match next_seq.cmp(&marked.next_seq) {
+            // Before event 0 the chain value is the stream's genesis, derived from the
+            // configured origin: no event was marked, and an origin changed since is no
+            // rollback.
+            _ if marked.next_seq == 0 => None,
             std::cmp::Ordering::Less => None,
             std::cmp::Ordering::Equal => Some(chain),
-            // The chain value before event 0 is the stream's genesis: nothing was marked.
-            std::cmp::Ordering::Greater if marked.next_seq == 0 => None,
             std::cmp::Ordering::Greater => chain_at(stream, marked.next_seq - 1),
         };
         let chain_differs = stored_at_mark.is_some_and(|c| hex::encode(&c) != marked.chain);
@@ -185,6 +186,8 @@ mod tests {
         assert!(compare(&Mark::default(), &heads((0, 0), (0, 0)), stored(1)).is_empty());
         let nothing_marked = Mark::of(&heads((0, 5), (0, 6)));
         assert!(compare(&nothing_marked, &heads((4, 1), (2, 2)), |_, _| None).is_empty());
+        // Empty streams whose genesis changed with the configured origin.
+        assert!(compare(&nothing_marked, &heads((0, 1), (0, 2)), |_, _| None).is_empty());
     }
 
     #[test]
