@@ -115,6 +115,8 @@ pub struct Watermark {
     /// What the file holds, as far as this process knows: writes that change nothing are
     /// skipped.
     written: Option<Mark>,
+    /// Whether the last write failed: a failure is reported once, not at every flush.
+    failing: bool,
 }
 
 impl Watermark {
@@ -122,6 +124,7 @@ impl Watermark {
         Watermark {
             path: data_dir.join(FILE),
             written: None,
+            failing: false,
         }
     }
 
@@ -142,9 +145,26 @@ impl Watermark {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// Replaces the stored mark with `heads`, unless it already says that. Call only after
-    /// the store flushed them. Blocking.
-    pub fn write(&mut self, heads: &HashMap<Stream, (u64, Hash)>) -> io::Result<()> {
+    /// Records `heads`, which the store has just flushed. The store is what matters: a mark
+    /// that cannot be written is logged (once until a write succeeds again), not an error.
+    /// Blocking.
+    pub fn record(&mut self, heads: &HashMap<Stream, (u64, Hash)>) {
+        match self.write(heads) {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "the audit watermark could not be written: a rollback of the store would go unnoticed at the next start"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Replaces the stored mark with `heads`, unless it already says that.
+    fn write(&mut self, heads: &HashMap<Stream, (u64, Hash)>) -> io::Result<()> {
         let mark = Mark::of(heads);
         if self.written.as_ref() == Some(&mark) {
             return Ok(());

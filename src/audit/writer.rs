@@ -48,9 +48,8 @@ pub struct Writer {
     /// The bucket day never goes backwards, even if the clock does, so each stream's buckets
     /// stay in sequence order.
     day: u32,
-    /// Where each flush leaves the heads it made durable, if anywhere; and whether the last
-    /// attempt failed (reported once, not at every flush).
-    watermark: Option<(Watermark, bool)>,
+    /// Where each flush leaves the heads it made durable, if anywhere.
+    watermark: Option<Watermark>,
 }
 
 /// Records are grouped up to about this many bytes: large enough that sled does one insert per
@@ -167,7 +166,7 @@ impl Writer {
 
     /// From now on each successful flush records the heads in `watermark`.
     pub fn keep_watermark(&mut self, watermark: Watermark) {
-        self.watermark = Some((watermark, false));
+        self.watermark = Some(watermark);
     }
 
     /// Where the store is behind what `watermark` says an earlier run flushed, or is not the
@@ -181,23 +180,11 @@ impl Writer {
     }
 
     /// Makes everything committed so far durable, then records the heads in the watermark.
-    /// The store is what matters: a mark that cannot be written is reported, not an error.
     /// Blocking.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         self.log.store.flush()?;
-        if let Some((watermark, failing)) = &mut self.watermark {
-            match watermark.write(&self.heads) {
-                Ok(()) => *failing = false,
-                Err(e) if !*failing => {
-                    *failing = true;
-                    tracing::warn!(
-                        path = %watermark.path().display(),
-                        error = %e,
-                        "the audit watermark could not be written: a rollback of the store would go unnoticed at the next start"
-                    );
-                }
-                Err(_) => {}
-            }
+        if let Some(watermark) = &mut self.watermark {
+            watermark.record(&self.heads);
         }
         Ok(())
     }
