@@ -325,7 +325,8 @@ impl Health {
                 reading.duration.as_secs_f64(),
             );
         }
-        let ready = !self.is_draining() && self.overall() != Status::Fail;
+        // From the guard held here: a second read could queue behind the probe loop's write.
+        let ready = !self.is_draining() && self.aggregate(&readings) != Status::Fail;
         out.single(
             "seawall_ready",
             "gauge",
@@ -435,5 +436,65 @@ impl Probe for StoreProbe {
                 Err(_) => Some(Reading::fail("store probe panicked".to_string())),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    fn health() -> Health {
+        let config = HealthConfig {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+        };
+        Health::new(config, Vec::new())
+    }
+
+    /// std's `RwLock` makes a second read wait behind a queued writer, so a reader that locks
+    /// the readings twice deadlocks with the probe loop's write (it once wedged `/metrics`
+    /// and both runtime workers for good). Every reader here races a writer for a while; each
+    /// must finish.
+    #[test]
+    fn readers_never_wait_on_themselves_behind_the_probe_loop() {
+        let health = Arc::new(health());
+        let rounds = 20_000;
+        let (done, finished) = mpsc::channel();
+        let writer = {
+            let health = health.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                for i in 0..rounds {
+                    let reading = Reading::pass(json!(i), None);
+                    health
+                        .readings
+                        .write()
+                        .unwrap()
+                        .insert(format!("check:{}", i % 3), reading);
+                }
+                done.send("writer").unwrap();
+            })
+        };
+        let reader = {
+            let health = health.clone();
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    health.render_metrics(&mut Exposition::new());
+                    let _ = health.basic();
+                    let _ = health.ready();
+                    let _ = health.detailed();
+                }
+                done.send("reader").unwrap();
+            })
+        };
+        for _ in 0..2 {
+            let who = finished
+                .recv_timeout(Duration::from_secs(60))
+                .expect("a reader deadlocked with the writer");
+            assert!(who == "writer" || who == "reader");
+        }
+        writer.join().unwrap();
+        reader.join().unwrap();
     }
 }
