@@ -13,6 +13,7 @@ mod breakers;
 mod chaos;
 mod chroma;
 mod config_errors;
+mod contention;
 mod crash_recovery;
 mod environment;
 mod features;
