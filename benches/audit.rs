@@ -22,6 +22,11 @@ use serde_json::json;
 
 const BATCH: usize = 1024;
 
+/// The allocator the seawall binary runs with (`src/main.rs`), so the figure is the server's.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn drafts(offset: usize) -> Vec<Draft> {
     (0..BATCH)
         .map(|i| {
