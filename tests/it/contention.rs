@@ -1,6 +1,6 @@
 //! Contention: proxied traffic, the health and metrics readers and every kind of admin write
-//! at once, while the background loops (health probes every 100 ms, the audit writer,
-//! breaker recording) run. A lock taken twice by one thread, or two locks taken in opposite
+//! at once (flags, breakers, rate limits, backups, key rotation, erasure), while the background
+//! loops (health probes every 100 ms, the audit writer, breaker recording) run. A lock taken twice by one thread, or two locks taken in opposite
 //! orders, shows up here as a request that never gets an answer. A net rather than a proof:
 //! a deadlock whose window is a few microseconds wide can slip through three seconds of it,
 //! so the unit tests of each lock's owner race that window directly (`health::tests`).
@@ -71,6 +71,7 @@ strip_prefix = "/api"
     .unwrap();
     assert_eq!(created.status, 201, "{}", created.text());
 
+    let client = json!({"identifiers": [{"type": "ip", "value": "127.0.0.1"}]});
     let get = |url: String| vec![call(Method::GET, url, None)];
     let cycles: Vec<Vec<Call>> = vec![
         get(admin("/metrics")),
@@ -121,6 +122,18 @@ strip_prefix = "/api"
             Some(json!({"type": "sys.test.contention", "outcome": "success"})),
         )],
         vec![call(Method::POST, admin("/admin/backup"), Some(json!({})))],
+        get(admin("/admin/audit/verify")),
+        // Rotation, erasure and export take the audit key and maintenance locks the writer
+        // and retention take too; the client erased is the one whose requests are audited.
+        vec![call(Method::POST, admin("/admin/audit/keys/rotate"), None)],
+        vec![
+            call(
+                Method::POST,
+                admin("/admin/gdpr/erase"),
+                Some(client.clone()),
+            ),
+            call(Method::POST, admin("/admin/gdpr/export"), Some(client)),
+        ],
     ];
 
     let deadline = Instant::now() + RACE;
@@ -173,7 +186,7 @@ strip_prefix = "/api"
         let (url, sent) = finished.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         assert!(sent > 0, "{url}: nothing was sent");
     }
-    // Still serving after the race.
+    // Still serving after the race, and the trail written meanwhile verifies.
     let ready = try_send(
         Method::GET,
         &admin("/health/ready"),
@@ -183,4 +196,13 @@ strip_prefix = "/api"
     .await
     .unwrap();
     assert_eq!(ready.status, 200, "{}", ready.text());
+    let verified = try_send(
+        Method::GET,
+        &admin("/admin/audit/verify"),
+        &[("authorization", &format!("Bearer {ADMIN_TOKEN}"))],
+        full(Bytes::new()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(verified.json()["ok"], true, "{}", verified.text());
 }
