@@ -145,6 +145,7 @@ impl AdminService {
         state.ratelimiter.render_metrics(&mut out);
         state.breakers.render_metrics(&mut out);
         state.audit.render_metrics(&mut out);
+        state.watchdog.render_metrics(&mut out);
         state.upstreams.render_metrics(&mut out);
         state.tunnels.render_metrics(&mut out);
         if let Some(database) = &state.database {

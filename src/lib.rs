@@ -15,7 +15,8 @@
 //! - `request_context`: request id and client address (trusted proxies). `request_target`: the
 //!   path in normal form and the Host rules, before routing.
 //! - `error`: the request-path error and its HTTP mapping; `body`: response bodies.
-//! - `health`, `metrics`, `request_stats`, `process_metrics`: observability.
+//! - `health`, `metrics`, `request_stats`, `process_metrics`: observability; `watchdog`: a
+//!   runtime that runs no task is reported, then restarted by ending the process.
 //! - `flags`, `features`, `ofrep`: feature flags and seawall's own features as flags.
 //! - `breaker`, `breakers`, `ratelimit`, `pg`, `pg_pool`, `sql_route`: protections and the
 //!   database.
@@ -73,3 +74,4 @@ pub mod store;
 pub mod time;
 pub mod tunnel;
 pub mod upstream;
+pub mod watchdog;

@@ -1,7 +1,8 @@
 //! The `seawall` binary: parse the command line, load the configuration, run.
 //!
 //! Exit statuses: 0 after a clean shutdown, 64 (EX_USAGE) for bad arguments or configuration,
-//! 1 when seawall cannot start with a valid configuration (store locked, port taken). The
+//! 1 when seawall cannot start with a valid configuration (store locked, port taken), 70
+//! (EX_SOFTWARE) when the watchdog ends a process whose runtime stopped running tasks. The
 //! `audit` checks exit 1 when they find a break; `audit witness` exits 69 (EX_UNAVAILABLE) when
 //! it cannot reach or read the digest feed, 65 (EX_DATAERR) or 74 (EX_IOERR) for its state file.
 

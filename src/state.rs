@@ -29,6 +29,7 @@ use crate::route::RouteTable;
 use crate::store::{Store, StoreError};
 use crate::tunnel::Tunnels;
 use crate::upstream::{CallOptions, UpstreamProbe, Upstreams};
+use crate::watchdog::Watchdog;
 
 /// Why seawall could not start with a valid configuration.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,8 @@ pub struct AppState {
     pub backups: tokio::sync::Mutex<()>,
     /// When the previous process serving this store started, if it ended without a shutdown.
     pub unclean_previous_run: Option<SystemTime>,
+    /// Notices a runtime that runs no task; started with the background tasks.
+    pub watchdog: Arc<Watchdog>,
     /// Breaker transitions for the recorder, taken when background tasks start.
     transitions: Mutex<Option<mpsc::Receiver<Transition>>>,
 }
@@ -149,6 +152,7 @@ impl AppState {
         Ok(AppState {
             health: Arc::new(Health::new(config.health.clone(), probes)),
             stats: RequestStats::default(),
+            watchdog: Arc::new(Watchdog::new(config.server.watchdog_kill)),
             routes: RouteTable::new(&config.routes),
             upstreams,
             tunnels: Arc::new(Tunnels::new(&config.server)),
@@ -168,10 +172,12 @@ impl AppState {
     }
 
     /// Starts the tasks that run for the life of the process: health probes, the breaker
-    /// recorder, audit retention, KEK rotation and verification. Abort the handles to stop them. The audit writer starts
-    /// here too but is not among them: it stops after [`AppState::close`] has drained it.
+    /// recorder, audit retention, KEK rotation and verification. Abort the handles to stop
+    /// them. The audit writer and the watchdog start here too but are not among them: the
+    /// writer stops after [`AppState::close`] has drained it, the watchdog with the runtime.
     pub fn start_background(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
         self.audit.start();
+        self.watchdog.start();
         let mut tasks = vec![
             self.health.spawn(),
             self.ratelimiter.spawn_sweeper(),

@@ -90,6 +90,10 @@ pub struct ServerConfig {
     /// A tunnel in which nothing flows either way for this long is closed.
     #[serde(serialize_with = "millis")]
     pub upgraded_idle_timeout: Duration,
+    /// A runtime that runs no task for this long ends the process (see `watchdog`); `None`
+    /// (`watchdog_kill_ms = 0`) only reports stalls.
+    #[serde(serialize_with = "optional_millis")]
+    pub watchdog_kill: Option<Duration>,
     /// Peers whose `Fly-Client-IP` / `X-Forwarded-For` / `X-Forwarded-Proto` are believed.
     #[serde(serialize_with = "display_all")]
     pub trusted_proxies: Vec<IpNet>,
@@ -356,6 +360,11 @@ fn display_all<T: fmt::Display, S: Serializer>(values: &[T], s: S) -> Result<S::
 
 pub(crate) fn millis<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u128(value.as_millis())
+}
+
+/// `None` (switched off) as 0, as it is written in the file.
+fn optional_millis<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u128(value.map_or(0, |d| d.as_millis()))
 }
 
 pub(crate) fn method_list<S: Serializer>(value: &[Method], s: S) -> Result<S::Ok, S::Error> {

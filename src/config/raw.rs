@@ -56,6 +56,7 @@ pub struct RawServer {
     pub shutdown_grace_ms: Option<u64>,
     pub max_upgraded_connections: Option<u64>,
     pub upgraded_idle_timeout_ms: Option<u64>,
+    pub watchdog_kill_ms: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
     pub trust_fly_proxy: Option<bool>,
 }

@@ -301,6 +301,21 @@ fn upgrades_are_protocol_names_on_http_upstream_routes() {
 }
 
 #[test]
+fn the_watchdog_kills_after_thirty_seconds_unless_told_otherwise() {
+    let kill = |toml: &str| load(toml, &[]).unwrap().server.watchdog_kill;
+    assert_eq!(kill(""), Some(Duration::from_secs(30)));
+    assert_eq!(kill("[server]\nwatchdog_kill_ms = 0\n"), None);
+    assert_eq!(
+        kill("[server]\nwatchdog_kill_ms = 120000\n"),
+        Some(Duration::from_secs(120))
+    );
+    // Shorter than two seconds would take a busy machine for a wedged one.
+    let e = error("[server]\nwatchdog_kill_ms = 1000\n", &[]);
+    assert_eq!(e.key, "server.watchdog_kill_ms");
+    assert!(e.message.contains("2000-3600000"), "{}", e.message);
+}
+
+#[test]
 fn stalled_transfers_have_bounds() {
     let config = load(ROUTED, &[]).unwrap();
     assert_eq!(config.server.send_timeout, Duration::from_secs(60));

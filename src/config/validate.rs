@@ -330,6 +330,12 @@ impl Validator<'_> {
                 100,
                 86_400_000,
             )?,
+            watchdog_kill: match s.watchdog_kill_ms {
+                Some(0) => None,
+                value => {
+                    Some(self.millis("server.watchdog_kill_ms", value, 30_000, 2_000, 3_600_000)?)
+                }
+            },
             trusted_proxies,
         })
     }

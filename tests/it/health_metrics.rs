@@ -104,6 +104,11 @@ async fn metrics_pass_promtool_and_count_requests() {
         line.unwrap_or_else(|| panic!("missing {series:?}"))[series.len()..].to_string()
     };
     assert_eq!(store_status("fail"), "0");
+    // The watchdog runs in every server (its value depends on how busy this machine is).
+    assert!(
+        crate::support::metric(&text, "seawall_runtime_stalls_total").is_some(),
+        "{text}"
+    );
     let current = (store_status("pass"), store_status("warn"));
     assert!(
         current == ("1".into(), "0".into()) || current == ("0".into(), "1".into()),
