@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Method;
 use serde_json::json;
+use tempfile::TempDir;
 use tokio::task::JoinSet;
 
 use crate::backend::Backend;
@@ -33,33 +34,27 @@ fn call(method: Method, url: String, body: Option<serde_json::Value>) -> Call {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readers_and_admin_writes_racing_the_background_loops_are_all_answered() {
     let backend = Backend::start().await;
-    let config = format!(
-        r#"
-[features]
-circuit_breaker = true
-enhanced_pooling = true
-prioritized_rate_limit = true
-audit_trail = true
-
+    // Audit on at metadata level (the audit tests' configuration), the other three features
+    // on, probes every 100 ms, and a quota nothing here reaches.
+    let extra = "
 [health]
 interval_ms = 100
 
 [ratelimit.levels.medium]
 quota = 10000000
 window_s = 1
-
-[upstreams.app]
-url = "{}"
-
-[[routes]]
-name = "api"
-match = "/api/*"
-upstream = "app"
-strip_prefix = "/api"
-"#,
-        backend.url()
-    );
-    let seawall = Arc::new(Seawall::start(&config));
+";
+    let config = crate::audit::config(&backend, extra);
+    let features = [
+        ("FF_ENABLE_CIRCUIT_BREAKER", "true"),
+        ("FF_ENABLE_ENHANCED_POOLING", "true"),
+        ("FF_ENABLE_PRIORITIZED_RATE_LIMIT", "true"),
+    ];
+    let seawall = Arc::new(Seawall::start_in(
+        Arc::new(TempDir::new().unwrap()),
+        &config,
+        &features,
+    ));
     let admin = |path: &str| seawall.admin_url(path);
     let created = try_send(
         Method::POST,
