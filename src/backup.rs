@@ -6,7 +6,9 @@
 //! tree and copies the files; requests keep being served meanwhile (audit events queue up
 //! in the writer's bounded queue). The copy is then opened as a store of its own and
 //! checked: the same entry count in every tree, and every audit stream verifying to the same
-//! chain head. `seawall backup --to DIR` does the same for a stopped server.
+//! chain head. It also holds the audit maintenance lock, so no KEK rotation, retention run or
+//! erasure changes `keys/` or the buckets meanwhile (a backup waits for one that is running).
+//! `seawall backup --to DIR` does the same for a stopped server.
 //!
 //! What is copied: the store, `keys/` and the top-level files of the data directory (the
 //! admin token), not earlier backups, not the erasure ledger (`audit::ledger`), which a
@@ -176,6 +178,11 @@ pub fn online(
     to: &Path,
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
+    // `keys/` changes outside the store: a KEK rotation adds a key file and retires the old
+    // ones. Rotation, like retention and erasure, runs under the maintenance lock, so holding
+    // it keeps the copied keys those the copied store was wrapped with (a key retired between
+    // listing and copying once failed a backup under load).
+    let _maintenance = log.lock_maintenance();
     let paused = store.pause_writes();
     let pause_started = Instant::now();
     store.flush()?;

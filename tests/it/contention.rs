@@ -166,11 +166,12 @@ window_s = 1
                 });
                 assert!(
                     reply.status.is_success(),
-                    "{} {}: {} {}",
+                    "{} {}: {} {}; seawall's log:\n{}",
                     call.method,
                     call.url,
                     reply.status,
-                    reply.text()
+                    reply.text(),
+                    seawall.logs()
                 );
                 sent += 1;
             }
