@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::event::{self, Hash, Stream};
 use crate::audit::log::AuditLog;
 use crate::hex;
-use crate::store::StoreError;
+use crate::store::{self, StoreError};
 
 pub const ALGORITHM: &str = "Ed25519";
 
@@ -249,11 +249,11 @@ pub fn prune(log: &AuditLog, stream: Stream, pruned_through: u64) -> Result<usiz
         }
     }
     covered.pop();
-    let mut batch = sled::Batch::default();
+    let mut batch = store::Batch::default();
     for key in &covered {
         batch.remove(key);
     }
-    log.digests.apply_batch(batch)?;
+    batch.apply(&log.digests)?;
     Ok(covered.len())
 }
 

@@ -33,7 +33,7 @@ use crate::audit::gdpr::{self, Hold};
 use crate::audit::log::{self, AuditLog, KeyRecord};
 use crate::audit::shred;
 use crate::hex;
-use crate::store::StoreError;
+use crate::store::{self, StoreError};
 
 /// Keys destroyed per batch.
 const KEY_BATCH: usize = 1_000;
@@ -247,8 +247,8 @@ fn destroy_keys(
     expired: &[(sled::IVec, KeyRecord)],
     report: &mut RunReport,
 ) -> Result<(), StoreError> {
-    let mut keys = sled::Batch::default();
-    let mut subject_keys = sled::Batch::default();
+    let mut keys = store::Batch::default();
+    let mut subject_keys = store::Batch::default();
     for (kid, record) in expired {
         let stream = Stream::from_code(record.stream).unwrap_or(Stream::Access);
         keys.remove(kid);
@@ -266,8 +266,8 @@ fn destroy_keys(
     }
     let _keys = log.lock_keys();
     let _writing = log.store.writing();
-    log.keys.apply_batch(keys)?;
-    log.subject_keys.apply_batch(subject_keys)?;
+    keys.apply(&log.keys)?;
+    subject_keys.apply(&log.subject_keys)?;
     log.keys_destroyed();
     Ok(())
 }
@@ -338,7 +338,7 @@ fn prune_index(log: &AuditLog, dropped: &[(Stream, u32)]) -> Result<(), StoreErr
     if dropped.is_empty() {
         return Ok(());
     }
-    let mut batch = sled::Batch::default();
+    let mut batch = store::Batch::default();
     let mut count = 0;
     for item in log.subjects.iter() {
         let (key, _) = item?;
@@ -355,13 +355,13 @@ fn prune_index(log: &AuditLog, dropped: &[(Stream, u32)]) -> Result<(), StoreErr
         if count == KEY_BATCH {
             let _keys = log.lock_keys();
             let _writing = log.store.writing();
-            log.subjects.apply_batch(std::mem::take(&mut batch))?;
+            std::mem::take(&mut batch).apply(&log.subjects)?;
             count = 0;
         }
     }
     let _keys = log.lock_keys();
     let _writing = log.store.writing();
-    log.subjects.apply_batch(batch)?;
+    batch.apply(&log.subjects)?;
     log.keys_destroyed();
     Ok(())
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::audit::event::Stream;
 use crate::audit::keys::Pseudonym;
 use crate::audit::log::{self, AuditLog, KeyRecord};
-use crate::store::StoreError;
+use crate::store::{self, StoreError};
 
 /// Keys rewrapped per sled batch during a rotation.
 const REWRAP_BATCH: usize = 10_000;
@@ -41,9 +41,9 @@ pub fn shred(
     let _maintenance = log.lock_maintenance();
     let mut report = Shredded::default();
     {
-        let mut key_batch = sled::Batch::default();
-        let mut slot_batch = sled::Batch::default();
-        let mut index_batch = sled::Batch::default();
+        let mut key_batch = store::Batch::default();
+        let mut slot_batch = store::Batch::default();
+        let mut index_batch = store::Batch::default();
         let _keys = log.lock_keys();
         for (kid, record) in keys {
             let Some(stream) = Stream::from_code(record.stream) else {
@@ -63,9 +63,9 @@ pub fn shred(
             report.index_entries_removed += 1;
         }
         let _writing = log.store.writing();
-        log.keys.apply_batch(key_batch)?;
-        log.subject_keys.apply_batch(slot_batch)?;
-        log.subjects.apply_batch(index_batch)?;
+        key_batch.apply(&log.keys)?;
+        slot_batch.apply(&log.subject_keys)?;
+        index_batch.apply(&log.subjects)?;
         log.keys_destroyed();
     }
     let kids: BTreeSet<[u8; 16]> = keys.keys().copied().collect();
@@ -157,7 +157,7 @@ pub fn rotate_kek(log: &AuditLog) -> Result<Rotation, StoreError> {
         keys_unreadable: 0,
         keks_retired: 0,
     };
-    let mut batch = sled::Batch::default();
+    let mut batch = store::Batch::default();
     let mut in_batch = 0;
     for item in log.keys.iter() {
         let (kid, bytes) = item?;
@@ -180,13 +180,13 @@ pub fn rotate_kek(log: &AuditLog) -> Result<Rotation, StoreError> {
         in_batch += 1;
         if in_batch == REWRAP_BATCH {
             let _writing = log.store.writing();
-            log.keys.apply_batch(std::mem::take(&mut batch))?;
+            std::mem::take(&mut batch).apply(&log.keys)?;
             in_batch = 0;
         }
     }
     {
         let _writing = log.store.writing();
-        log.keys.apply_batch(batch)?;
+        batch.apply(&log.keys)?;
         log.store.flush()?;
     }
     rotation.keks_retired = log.keyring.retire(epoch).map_err(io)?;

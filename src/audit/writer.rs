@@ -2,9 +2,9 @@
 //! group-commits batches to sled.
 //!
 //! One writer means one order: sequence numbers are gapless per stream and the chain needs no
-//! locking. A batch is applied tree by tree, keys first and records last, so a crash between
+//! locking. A commit writes tree by tree, keys first and records last, so a crash between
 //! the trees leaves at worst a data key without events (harmless), never an event whose key
-//! is missing. If sled refuses a batch, the in-memory heads are not advanced, so the numbers
+//! is missing. If sled refuses a write, the in-memory heads are not advanced, so the numbers
 //! are reused and stay gapless.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,7 +19,7 @@ use crate::audit::keys::{self, DataKey, Pseudonym};
 use crate::audit::log::{self, AuditLog, KeyRecord};
 use crate::audit::merkle::Frontier;
 use crate::audit::watermark::{self, Watermark};
-use crate::store::StoreError;
+use crate::store::{self, StoreError};
 
 /// Bounds on the writer's caches: past these they are cleared and refilled from sled.
 const KEY_CACHE: usize = 50_000;
@@ -105,9 +105,9 @@ fn stored_frontier(
 /// Writes prepared for one batch.
 #[derive(Default)]
 struct Pending {
-    keys: sled::Batch,
-    subject_keys: sled::Batch,
-    subjects: sled::Batch,
+    keys: store::Batch,
+    subject_keys: store::Batch,
+    subjects: store::Batch,
     /// Per stream and day: the first sequence number and the records from it on.
     buckets: BTreeMap<(Stream, u32), (u64, Vec<Record>)>,
     heads: HashMap<Stream, (u64, Hash)>,
@@ -213,23 +213,10 @@ impl Writer {
             self.prepare(draft, day, &mut pending)?;
         }
         let _writing = self.log.store.writing();
-        self.log
-            .keys
-            .apply_batch(std::mem::take(&mut pending.keys))?;
-        self.log
-            .subject_keys
-            .apply_batch(std::mem::take(&mut pending.subject_keys))?;
-        self.log
-            .subjects
-            .apply_batch(std::mem::take(&mut pending.subjects))?;
-        for (&(stream, day), (first, records)) in &pending.buckets {
-            let bucket = self.log.bucket(stream, day)?;
-            let mut batch = sled::Batch::default();
-            for (first, group) in groups(*first, records) {
-                batch.insert(&first.to_be_bytes(), log::encode_group(group));
-            }
-            bucket.apply_batch(batch)?;
-        }
+        std::mem::take(&mut pending.keys).apply(&self.log.keys)?;
+        std::mem::take(&mut pending.subject_keys).apply(&self.log.subject_keys)?;
+        std::mem::take(&mut pending.subjects).apply(&self.log.subjects)?;
+        self.write_groups(&pending.buckets)?;
         self.heads.extend(pending.heads);
         // Only now that every bucket is written: a refused batch leaves the trees as they were.
         for ((stream, _), (_, records)) in &pending.buckets {
@@ -252,6 +239,37 @@ impl Writer {
         }
         self.linked.extend(pending.new_links);
         Ok(count)
+    }
+
+    /// Inserts the records of each bucket in groups, in sequence order. Each group is a
+    /// plain insert, not one batch: sled writes out its IO buffer for every batch, twice,
+    /// which cost more than the inserts. Recovery after a crash keeps a prefix of sled's log,
+    /// so it keeps a prefix of the groups and the chain stays whole. If an insert fails, the
+    /// groups this call inserted are removed again, so that the sequence numbers the next
+    /// commit reuses find no stale group in their way.
+    fn write_groups(
+        &self,
+        buckets: &BTreeMap<(Stream, u32), (u64, Vec<Record>)>,
+    ) -> Result<(), StoreError> {
+        let mut written: Vec<(sled::Tree, [u8; 8])> = Vec::new();
+        let mut insert_all = || -> Result<(), StoreError> {
+            for (&(stream, day), (first, records)) in buckets {
+                let bucket = self.log.bucket(stream, day)?;
+                for (first, group) in groups(*first, records) {
+                    let key = first.to_be_bytes();
+                    bucket.insert(key, log::encode_group(group))?;
+                    written.push((bucket.clone(), key));
+                }
+            }
+            Ok(())
+        };
+        let result = insert_all();
+        if result.is_err() {
+            for (bucket, key) in written {
+                let _ = bucket.remove(key);
+            }
+        }
+        result
     }
 
     /// Signs the digests that are due as of `now` (research/audit.md §4.2): after
