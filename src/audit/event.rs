@@ -14,6 +14,8 @@ use serde_json::Value;
 
 /// Schema major version of the header.
 pub const VERSION: u64 = 1;
+/// [`VERSION`] as the header's JSON holds it.
+pub const VERSION_JSON: &str = "1";
 
 /// Retention classes; each is its own sequence, chain and set of buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -161,6 +163,17 @@ pub enum Role {
 }
 
 impl Role {
+    /// How the header's `parts` declares a part in this role, as canonical JSON.
+    pub fn declaration(self) -> &'static str {
+        match self {
+            Role::Actor => r#"{"class":"identity","role":"actor"}"#,
+            Role::Target => r#"{"class":"identity","role":"target"}"#,
+            Role::Client => r#"{"class":"identity","role":"client"}"#,
+            Role::Body => r#"{"class":"body","role":"body"}"#,
+            Role::Details => r#"{"class":"identity","role":"details"}"#,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Actor => "actor",
@@ -214,7 +227,8 @@ pub struct Draft {
     pub stream: Stream,
     /// Header fields other than `v`, `origin`, `stream`, `seq` and `parts`, which the writer
     /// adds: each name with where its value, already canonical JSON, lies in `values`, so the
-    /// writer only joins them. One buffer instead of a string per field.
+    /// writer only joins them. One buffer instead of a string per field; kept in name order,
+    /// so the writer merges its own fields in rather than sorting.
     fields: Vec<(&'static str, Range<usize>)>,
     values: Vec<u8>,
     pub parts: Vec<Part>,
@@ -281,19 +295,19 @@ impl Draft {
         let start = self.values.len();
         write(&mut self.values);
         let range = start..self.values.len();
-        match self.fields.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = range,
-            None => self.fields.push((name, range)),
+        match self.fields.binary_search_by(|(n, _)| n.cmp(&name)) {
+            Ok(at) => self.fields[at].1 = range,
+            Err(at) => self.fields.insert(at, (name, range)),
         }
         self
     }
 
     fn value(&self, name: &str) -> Option<&[u8]> {
-        let (_, range) = self.fields.iter().find(|(n, _)| *n == name)?;
-        Some(&self.values[range.clone()])
+        let at = self.fields.binary_search_by(|(n, _)| n.cmp(&name)).ok()?;
+        Some(&self.values[self.fields[at].1.clone()])
     }
 
-    /// Each header field with its canonical JSON value, in the order they were set.
+    /// Each header field with its canonical JSON value, in name order.
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
         self.fields
             .iter()
@@ -302,8 +316,7 @@ impl Draft {
 
     /// The header fields as one JSON object (without the writer's fields), for inspection.
     pub fn fields_json(&self) -> Value {
-        let mut fields: Vec<(&str, &[u8])> = self.fields().collect();
-        fields.sort_by_key(|(name, _)| *name);
+        let fields: Vec<(&str, &[u8])> = self.fields().collect();
         serde_json::from_str(&join(&fields)).expect("fragments are JSON")
     }
 
@@ -585,6 +598,42 @@ pub fn part_aad(header_hash: &Hash, role: Role) -> Vec<u8> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn part_declarations_and_the_version_are_the_canonical_json_of_what_they_declare() {
+        for role in [
+            Role::Actor,
+            Role::Target,
+            Role::Client,
+            Role::Body,
+            Role::Details,
+        ] {
+            let class = serde_json::to_value(role.class()).unwrap();
+            let declared = json!({"class": class, "role": role.as_str()});
+            assert_eq!(role.declaration(), canonical(&declared));
+        }
+        assert_eq!(VERSION_JSON, canonical(&json!(VERSION)));
+    }
+
+    #[test]
+    fn draft_fields_come_in_name_order_and_a_field_set_again_is_replaced() {
+        let draft = Draft::new(
+            Stream::Access,
+            "http.read",
+            "success",
+            "id-1",
+            std::time::UNIX_EPOCH,
+        )
+        .typed("zeta", &1)
+        .typed("alpha", &2)
+        .typed("zeta", &3);
+        let names: Vec<&str> = draft.fields().map(|(name, _)| name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(names, sorted);
+        assert_eq!(draft.value("zeta"), Some(&b"3"[..]));
+    }
 
     #[test]
     fn canonical_json_sorts_keys_and_has_no_whitespace() {

@@ -399,7 +399,7 @@ impl Pending {
             None => (0, captures_bodies.then_some(redact::Body::Dropped("none"))),
         };
         let mut draft = self
-            .common(stream, &event_type, outcome)
+            .common(stream, event_type, outcome)
             .typed(
                 "http",
                 &HttpFacts {

@@ -10,6 +10,8 @@
 //! The policy is pure and validated by `config`; the middleware (`audit::middleware`) applies
 //! it.
 
+use std::borrow::Cow;
+
 use http::Method;
 use serde::Serialize;
 
@@ -67,11 +69,12 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub level: Level,
-    /// The event type for a successful (non-overridden) answer.
-    pub event: String,
+    /// The event type for a successful (non-overridden) answer. Borrowed when it is a
+    /// built-in one: deciding is on every request's path.
+    pub event: Cow<'static, str>,
     pub stream: Stream,
     /// Which rule decided: its index in `[[audit.rules]]`, `route`, or `default`.
-    pub rule: String,
+    pub rule: Cow<'static, str>,
     pub durability: Durability,
 }
 
@@ -81,10 +84,10 @@ pub const HEALTH_ROUTE: &str = "health";
 /// Decides the level, type and stream of a request to `route` (its label) with `method`.
 pub fn decide(rules: &[Rule], route_rule: Option<&Rule>, route: &str, method: &Method) -> Decision {
     let (rule, source) = match rules.iter().position(|r| r.matches(route, method)) {
-        Some(i) => (Some(&rules[i]), i.to_string()),
+        Some(i) => (Some(&rules[i]), Cow::Owned(i.to_string())),
         None => match route_rule {
-            Some(rule) => (Some(rule), "route".to_string()),
-            None => (None, "default".to_string()),
+            Some(rule) => (Some(rule), Cow::Borrowed("route")),
+            None => (None, Cow::Borrowed("default")),
         },
     };
     let default_level = if route == HEALTH_ROUTE || method == Method::OPTIONS {
@@ -92,10 +95,10 @@ pub fn decide(rules: &[Rule], route_rule: Option<&Rule>, route: &str, method: &M
     } else {
         Level::Metadata
     };
-    let template = rule
-        .and_then(|r| r.event.as_deref())
-        .unwrap_or("http.{action}");
-    let event = template.replace("{action}", action(method));
+    let event = match rule.and_then(|r| r.event.as_deref()) {
+        Some(template) => Cow::Owned(template.replace("{action}", action(method))),
+        None => Cow::Borrowed(http_event(method)),
+    };
     let stream = rule
         .and_then(|r| r.stream)
         .unwrap_or_else(|| match Stream::for_type(&event) {
@@ -122,17 +125,32 @@ pub fn admin(route: &str, method: &Method) -> Option<Decision> {
     let area = route.strip_prefix("admin.")?;
     let read = matches!(*method, Method::GET | Method::HEAD);
     let (event, level) = match area {
-        "audit" | "gdpr" if read => ("audit.read".to_string(), Level::Metadata),
-        "audit" | "gdpr" => (format!("admin.{area}.{}", action(method)), Level::Metadata),
-        _ => (format!("admin.{area}.{}", action(method)), Level::Request),
+        "audit" | "gdpr" if read => (Cow::Borrowed("audit.read"), Level::Metadata),
+        "audit" | "gdpr" => (admin_event(area, method), Level::Metadata),
+        _ => (admin_event(area, method), Level::Request),
     };
     Some(Decision {
         level,
         event,
         stream: Stream::Security,
-        rule: "admin".to_string(),
+        rule: Cow::Borrowed("admin"),
         durability: Durability::Batch,
     })
+}
+
+fn admin_event(area: &str, method: &Method) -> Cow<'static, str> {
+    Cow::Owned(format!("admin.{area}.{}", action(method)))
+}
+
+/// `http.{action}`, the default event type, without building it.
+fn http_event(method: &Method) -> &'static str {
+    match action(method) {
+        "read" => "http.read",
+        "create" => "http.create",
+        "update" => "http.update",
+        "delete" => "http.delete",
+        _ => "http.execute",
+    }
 }
 
 /// The OWASP action of an HTTP method.
@@ -193,12 +211,12 @@ pub fn coverage<'a>(
                     let decision = decide(rules, route_rule, route, method);
                     let decided_by = match decision.rule.parse::<usize>() {
                         Ok(index) => format!("rules[{index}]"),
-                        Err(_) => decision.rule,
+                        Err(_) => decision.rule.into_owned(),
                     };
                     MethodCoverage {
                         method: method.as_str(),
                         level: decision.level,
-                        event: decision.event,
+                        event: decision.event.into_owned(),
                         stream: decision.stream,
                         durability: (decision.level != Level::None).then_some(decision.durability),
                         decided_by,
@@ -210,24 +228,28 @@ pub fn coverage<'a>(
 }
 
 /// The event type, stream and outcome of an answered request, after the status overrides.
-pub fn outcome(decision: &Decision, status: u16) -> (String, Stream, &'static str) {
+pub fn outcome(decision: &Decision, status: u16) -> (&str, Stream, &'static str) {
     let result = if status < 400 { "success" } else { "failure" };
     match status {
-        401 => ("authn.fail".to_string(), Stream::Security, result),
-        403 => ("authz.fail".to_string(), Stream::Security, result),
-        429 => (
-            "excess.rate_limit_exceeded".to_string(),
-            Stream::Security,
-            result,
-        ),
-        500..=599 => ("sys.error".to_string(), decision.stream, result),
-        _ => (decision.event.clone(), decision.stream, result),
+        401 => ("authn.fail", Stream::Security, result),
+        403 => ("authz.fail", Stream::Security, result),
+        429 => ("excess.rate_limit_exceeded", Stream::Security, result),
+        500..=599 => ("sys.error", decision.stream, result),
+        _ => (&decision.event, decision.stream, result),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_event_types_are_http_and_the_action() {
+        let extension = Method::from_bytes(b"PURGE").unwrap();
+        for method in COVERAGE_METHODS.iter().chain([&extension]) {
+            assert_eq!(http_event(method), format!("http.{}", action(method)));
+        }
+    }
 
     fn rule(
         routes: &[&str],
@@ -259,7 +281,7 @@ mod tests {
         ];
         let login = decide(&rules, None, "login", &Method::POST);
         assert_eq!(
-            (login.level, login.event.as_str(), login.stream),
+            (login.level, login.event.as_ref(), login.stream),
             (Level::Metadata, "authn.login", Stream::Security)
         );
         assert_eq!(login.rule, "0");
@@ -269,7 +291,7 @@ mod tests {
         );
         let other = decide(&rules, None, "api", &Method::DELETE);
         assert_eq!(
-            (other.level, other.event.as_str(), other.rule.as_str()),
+            (other.level, other.event.as_ref(), other.rule.as_ref()),
             (Level::Request, "http.delete", "2")
         );
     }
@@ -280,7 +302,7 @@ mod tests {
         let rules = [rule(&["other"], &[], Some(Level::None), None)];
         let decided = decide(&rules, Some(&route), "api", &Method::GET);
         assert_eq!(
-            (decided.level, decided.event.as_str(), decided.stream),
+            (decided.level, decided.event.as_ref(), decided.stream),
             (Level::Request, "api.request", Stream::Access)
         );
         assert_eq!(decided.rule, "route");
@@ -300,7 +322,7 @@ mod tests {
                 .iter()
                 .find(|m| m.method == method)
                 .unwrap();
-            (c.level, c.event.as_str(), c.decided_by.as_str())
+            (c.level, c.event.as_ref(), c.decided_by.as_str())
         };
         assert_eq!(
             cell(0, "POST"),
@@ -360,7 +382,7 @@ mod tests {
         );
         let plain = decide(&[], None, "api", &Method::PUT);
         assert_eq!(
-            (plain.level, plain.event.as_str(), plain.stream),
+            (plain.level, plain.event.as_ref(), plain.stream),
             (Level::Metadata, "http.update", Stream::Access)
         );
     }
@@ -369,7 +391,7 @@ mod tests {
     fn admin_requests_are_security_events() {
         let change = admin("admin.flags", &Method::PUT).unwrap();
         assert_eq!(
-            (change.event.as_str(), change.stream, change.level),
+            (change.event.as_ref(), change.stream, change.level),
             ("admin.flags.update", Stream::Security, Level::Request)
         );
         assert_eq!(
@@ -384,24 +406,24 @@ mod tests {
         let decided = decide(&[], None, "api", &Method::GET);
         assert_eq!(
             outcome(&decided, 200),
-            ("http.read".to_string(), Stream::Access, "success")
+            ("http.read", Stream::Access, "success")
         );
         assert_eq!(
             outcome(&decided, 404),
-            ("http.read".to_string(), Stream::Access, "failure")
+            ("http.read", Stream::Access, "failure")
         );
         assert_eq!(
             outcome(&decided, 401),
-            ("authn.fail".to_string(), Stream::Security, "failure")
+            ("authn.fail", Stream::Security, "failure")
         );
         assert_eq!(
             outcome(&decided, 403),
-            ("authz.fail".to_string(), Stream::Security, "failure")
+            ("authz.fail", Stream::Security, "failure")
         );
         assert_eq!(outcome(&decided, 429).0, "excess.rate_limit_exceeded");
         assert_eq!(
             outcome(&decided, 503),
-            ("sys.error".to_string(), Stream::Access, "failure")
+            ("sys.error", Stream::Access, "failure")
         );
     }
 }

@@ -12,7 +12,9 @@
 //! `apiKey` match alike. Over-redaction is accepted; under-redaction is the bug to avoid.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
+use aho_corasick::AhoCorasick;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -119,18 +121,32 @@ impl Notes {
     }
 }
 
-/// Lower case, letters and digits only.
-fn normalise(key: &str) -> String {
-    key.chars()
-        .filter(char::is_ascii_alphanumeric)
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
-}
+/// One pass over a key for all of [`SENSITIVE_SUBSTRINGS`]: this runs for every header
+/// value, query key and JSON key of every audited request.
+static SENSITIVE_SEARCH: LazyLock<AhoCorasick> =
+    LazyLock::new(|| AhoCorasick::new(SENSITIVE_SUBSTRINGS).expect("plain words"));
 
 /// Whether values under `key` are secrets or identifiers to remove.
 pub fn is_sensitive_key(key: &str) -> bool {
-    let key = normalise(key);
-    SENSITIVE_EXACT.contains(&key.as_str()) || SENSITIVE_SUBSTRINGS.iter().any(|s| key.contains(s))
+    // Lower case, letters and digits only; on the stack for the usual short key.
+    let normalised = key
+        .bytes()
+        .filter(u8::is_ascii_alphanumeric)
+        .map(|b| b.to_ascii_lowercase());
+    let mut short = [0u8; 64];
+    let long: Vec<u8>;
+    let key = if key.len() <= short.len() {
+        let mut len = 0;
+        for byte in normalised {
+            short[len] = byte;
+            len += 1;
+        }
+        &short[..len]
+    } else {
+        long = normalised.collect();
+        &long[..]
+    };
+    SENSITIVE_EXACT.iter().any(|exact| exact.as_bytes() == key) || SENSITIVE_SEARCH.is_match(key)
 }
 
 /// A free-text value with detected secrets replaced.

@@ -52,6 +52,25 @@ pub struct Writer {
     watermark: Option<Watermark>,
 }
 
+/// Two lists of header fields, each in name order, as one in name order.
+fn merge_by_name<'a>(
+    a: impl Iterator<Item = (&'static str, &'a [u8])>,
+    b: impl IntoIterator<Item = (&'static str, &'a [u8])>,
+) -> Vec<(&'static str, &'a [u8])> {
+    let mut a = a.peekable();
+    let mut b = b.into_iter().peekable();
+    let mut out = Vec::with_capacity(24);
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.0 <= y.0 => a.next(),
+            (_, Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, None) => return out,
+        };
+        out.extend(next);
+    }
+}
+
 /// Records are grouped up to about this many bytes: large enough that sled does one insert per
 /// several events, small enough that its nodes stay inline rather than becoming blob files.
 /// Measured under audited load: 16 KiB groups held about 30 MB more resident memory than 4 KiB
@@ -324,38 +343,26 @@ impl Writer {
             .get(&stream)
             .copied()
             .unwrap_or(self.heads[&stream]);
-        let mut declared = String::from("[");
+        let mut declared = String::with_capacity(40 * draft.parts.len() + 2);
+        declared.push('[');
         for (i, part) in draft.parts.iter().enumerate() {
-            let class = match part.role.class() {
-                KeyClass::Body => "body",
-                KeyClass::Identity => "identity",
-            };
             if i > 0 {
                 declared.push(',');
             }
-            for piece in [
-                "{\"class\":\"",
-                class,
-                "\",\"role\":\"",
-                part.role.as_str(),
-                "\"}",
-            ] {
-                declared.push_str(piece);
-            }
+            declared.push_str(part.role.declaration());
         }
         declared.push(']');
-        let version = event::VERSION.to_string();
         let stream_json = format!("\"{}\"", stream.as_str());
         let seq_json = seq.to_string();
-        let mut fields: Vec<(&str, &[u8])> = draft.fields().collect();
-        fields.extend([
-            ("v", version.as_bytes()),
+        // In name order, as the draft's own fields are: the header is their merge.
+        let own: [(&'static str, &[u8]); 5] = [
             ("origin", self.origin_json.as_bytes()),
-            ("stream", stream_json.as_bytes()),
-            ("seq", seq_json.as_bytes()),
             ("parts", declared.as_bytes()),
-        ]);
-        fields.sort_unstable_by_key(|(name, _)| *name);
+            ("seq", seq_json.as_bytes()),
+            ("stream", stream_json.as_bytes()),
+            ("v", event::VERSION_JSON.as_bytes()),
+        ];
+        let fields = merge_by_name(draft.fields(), own);
         let header = event::join(&fields);
         let header_hash = event::header_hash(&header);
         let mut parts = Vec::with_capacity(draft.parts.len());

@@ -301,3 +301,25 @@ mod fuzz {
         }
     }
 }
+
+proptest! {
+    /// The key check normalises on the stack; it must agree with the plain definition
+    /// (lower-cased letters and digits, an exact word or a contained one) for keys of any
+    /// length, on both sides of the stack buffer's size.
+    #[test]
+    fn sensitive_keys_match_their_definition(
+        key in prop_oneof![
+            "[A-Za-z0-9 _.é-]{0,80}",
+            (sensitive_key(), "[a-z_]{50,70}").prop_map(|(s, pad)| format!("{pad}{s}")),
+        ]
+    ) {
+        let normalised: String = key
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let expected = SENSITIVE_EXACT.contains(&normalised.as_str())
+            || SENSITIVE_SUBSTRINGS.iter().any(|s| normalised.contains(s));
+        prop_assert_eq!(is_sensitive_key(&key), expected);
+    }
+}
