@@ -237,7 +237,7 @@ impl Writer {
         std::mem::take(&mut pending.subjects).apply(&self.log.subjects)?;
         self.write_groups(&pending.buckets)?;
         self.heads.extend(pending.heads);
-        // Only now that every bucket is written: a refused batch leaves the trees as they were.
+        // Only now that every bucket is written: a refused write leaves the trees as they were.
         for ((stream, _), (_, records)) in &pending.buckets {
             if let Some(Some(frontier)) = self.unsigned.get_mut(stream) {
                 records
@@ -264,31 +264,37 @@ impl Writer {
     /// plain insert, not one batch: sled writes out its IO buffer for every batch, twice,
     /// which cost more than the inserts. Recovery after a crash keeps a prefix of sled's log,
     /// so it keeps a prefix of the groups and the chain stays whole. If an insert fails, the
-    /// groups this call inserted are removed again, so that the sequence numbers the next
+    /// groups inserted before it are removed again, so that the sequence numbers the next
     /// commit reuses find no stale group in their way.
     fn write_groups(
         &self,
         buckets: &BTreeMap<(Stream, u32), (u64, Vec<Record>)>,
     ) -> Result<(), StoreError> {
-        let mut written: Vec<(sled::Tree, [u8; 8])> = Vec::new();
-        let mut insert_all = || -> Result<(), StoreError> {
-            for (&(stream, day), (first, records)) in buckets {
-                let bucket = self.log.bucket(stream, day)?;
-                for (first, group) in groups(*first, records) {
-                    let key = first.to_be_bytes();
-                    bucket.insert(key, log::encode_group(group))?;
-                    written.push((bucket.clone(), key));
-                }
-            }
-            Ok(())
-        };
-        let result = insert_all();
+        let mut written = Vec::new();
+        let result = self.insert_groups(buckets, &mut written);
         if result.is_err() {
             for (bucket, key) in written {
                 let _ = bucket.remove(key);
             }
         }
         result
+    }
+
+    /// The inserts of [`Writer::write_groups`], each recorded in `written` once it is done.
+    fn insert_groups(
+        &self,
+        buckets: &BTreeMap<(Stream, u32), (u64, Vec<Record>)>,
+        written: &mut Vec<(sled::Tree, [u8; 8])>,
+    ) -> Result<(), StoreError> {
+        for (&(stream, day), (first, records)) in buckets {
+            let bucket = self.log.bucket(stream, day)?;
+            for (first, group) in groups(*first, records) {
+                let key = first.to_be_bytes();
+                bucket.insert(key, log::encode_group(group))?;
+                written.push((bucket.clone(), key));
+            }
+        }
+        Ok(())
     }
 
     /// Signs the digests that are due as of `now` (research/audit.md §4.2): after
