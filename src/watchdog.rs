@@ -8,9 +8,9 @@
 //! on the runtime counts beats; a plain thread looks at the count every [`CHECK`]. Time counts
 //! as stalled only while that thread itself runs on time, so a paused process (SIGSTOP, a
 //! suspended machine) is not taken for a stall. Stalls of at least [`REPORT_AFTER`] are logged
-//! when they reach it and when they end, and counted in `seawall_runtime_stalls_total`. What blocked is not visible
-//! from here; a stack dump (`gdb -p PID -batch -ex "thread apply all bt"`) taken during a
-//! stall is.
+//! when they reach it and when they end, and counted in `seawall_runtime_stalls_total`. What
+//! blocked is not visible from here; a stack dump (`gdb -p PID -batch -ex "thread apply all
+//! bt"`) taken during a stall is.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
