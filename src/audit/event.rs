@@ -47,6 +47,17 @@ impl Stream {
         }
     }
 
+    /// The name as a JSON string, as every header of the stream holds it.
+    pub fn json(self) -> &'static str {
+        match self {
+            Stream::Security => "\"security\"",
+            Stream::Access => "\"access\"",
+            Stream::DataChange => "\"data_change\"",
+            Stream::Gdpr => "\"gdpr\"",
+            Stream::System => "\"system\"",
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Stream> {
         Stream::ALL.into_iter().find(|s| s.as_str() == name)
     }
@@ -254,11 +265,15 @@ impl Draft {
             parts: Vec::new(),
             important: false,
         }
-        .typed("type", event_type)
-        .typed("category", category)
-        .typed("outcome", outcome)
-        .typed("id", id)
-        .typed("time", &rfc3339_nanos(time))
+        .text("type", event_type)
+        .text("category", category)
+        .text("outcome", outcome)
+        .text("id", id)
+        .set("time", |values| {
+            values.push(b'"');
+            crate::time::write_rfc3339_nanos(values, time);
+            values.push(b'"');
+        })
         .typed("severity", &severity(event_type, outcome))
     }
 
@@ -288,6 +303,11 @@ impl Draft {
             "{name} is not canonical"
         );
         draft
+    }
+
+    /// Sets a header field to a string, the commonest kind: type, outcome, id, level.
+    pub fn text(self, name: &'static str, value: &str) -> Draft {
+        self.set(name, |values| write_json_string(values, value))
     }
 
     /// Appends a value; a field set again points at its new value (the old bytes stay unused).
@@ -353,9 +373,25 @@ fn severity(event_type: &str, outcome: &str) -> u8 {
     }
 }
 
+/// `value` as a JSON string. Most header strings are plain words that need no escape and
+/// are copied as they are; the others are escaped by serde_json, whose escapes are RFC 8785's
+/// (`\"`, `\\`, the short forms and `\u00xx` for control characters, nothing else).
+fn write_json_string(out: &mut Vec<u8>, value: &str) {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.reserve(value.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        serde_json::to_writer(out, value).expect("strings serialize");
+    }
+}
+
 /// RFC 3339 with nanoseconds and `Z`, a string so JSON parsers never round it.
 pub fn rfc3339_nanos(time: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+    let mut out = Vec::with_capacity(30);
+    crate::time::write_rfc3339_nanos(&mut out, time);
+    String::from_utf8(out).expect("RFC 3339 is ASCII")
 }
 
 /// `{"a":..,"b":..}` from fields sorted by name, each value canonical JSON text. Names are
@@ -600,7 +636,8 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn part_declarations_and_the_version_are_the_canonical_json_of_what_they_declare() {
+    fn part_declarations_stream_names_and_the_version_are_the_canonical_json_of_what_they_declare()
+    {
         for role in [
             Role::Actor,
             Role::Target,
@@ -613,6 +650,19 @@ mod tests {
             assert_eq!(role.declaration(), canonical(&declared));
         }
         assert_eq!(VERSION_JSON, canonical(&json!(VERSION)));
+        for stream in Stream::ALL {
+            assert_eq!(stream.json(), canonical(&json!(stream.as_str())));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn text_fields_are_the_canonical_json_of_their_string(value in "\\PC*|[\"\\\\\u{0}-\u{1f}a-z\u{7f}-\u{a0}]*") {
+            let draft = Draft::new(Stream::System, "sys.start", "success", "id", std::time::UNIX_EPOCH);
+            let draft = draft.text("zeta", &value);
+            let expected = canonical(&json!(value));
+            proptest::prop_assert_eq!(draft.value("zeta"), Some(expected.as_bytes()));
+        }
     }
 
     #[test]

@@ -325,8 +325,8 @@ impl Pending {
             &crate::request_context::new_request_id(),
             SystemTime::now(),
         )
-        .typed("level", self.decision.level.as_str())
-        .typed("action", policy::action(&self.method))
+        .text("level", self.decision.level.as_str())
+        .text("action", policy::action(&self.method))
         .typed(
             "actor",
             &ActorFacts {
@@ -353,7 +353,7 @@ impl Pending {
     /// it: what is known then (no status, sizes or duration), and the sealed client facts.
     fn received_draft(&self) -> Draft {
         self.common(self.decision.stream, &self.decision.event, "unknown")
-            .typed("stage", "request_received")
+            .text("stage", "request_received")
             .typed(
                 "http",
                 &ReceivedFacts {

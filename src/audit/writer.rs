@@ -358,14 +358,14 @@ impl Writer {
             declared.push_str(part.role.declaration());
         }
         declared.push(']');
-        let stream_json = format!("\"{}\"", stream.as_str());
-        let seq_json = seq.to_string();
+        let mut seq_digits = itoa::Buffer::new();
+        let seq_json = seq_digits.format(seq);
         // In name order, as the draft's own fields are: the header is their merge.
         let own: [(&'static str, &[u8]); 5] = [
             ("origin", self.origin_json.as_bytes()),
             ("parts", declared.as_bytes()),
             ("seq", seq_json.as_bytes()),
-            ("stream", stream_json.as_bytes()),
+            ("stream", stream.json().as_bytes()),
             ("v", event::VERSION_JSON.as_bytes()),
         ];
         let fields = merge_by_name(draft.fields(), own);
