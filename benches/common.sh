@@ -32,9 +32,9 @@ need() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 
-# Waits up to 30 s for URL to answer with a success status.
+# `wait_http URL [SECONDS]`: waits up to SECONDS (30) for URL to answer with a success status.
 wait_http() {
-  for _ in $(seq 1 300); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+  for _ in $(seq 1 $((${2:-30} * 10))); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
   echo "$bench: $1 did not come up" >&2; exit 1
 }
 
@@ -53,7 +53,10 @@ start_default_seawall() {
 # `start_configured_seawall NAME <<TOML`: starts the release seawall with the sections read from
 # stdin after its own `[server]` (free loopback ports) and `[store]` (`$work/NAME-data`), logging
 # to `$work/NAME.log`, and waits until it is ready. Sets `proxy`, `admin` and `seawall_pid`.
-# Variables set on the call (`FF_X=true start_configured_seawall ...`) reach seawall.
+# Variables set on the call (`FF_X=true start_configured_seawall ...`) reach seawall. A script
+# may set `seawall_launcher` (an array) to a command seawall runs under, and `seawall_start_s`
+# to how long it may take to come up (30 s).
+seawall_launcher=()
 start_configured_seawall() {
   local name=$1
   proxy=$(free_port)
@@ -63,8 +66,9 @@ start_configured_seawall() {
     printf '[store]\ndata_dir = "%s"\n\n' "$work/$name-data"
     cat
   } >"$work/$name.toml"
-  RUST_LOG=warn target/release/seawall --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+  RUST_LOG=warn "${seawall_launcher[@]}" target/release/seawall --config "$work/$name.toml" \
+    >"$work/$name.log" 2>&1 &
   seawall_pid=$!
   track
-  wait_http "http://127.0.0.1:$admin/health/ready"
+  wait_http "http://127.0.0.1:$admin/health/ready" "${seawall_start_s:-30}"
 }

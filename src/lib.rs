@@ -24,8 +24,8 @@
 //!   query, signed digests and verification, GDPR rights, crypto-shredding, the erasure
 //!   ledger, the watermark); `backup`: verified copies of the data directory.
 //! - `admin_*`: the admin API of each subsystem.
-//! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`, `hex`:
-//!   utilities.
+//! - `store`: sled, opened once. `admin_token`: admin authentication. `logging`, `time`, `hex`,
+//!   `ip_text`: utilities.
 //!   `fd_limit`: the open-file limit raised at start to what the configuration can hold open.
 #![forbid(unsafe_code)]
 
@@ -50,6 +50,7 @@ pub mod features;
 pub mod flags;
 pub mod health;
 pub mod hex;
+pub mod ip_text;
 pub mod logging;
 pub mod metrics;
 pub mod ofrep;

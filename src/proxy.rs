@@ -188,11 +188,9 @@ fn rewrite_request_headers(headers: &mut HeaderMap, ctx: &RequestContext) {
     let original_host = headers.remove(header::HOST);
     if !ctx.peer_trusted {
         // Only a trusted proxy may tell the upstream who the client is.
-        for name in &CLIENT_FORWARDING {
-            headers.remove(name);
-        }
+        remove_where(headers, |name| CLIENT_FORWARDING.contains(name));
     }
-    let peer = ctx.peer.ip().to_canonical().to_string();
+    let peer = crate::ip_text::address(ctx.peer.ip().to_canonical());
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(chain) => format!("{chain}, {peer}"),
         None => peer,
@@ -215,13 +213,23 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 
 /// Removes hop-by-hop headers, including any that `Connection` names.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+    let named: Vec<String> = connection_tokens(headers)
+        .map(str::to_ascii_lowercase)
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
+    remove_where(headers, |name| {
+        HOP_BY_HOP.contains(name) || named.iter().any(|token| token == name.as_str())
+    });
+}
+
+/// Removes the headers whose name is `doomed`. A message has a few headers, so one look at
+/// each costs less than removing every name that might be there, each removal hashing it.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| doomed(name))
+        .cloned()
+        .collect();
+    for name in present {
         headers.remove(name);
     }
 }
@@ -270,7 +278,7 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = headers(&[
-            ("connection", "close, x-secret"),
+            ("connection", "close, X-Secret"),
             ("x-secret", "1"),
             ("keep-alive", "5"),
             ("x-kept", "1"),
@@ -278,6 +286,17 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // Every hop-by-hop name goes, with all its values; nothing else does.
+        let mut h = headers(&[("x-kept", "1"), ("accept", "*/*")]);
+        for name in &HOP_BY_HOP {
+            h.append(name, HeaderValue::from_static("a"));
+            h.append(name, HeaderValue::from_static("b"));
+        }
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept", "accept"]);
+        assert_eq!(h.len(), 2);
     }
 
     #[test]

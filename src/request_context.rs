@@ -51,7 +51,7 @@ impl RequestContext {
         } else {
             (peer_ip, "http")
         };
-        let client_address = client_ip.to_string();
+        let client_address = crate::ip_text::address(client_ip);
         let client_key = address_key(client_ip, &client_address);
         RequestContext {
             request_id: request_id(headers),

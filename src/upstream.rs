@@ -157,10 +157,13 @@ impl Upstream {
             .authority()
             .map(|a| a.as_str())
             .unwrap_or_default();
+        let mut joined = String::with_capacity(base.len() + path_and_query.len());
+        joined.push_str(base);
+        joined.push_str(path_and_query);
         Uri::builder()
             .scheme("http")
             .authority(authority)
-            .path_and_query(format!("{base}{path_and_query}"))
+            .path_and_query(joined)
             .build()
     }
 

@@ -547,16 +547,10 @@ pub fn network(ip: IpAddr) -> String {
             // Every audited request's header has one: built without the formatting machinery.
             let [a, b, _, _] = v4.octets();
             let mut net = String::with_capacity(15);
-            for (octet, after) in [(a, "."), (b, ".0.0/16")] {
-                if octet >= 100 {
-                    net.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    net.push(char::from(b'0' + octet / 10 % 10));
-                }
-                net.push(char::from(b'0' + octet % 10));
-                net.push_str(after);
-            }
+            crate::ip_text::push_octet(&mut net, a);
+            net.push('.');
+            crate::ip_text::push_octet(&mut net, b);
+            net.push_str(".0.0/16");
             net
         }
         IpAddr::V6(v6) => {

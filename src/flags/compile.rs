@@ -13,10 +13,15 @@ use crate::flags::constraint::{self, parse_cidr};
 use crate::flags::context::Field;
 use crate::flags::model::{Dependency, Flag, Payload, Segment, Strategy, Variant};
 
+/// Maps keyed by flag name, looked up several times for every request (each of seawall's
+/// features is a flag). FxHash instead of SipHash: the keys are the operator's flag names,
+/// and a lookup of any other name (an OFREP client's) cannot lengthen the probes among them.
+pub type NameMap<V> = HashMap<String, V, fxhash::FxBuildHasher>;
+
 /// Every flag, ready to evaluate. Immutable; a change builds a new one.
 #[derive(Debug, Default)]
 pub struct FlagSet {
-    pub(crate) flags: HashMap<String, CompiledFlag>,
+    pub(crate) flags: NameMap<CompiledFlag>,
     /// Names in sorted order, for bulk evaluation with a stable output.
     pub(crate) names: Vec<String>,
 }
@@ -111,7 +116,7 @@ pub const STRATEGIES: [&str; 7] = [
 impl FlagSet {
     pub fn compile(flags: &[Flag], segments: &[Segment]) -> FlagSet {
         let segments: HashMap<i64, &Segment> = segments.iter().map(|s| (s.id, s)).collect();
-        let compiled: HashMap<String, CompiledFlag> = flags
+        let compiled: NameMap<CompiledFlag> = flags
             .iter()
             .map(|f| (f.name.clone(), compile_flag(f, &segments)))
             .collect();

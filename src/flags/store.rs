@@ -20,6 +20,7 @@ use sled::Transactional;
 
 use crate::config::FlagsConfig;
 use crate::flags::bootstrap::flag_from_spec;
+use crate::flags::compile::NameMap;
 use crate::flags::model::{Flag, Segment, State};
 use crate::flags::validate::{self, FieldError, RESERVED_PREFIX};
 use crate::flags::{Context, FlagSet, ThreadRandom};
@@ -124,7 +125,7 @@ pub struct Snapshot {
     pub set: FlagSet,
     pub records: BTreeMap<String, Record>,
     pub segments: BTreeMap<i64, Segment>,
-    counters: HashMap<String, Arc<Outcomes>>,
+    counters: NameMap<Arc<Outcomes>>,
 }
 
 impl Snapshot {

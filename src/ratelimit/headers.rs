@@ -7,7 +7,6 @@
 //! (whole seconds, rounded up, equal to the refusing policy's `t`), `X-RateLimit-Priority` and
 //! `Cache-Control: no-store`.
 
-use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, HeaderValue};
@@ -56,16 +55,24 @@ fn common(checked: &[Checked], now: SystemTime) -> Fields {
             state.push_str(", ");
         }
         let r = c.verdict.remaining;
-        // Writing into a String cannot fail.
-        let _ = write!(policy, "\"{}\";q={};w={}", c.policy, c.quota, c.window_s);
-        let _ = write!(state, "\"{}\";r={r}", c.policy);
+        // Every admitted request carries these: numbers written by itoa, not `write!`.
+        let mut number = itoa::Buffer::new();
+        push_quoted(&mut policy, &c.policy);
+        policy.push_str(";q=");
+        policy.push_str(number.format(c.quota));
+        policy.push_str(";w=");
+        policy.push_str(number.format(c.window_s));
+        push_quoted(&mut state, &c.policy);
+        state.push_str(";r=");
+        state.push_str(number.format(r));
         if r < c.quota {
             let t = if c.verdict.admitted {
                 c.verdict.next_unit
             } else {
                 c.verdict.retry_after
             };
-            let _ = write!(state, ";t={}", whole_seconds(t));
+            state.push_str(";t=");
+            state.push_str(number.format(whole_seconds(t)));
         }
     }
     let tightest = checked
@@ -91,6 +98,13 @@ fn common(checked: &[Checked], now: SystemTime) -> Fields {
             HeaderValue::from(reset),
         ),
     ]
+}
+
+/// A policy name as the quoted string the fields hold (names are checked header-safe).
+fn push_quoted(text: &mut String, name: &str) {
+    text.push('"');
+    text.push_str(name);
+    text.push('"');
 }
 
 #[cfg(test)]

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by callgrind: a figure that does not move with the
+# machine's load, for comparing two builds where wall-clock runs on shared cores vary by 20%.
+#
+#   benches/instructions.sh [seconds per measurement, default 10]
+#
+# One seawall with all four features on serves two routes, each gated by a flag, to the same
+# small upstream (nginx answering a fixed 200): `audited` at metadata level and `unaudited` at
+# level none. Each route is measured twice, alternating; for each measurement callgrind's
+# counters are zeroed, wrk sends requests for the given time over 8 connections, and the
+# instructions every seawall thread executed are divided by the requests answered.
+#
+# What the figure leaves out and skews, so compare builds with it, not routes with each other:
+# - only user-space instructions count, not the kernel's socket work, nor cache misses;
+# - callgrind does not emulate the SHA extensions, so ring hashes with its AVX code, several
+#   times the instructions of the real machine's;
+# - seawall runs about fifty times slower, so the audit writer's batches are smaller than under
+#   real load and its per-batch work weighs more per event.
+set -euo pipefail
+
+seconds=${1:-10}
+. "$(dirname "$0")/common.sh" instructions.sh
+need wrk wrk
+need nginx nginx-light
+need valgrind valgrind
+
+cargo build --release --quiet
+
+upstream_port=$(free_port)
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+error_log stderr warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$upstream_port; location / { return 200 "hello from the upstream\n"; } }
+}
+NGINX
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
+track
+wait_http "http://127.0.0.1:$upstream_port/"
+
+seawall_launcher=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
+seawall_start_s=300
+FF_LOAD_GATE=true start_configured_seawall seawall <<TOML
+[features]
+circuit_breaker = true
+enhanced_pooling = true
+prioritized_rate_limit = true
+audit_trail = true
+
+[ratelimit.levels.medium]
+quota = 10000000
+window_s = 1
+
+[upstreams.app]
+url = "http://127.0.0.1:$upstream_port"
+
+[[routes]]
+name = "audited"
+match = "/audited/*"
+upstream = "app"
+strip_prefix = "/audited"
+flag = "load-gate"
+audit = { level = "metadata" }
+
+[[routes]]
+name = "unaudited"
+match = "/unaudited/*"
+upstream = "app"
+strip_prefix = "/unaudited"
+flag = "load-gate"
+audit = { level = "none" }
+TOML
+
+# Warm both routes (connections, caches, the first audit batches) before counting.
+for route in audited unaudited; do
+  wrk -t1 -c4 -d3s "http://127.0.0.1:$proxy/$route/" >/dev/null
+done
+
+echo "instructions: callgrind, ${seconds}s per measurement, 8 connections, all features on"
+for route in audited unaudited audited unaudited; do
+  callgrind_control --zero "$seawall_pid" >/dev/null 2>&1
+  requests=$(wrk -t1 -c8 -d"${seconds}s" "http://127.0.0.1:$proxy/$route/" | awk '/requests in/ { print $1 }')
+  callgrind_control --dump="$route" "$seawall_pid" >/dev/null 2>&1
+  profile=$(ls -t "$work"/callgrind.* | head -1)
+  instructions=$(awk '/^(summary|totals):/ { print $2; exit }' "$profile")
+  rm -f "$profile"
+  awk -v route="$route" -v n="$requests" -v ir="$instructions" \
+    'BEGIN { printf "%-10s %7d requests %9.0f instructions per request\n", route, n, ir / n }'
+done
