@@ -72,3 +72,53 @@ start_configured_seawall() {
   track
   wait_http "http://127.0.0.1:$admin/health/ready" "${seawall_start_s:-30}"
 }
+
+# The `[features]` lines that turn on all four of seawall's features.
+all_features="circuit_breaker = true
+enhanced_pooling = true
+prioritized_rate_limit = true
+audit_trail = true"
+
+# `start_load_seawall NAME FEATURES`: the seawall the load comparisons measure, in front of the
+# upstream on `$upstream_port`, with FEATURES as its `[features]` lines. Its routes, each gated
+# by the flag `load-gate` (turned on here): `/gated/` audited at metadata level, `/noaudit/` at
+# level none and `/strict/` with durability blocking-strict; rate limits too high to refuse.
+start_load_seawall() {
+  local name=$1 features=$2
+  FF_LOAD_GATE=true start_configured_seawall "$name" <<TOML
+[features]
+$features
+
+[ratelimit.levels.medium]
+quota = 10000000
+window_s = 1
+
+[upstreams.app]
+url = "http://127.0.0.1:$upstream_port"
+max_connections = 256
+
+[[routes]]
+name = "gated"
+match = "/gated/*"
+upstream = "app"
+strip_prefix = "/gated"
+flag = "load-gate"
+audit = { level = "metadata" }
+
+[[routes]]
+name = "noaudit"
+match = "/noaudit/*"
+upstream = "app"
+strip_prefix = "/noaudit"
+flag = "load-gate"
+audit = { level = "none" }
+
+[[routes]]
+name = "strict"
+match = "/strict/*"
+upstream = "app"
+strip_prefix = "/strict"
+flag = "load-gate"
+audit = { level = "metadata", durability = "blocking-strict" }
+TOML
+}

@@ -4,11 +4,12 @@
 #
 #   benches/instructions.sh [seconds per measurement, default 10]
 #
-# One seawall with all four features on serves two routes, each gated by a flag, to the same
-# small upstream (nginx answering a fixed 200): `audited` at metadata level and `unaudited` at
-# level none. Each route is measured twice, alternating; for each measurement callgrind's
-# counters are zeroed, wrk sends requests for the given time over 8 connections, and the
-# instructions every seawall thread executed are divided by the requests answered.
+# One seawall with all four features on, the one `benches/load.sh` measures, in front of a small
+# upstream (nginx answering a fixed 200): its route `gated` audited at metadata level and
+# `noaudit` at level none, each gated by a flag. Each route is measured twice, alternating; for
+# each measurement callgrind's counters are zeroed, wrk sends requests for the given time over 8
+# connections, and the instructions every seawall thread executed are divided by the requests
+# answered.
 #
 # What the figure leaves out and skews, so compare builds with it, not routes with each other:
 # - only user-space instructions count, not the kernel's socket work, nor cache misses;
@@ -46,44 +47,15 @@ wait_http "http://127.0.0.1:$upstream_port/"
 
 seawall_launcher=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
 seawall_start_s=300
-FF_LOAD_GATE=true start_configured_seawall seawall <<TOML
-[features]
-circuit_breaker = true
-enhanced_pooling = true
-prioritized_rate_limit = true
-audit_trail = true
-
-[ratelimit.levels.medium]
-quota = 10000000
-window_s = 1
-
-[upstreams.app]
-url = "http://127.0.0.1:$upstream_port"
-
-[[routes]]
-name = "audited"
-match = "/audited/*"
-upstream = "app"
-strip_prefix = "/audited"
-flag = "load-gate"
-audit = { level = "metadata" }
-
-[[routes]]
-name = "unaudited"
-match = "/unaudited/*"
-upstream = "app"
-strip_prefix = "/unaudited"
-flag = "load-gate"
-audit = { level = "none" }
-TOML
+start_load_seawall seawall "$all_features"
 
 # Warm both routes (connections, caches, the first audit batches) before counting.
-for route in audited unaudited; do
+for route in gated noaudit; do
   wrk -t1 -c4 -d3s "http://127.0.0.1:$proxy/$route/" >/dev/null
 done
 
 echo "instructions: callgrind, ${seconds}s per measurement, 8 connections, all features on"
-for route in audited unaudited audited unaudited; do
+for route in gated noaudit gated noaudit; do
   callgrind_control --zero "$seawall_pid" >/dev/null 2>&1
   requests=$(wrk -t1 -c8 -d"${seconds}s" "http://127.0.0.1:$proxy/$route/" | awk '/requests in/ { print $1 }')
   callgrind_control --dump="$route" "$seawall_pid" >/dev/null 2>&1

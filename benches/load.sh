@@ -80,52 +80,10 @@ hyper_pid=$!
 wait_http "http://127.0.0.1:$hyper_port/"
 
 # --- two seawalls: features off, and all four on ---------------------------------------
-start_seawall() {
-  local name=$1 features=$2
-  FF_LOAD_GATE=true start_configured_seawall "$name" <<TOML
-[features]
-$features
-
-[ratelimit.levels.medium]
-quota = 10000000
-window_s = 1
-
-[upstreams.app]
-url = "http://127.0.0.1:$upstream_port"
-max_connections = 256
-
-[[routes]]
-name = "gated"
-match = "/gated/*"
-upstream = "app"
-strip_prefix = "/gated"
-flag = "load-gate"
-audit = { level = "metadata" }
-
-[[routes]]
-name = "noaudit"
-match = "/noaudit/*"
-upstream = "app"
-strip_prefix = "/noaudit"
-flag = "load-gate"
-audit = { level = "none" }
-
-[[routes]]
-name = "strict"
-match = "/strict/*"
-upstream = "app"
-strip_prefix = "/strict"
-flag = "load-gate"
-audit = { level = "metadata", durability = "blocking-strict" }
-TOML
-}
 # Called in this shell (not a subshell), so the cleanup trap knows every PID.
-start_seawall plain ""
+start_load_seawall plain ""
 plain_pid=$seawall_pid plain_port=$proxy plain_admin=$admin
-start_seawall all "circuit_breaker = true
-enhanced_pooling = true
-prioritized_rate_limit = true
-audit_trail = true"
+start_load_seawall all "$all_features"
 all_pid=$seawall_pid all_port=$proxy all_admin=$admin
 
 declare -A url=(
