@@ -348,7 +348,7 @@ impl Writer {
             .heads
             .get(&stream)
             .copied()
-            .unwrap_or(self.heads[&stream]);
+            .unwrap_or_else(|| self.heads[&stream]);
         let mut declared = String::with_capacity(40 * draft.parts.len() + 2);
         declared.push('[');
         for (i, part) in draft.parts.iter().enumerate() {
