@@ -81,6 +81,7 @@ pub async fn forward(
         .uri_for(&path_and_query)
         .map_err(|e| Error::BadRequest(format!("the request path cannot be forwarded: {e}")))?;
     rewrite_request_headers(&mut parts.headers, ctx);
+    parts.headers.insert(header::HOST, upstream.host().clone());
     if let Some((protocols, ..)) = &upgrade {
         set_upgrade(&mut parts.headers, protocols.clone());
     }
@@ -196,7 +197,7 @@ fn rewrite_request_headers(headers: &mut HeaderMap, ctx: &RequestContext) {
         None => peer,
     };
     set(headers, X_FORWARDED_FOR, &forwarded_for);
-    set(headers, X_FORWARDED_PROTO, ctx.scheme);
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(ctx.scheme));
     if let Some(host) = original_host
         && !headers.contains_key(&X_FORWARDED_HOST)
     {

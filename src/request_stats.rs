@@ -136,21 +136,20 @@ impl RequestStats {
     ) {
         self.in_flight(listener).dec();
         let method = method_label(method);
-        self.requests
-            .get(&RequestKey {
-                listener,
-                route: route.clone(),
-                method,
-                status,
-            })
-            .inc();
+        let key = RequestKey {
+            listener,
+            route: route.clone(),
+            method,
+            status,
+        };
+        self.requests.with(&key, Counter::inc);
+        let key = RouteKey {
+            listener,
+            route: key.route,
+            method,
+        };
         self.durations
-            .get(&RouteKey {
-                listener,
-                route: route.clone(),
-                method,
-            })
-            .observe(elapsed);
+            .with(&key, |durations| durations.observe(elapsed));
         let micros = elapsed.as_micros().clamp(1, u64::MAX as u128) as u64;
         let mut latency = self.latency.lock().expect("latency lock");
         latency

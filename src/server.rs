@@ -18,6 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -294,7 +295,9 @@ async fn exchange<S: Service>(
         }
         service.call(request, &ctx, target).await
     };
-    let called = tokio::time::timeout(timeout, call);
+    // Boxed once here, the handler's future (several KiB: the upstream call is nested inside it)
+    // is not copied again by each future that wraps it, nor by hyper when it stores this one.
+    let called = Box::pin(tokio::time::timeout(timeout, call));
     let outcome = catch_panic(called).instrument(span.clone()).await;
     let panicked = outcome.is_err();
     let mut response = match outcome {
@@ -342,16 +345,16 @@ async fn exchange<S: Service>(
 
 /// Runs `future`, turning a panic inside it into `Err` with the panic's message. The future is
 /// not polled again after it panicked.
-async fn catch_panic<F: Future>(future: F) -> Result<F::Output, String> {
-    let mut future = std::pin::pin!(future);
+fn catch_panic<F: Future + Unpin>(
+    mut future: F,
+) -> impl Future<Output = Result<F::Output, String>> {
     std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(&mut future).poll(cx))) {
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Ok(Poll::Pending) => Poll::Pending,
             Err(payload) => Poll::Ready(Err(panic_message(payload.as_ref()))),
         }
     })
-    .await
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, StatusCode, Uri};
+use fxhash::FxBuildHasher;
+use http::uri::{self, Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper_util::client::legacy::Client;
@@ -92,6 +94,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub breaker: Arc<Breaker>,
     client: Client<HttpConnector, Body>,
+    authority: Authority,
+    host: HeaderValue,
     /// Caps requests in flight, so one slow upstream cannot take every socket and task.
     slots: Arc<Semaphore>,
     waiters: AtomicUsize,
@@ -137,8 +141,16 @@ impl Upstream {
                 .collect(),
             acquire: Some(Histogram::new(LATENCY_BUCKETS)),
         });
+        let authority = config
+            .url
+            .authority()
+            .cloned()
+            .expect("validated upstream URLs have an authority");
+        let host = host_header(&authority);
         Upstream {
             name: Arc::from(config.name.as_str()),
+            authority,
+            host,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             waiters: AtomicUsize::new(0),
             breaker,
@@ -151,20 +163,20 @@ impl Upstream {
     /// The absolute URI for a path-and-query on this upstream, under its base path.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let base = self.config.url.path().trim_end_matches('/');
-        let authority = self
-            .config
-            .url
-            .authority()
-            .map(|a| a.as_str())
-            .unwrap_or_default();
         let mut joined = String::with_capacity(base.len() + path_and_query.len());
         joined.push_str(base);
         joined.push_str(path_and_query);
-        Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(joined)
-            .build()
+        let mut parts = uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(PathAndQuery::try_from(joined)?);
+        Ok(Uri::from_parts(parts)?)
+    }
+
+    /// The `Host` header of requests sent to this upstream, as the HTTP client would derive it
+    /// from the URI: built once rather than formatted on every request.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
     }
 
     /// Sends `request` and waits for the response head; the body streams afterwards and keeps
@@ -378,9 +390,20 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// All upstreams by name.
+/// The `Host` header for requests to `authority` over plain HTTP: the port is left out when it
+/// is the default, as HTTP clients do.
+fn host_header(authority: &Authority) -> HeaderValue {
+    match authority.port_u16() {
+        Some(80) | None => HeaderValue::from_str(authority.host()),
+        Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+    }
+    .expect("an authority is a valid header value")
+}
+
+/// All upstreams by name. Looked up for every proxied request; FxHash because the names are
+/// the operator's, never a client's.
 pub struct Upstreams {
-    by_name: HashMap<String, Arc<Upstream>>,
+    by_name: HashMap<String, Arc<Upstream>, FxBuildHasher>,
 }
 
 impl Upstreams {
@@ -573,5 +596,24 @@ impl Probe for UpstreamProbe {
                 .insert("waiters".into(), json!(self.upstream.waiters()));
             Some(reading)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_header_leaves_out_only_the_default_port() {
+        for (authority, host) in [
+            ("127.0.0.1:3000", "127.0.0.1:3000"),
+            ("app.internal:80", "app.internal"),
+            ("app.internal", "app.internal"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("[::1]:80", "[::1]"),
+        ] {
+            let authority: Authority = authority.parse().unwrap();
+            assert_eq!(host_header(&authority), host, "{authority}");
+        }
     }
 }

@@ -248,7 +248,9 @@ impl RequestAudit {
     /// the others are handed to the response body, which records them when it ends.
     pub async fn answer(mut self, response: Response<Body>) -> Response<Body> {
         if self.pending.as_ref().is_some_and(|p| p.durable) {
-            self.finish_before_answer(&response, None).await;
+            // Boxed: this path is rare (admin changes), and inline its future would make every
+            // audited request's future larger, and so slower to move.
+            Box::pin(self.finish_before_answer(&response, None)).await;
             return response;
         }
         let pending = self.pending.take().expect("answered once");
@@ -275,7 +277,7 @@ impl RequestAudit {
     /// Completes the answer to a request whose handler panicked: the event (reason `panic`)
     /// is on disk before the 500 is sent, whatever the plan.
     pub async fn answer_panicked(mut self, response: Response<Body>) -> Response<Body> {
-        self.finish_before_answer(&response, Some("panic")).await;
+        Box::pin(self.finish_before_answer(&response, Some("panic"))).await;
         response
     }
 
