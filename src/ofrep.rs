@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::flags::model::Payload;
 use crate::flags::store::Snapshot;
 use crate::flags::validate::RESERVED_PREFIX;
-use crate::flags::{Context, Evaluation, ThreadRandom};
+use crate::flags::{Context, Evaluation, Now, ThreadRandom};
 use crate::hex;
 use crate::request_context::RequestContext;
 use crate::state::AppState;
@@ -116,7 +116,7 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
 fn single(state: &AppState, snapshot: &Snapshot, key: &str, context: &Context) -> Response<Body> {
     let evaluation = snapshot
         .set
-        .evaluate(key, context, chrono::Utc::now(), &mut ThreadRandom);
+        .evaluate(key, context, Now::System, &mut ThreadRandom);
     state
         .flags
         .count(snapshot, key, evaluation.map(|e| e.enabled));

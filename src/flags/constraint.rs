@@ -178,8 +178,34 @@ pub fn compile(constraint: &Constraint) -> Compiled {
     }
 }
 
+/// The time `currentTime` date constraints compare with when the context sets none: asked for
+/// only when such a constraint is evaluated. Most flags have none, and the proxy evaluates five
+/// flags per request, so reading the clock for each evaluation would be wasted work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Now {
+    /// A fixed instant: tests, and bulk evaluations that share one.
+    At(DateTime<Utc>),
+    /// The system clock, read when asked.
+    System,
+}
+
+impl Now {
+    pub fn get(self) -> DateTime<Utc> {
+        match self {
+            Now::At(instant) => instant,
+            Now::System => Utc::now(),
+        }
+    }
+}
+
+impl From<DateTime<Utc>> for Now {
+    fn from(instant: DateTime<Utc>) -> Now {
+        Now::At(instant)
+    }
+}
+
 impl Compiled {
-    pub fn matches(&self, ctx: &Context, now: DateTime<Utc>) -> bool {
+    pub fn matches(&self, ctx: &Context, now: Now) -> bool {
         let value = ctx.get(&self.field);
         let result = match &self.op {
             Op::Unknown => return false,
@@ -223,10 +249,10 @@ impl Compiled {
     }
 
     /// A date operand: the context field, or `now` when the field is `currentTime` and unset.
-    fn date(&self, value: Option<&str>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    fn date(&self, value: Option<&str>, now: Now) -> Option<DateTime<Utc>> {
         match value {
             Some(text) => parse_date(text),
-            None if self.field == Field::CurrentTime => Some(now),
+            None if self.field == Field::CurrentTime => Some(now.get()),
             None => None,
         }
     }

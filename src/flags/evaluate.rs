@@ -1,17 +1,17 @@
-//! Evaluating a compiled flag for a context: pure, no IO; time and randomness come in as
-//! arguments.
+//! Evaluating a compiled flag for a context: pure, no IO; time ([`Now`]) and randomness come
+//! in as arguments.
 //!
 //! The algorithm is Unleash's (research/flags.md §2): a kill switch, dependencies on parent
 //! flags, strategies OR'ed (each its rule AND its constraints AND its segments), bucketing with
 //! `murmur3_x86_32("<groupId>:<id>", 0) % 100 + 1 <= percentage`, and variants picked with seed
 //! 86028157 over the total weight after overrides. Raising a percentage only ever adds ids.
 
-use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::flags::compile::{
     CompiledFlag, CompiledStrategy, CompiledVariant, FlagSet, Rule, Stickiness,
 };
+use crate::flags::constraint::Now;
 use crate::flags::context::Context;
 use crate::flags::model::Payload;
 use crate::flags::murmur3;
@@ -82,11 +82,15 @@ impl FlagSet {
         &self,
         name: &str,
         ctx: &Context,
-        now: DateTime<Utc>,
+        now: impl Into<Now>,
         random: &mut dyn Random,
     ) -> Option<Evaluation<'_>> {
         let flag = self.flags.get(name)?;
-        let mut eval = Evaluator { ctx, now, random };
+        let mut eval = Evaluator {
+            ctx,
+            now: now.into(),
+            random,
+        };
         Some(eval.flag(self, flag))
     }
 
@@ -95,7 +99,7 @@ impl FlagSet {
         &self,
         name: &str,
         ctx: &Context,
-        now: DateTime<Utc>,
+        now: impl Into<Now>,
         random: &mut dyn Random,
     ) -> bool {
         self.evaluate(name, ctx, now, random)
@@ -105,7 +109,7 @@ impl FlagSet {
 
 struct Evaluator<'c, 'r> {
     ctx: &'c Context,
-    now: DateTime<Utc>,
+    now: Now,
     random: &'r mut dyn Random,
 }
 

@@ -19,6 +19,7 @@ pub mod store;
 pub mod validate;
 
 pub use compile::FlagSet;
+pub use constraint::Now;
 pub use context::Context;
 pub use evaluate::{Evaluation, Random, Reason, ThreadRandom, VariantChoice};
 

@@ -23,7 +23,7 @@ use crate::flags::bootstrap::flag_from_spec;
 use crate::flags::compile::NameMap;
 use crate::flags::model::{Flag, Segment, State};
 use crate::flags::validate::{self, FieldError, RESERVED_PREFIX};
-use crate::flags::{Context, FlagSet, ThreadRandom};
+use crate::flags::{Context, FlagSet, Now, ThreadRandom};
 use crate::metrics::{Counter, Exposition, Family, LabelSet, Pairs};
 use crate::store::{Store, StoreError, trees};
 
@@ -242,7 +242,7 @@ impl FlagStore {
         let snapshot = self.snapshot.read().expect("flag snapshot lock");
         let enabled = snapshot
             .set
-            .evaluate(name, ctx, chrono::Utc::now(), &mut ThreadRandom)
+            .evaluate(name, ctx, Now::System, &mut ThreadRandom)
             .map(|e| e.enabled);
         self.count(&snapshot, name, enabled);
         enabled == Some(true)

@@ -1,10 +1,10 @@
-//! Engine properties beyond the Unleash vectors: rollout consistency, shares, reasons.
+//! Engine properties beyond the Unleash vectors: rollout consistency, shares, reasons, the clock.
 
 use chrono::Utc;
 use serde_json::json;
 
 use crate::flags::model::Flag;
-use crate::flags::{Context, FlagSet, Reason, ThreadRandom};
+use crate::flags::{Context, FlagSet, Now, Reason, ThreadRandom};
 
 fn flag(value: serde_json::Value) -> Flag {
     serde_json::from_value(value).unwrap()
@@ -124,4 +124,39 @@ fn reasons_follow_how_the_value_was_decided() {
         set.evaluate("missing", &user("x"), Utc::now(), &mut ThreadRandom)
             .is_none()
     );
+}
+
+#[test]
+fn current_time_constraints_read_the_clock_only_through_now() {
+    let dated = |name: &str, operator: &str| {
+        flag(json!({
+            "name": name, "enabled": true,
+            "strategies": [{"name": "default", "constraints": [
+                {"contextName": "currentTime", "operator": operator, "value": "2020-01-01T00:00:00Z"}
+            ]}]
+        }))
+    };
+    let set = FlagSet::compile(
+        &[dated("after", "DATE_AFTER"), dated("before", "DATE_BEFORE")],
+        &[],
+    );
+    let on =
+        |name: &str, ctx: &Context, now: Now| set.is_enabled(name, ctx, now, &mut ThreadRandom);
+    let nobody = Context::default();
+    // The system clock is read when the constraint asks for it: today is after 2020.
+    assert!(on("after", &nobody, Now::System));
+    assert!(!on("before", &nobody, Now::System));
+    // A fixed instant is used as given.
+    let in_2019 = chrono::DateTime::parse_from_rfc3339("2019-06-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    assert!(!on("after", &nobody, Now::At(in_2019)));
+    assert!(on("before", &nobody, Now::At(in_2019)));
+    // The context's own time wins over either.
+    let then = Context {
+        current_time: Some("2019-06-01T00:00:00Z".to_string()),
+        ..Context::default()
+    };
+    assert!(!on("after", &then, Now::System));
+    assert!(on("before", &then, Now::System));
 }
