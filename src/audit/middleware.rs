@@ -248,8 +248,8 @@ impl RequestAudit {
     /// the others are handed to the response body, which records them when it ends.
     pub async fn answer(mut self, response: Response<Body>) -> Response<Body> {
         if self.pending.as_ref().is_some_and(|p| p.durable) {
-            // Boxed: this path is rare (admin changes), and inline its future would make every
-            // audited request's future larger, and so slower to move.
+            // Boxed: this path is rare (admin changes), and its future, inlined, would make
+            // every audited request's future larger and so slower to move.
             Box::pin(self.finish_before_answer(&response, None)).await;
             return response;
         }
