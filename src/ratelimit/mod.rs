@@ -339,13 +339,12 @@ impl RateLimiter {
     }
 
     fn count(&self, level: Level, policy: &str, outcome: &'static str) {
-        self.decisions
-            .get(&DecisionKey {
-                level,
-                policy: Arc::from(policy),
-                outcome,
-            })
-            .inc();
+        let key = DecisionKey {
+            level,
+            policy: Arc::from(policy),
+            outcome,
+        };
+        self.decisions.with(&key, Counter::inc);
     }
 
     /// Forgets keys whose state is fresh again; run periodically.
