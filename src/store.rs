@@ -51,6 +51,8 @@ pub mod trees {
     pub const AUDIT_DIGESTS: &str = "audit_digests";
     /// Legal holds by id.
     pub const AUDIT_HOLDS: &str = "audit_holds";
+    /// Retention's hold after the clock jumped forward (`audit::clock_guard`).
+    pub const AUDIT_CLOCK: &str = "audit_clock";
     /// Answers of executed erasure requests, by idempotency key.
     pub const GDPR_REQUESTS: &str = "gdpr_requests";
 }

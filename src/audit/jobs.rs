@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::json;
@@ -42,7 +42,7 @@ impl AuditTrail {
                         }
                     }
                 }
-                let _ = trail.run_retention(SystemTime::now()).await;
+                let _ = trail.run_retention(SystemTime::now(), Instant::now()).await;
             }
         })
     }
@@ -113,25 +113,49 @@ impl AuditTrail {
         self.capacity_step().apply(&self.config)
     }
 
-    /// One whole retention run as of `now`, with the periods the capacity guard's step leaves,
-    /// recorded as a `sys.retention.run` event; a run refused because the clock is behind the
-    /// store is recorded as `sys.retention.refused`.
-    pub async fn run_retention(&self, now: SystemTime) -> Result<retention::RunReport, StoreError> {
+    /// One whole retention run as of the wall clock `now`, read at `at`, with the periods the
+    /// capacity guard's step leaves, recorded as a `sys.retention.run` event. A run refused
+    /// because the clock is behind the store, or jumped forward (`clock_guard`), is recorded as
+    /// `sys.retention.refused`.
+    pub async fn run_retention(
+        &self,
+        now: SystemTime,
+        at: Instant,
+    ) -> Result<retention::RunReport, StoreError> {
         let log = self.log.clone();
         let config = self.effective_config();
-        let result =
-            tokio::task::spawn_blocking(move || retention::run(&log, &config, now, usize::MAX))
-                .await
-                .expect("retention does not panic");
-        match &result {
-            Ok(report) if report.refused.is_some() => {
+        let clock_guard = self.clock_guard.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let held = clock_guard
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .check(now, at)?;
+            if held.is_some() {
+                return Ok(retention::RunReport {
+                    held,
+                    ..retention::RunReport::default()
+                });
+            }
+            retention::run(&log, &config, now, usize::MAX)
+        })
+        .await
+        .expect("retention does not panic");
+        let reason = match &result {
+            Ok(report) if report.refused.is_some() => Some("clock_behind"),
+            Ok(report) if report.held.is_some() => Some("clock_jumped"),
+            _ => None,
+        };
+        match (&result, reason) {
+            (Ok(report), Some(reason)) => {
                 self.metrics.retention_refused.inc();
                 tracing::warn!(
+                    reason,
                     refused = ?report.refused,
-                    "retention refused: the clock is behind the stored audit events"
+                    held = ?report.held,
+                    "retention refused: the clock is behind the stored audit events or jumped forward"
                 );
                 let draft = system_draft("sys.retention.refused", "failure")
-                    .field("reason", json!("clock_behind"))
+                    .field("reason", json!(reason))
                     .field("retention", json!(report));
                 self.record(draft.important()).await;
             }

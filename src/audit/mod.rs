@@ -8,7 +8,8 @@
 //! - `policy`: which requests are audited at which level, as which event type.
 //! - `retention`: expiring personal parts (by destroying keys) and headers (by whole buckets),
 //!   `anchor`: the signed record of where it cut a stream; `capacity`: shortening the least
-//!   needed periods when the data volume fills up.
+//!   needed periods when the data volume fills up; `clock_guard`: holding it off after the
+//!   clock jumped forward.
 //! - `verify`, `digest`, `merkle`: checking chains, and the signed digests that cover them
 //!   (with a Merkle root over each batch, for single-event inclusion proofs).
 //! - `watermark`: the heads each flush made durable, kept beside the store, so a start can
@@ -27,6 +28,7 @@
 pub mod anchor;
 pub mod application;
 pub mod capacity;
+pub mod clock_guard;
 pub mod detect;
 pub mod digest;
 pub mod event;
@@ -63,6 +65,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use event::{Draft, IdKind, Level, Role, Stream, Subject};
 
 use crate::audit::capacity::Step;
+use crate::audit::clock_guard::ClockGuard;
 use crate::audit::keys::Keyring;
 use crate::audit::ledger::Ledger;
 use crate::audit::log::AuditLog;
@@ -103,6 +106,10 @@ pub struct AuditConfig {
     pub body_days: u32,
     #[serde(serialize_with = "crate::config::millis")]
     pub retention_interval: Duration,
+    /// How far the wall clock may run ahead of the monotonic clock between two retention runs
+    /// before pruning is held ([`clock_guard`]).
+    #[serde(serialize_with = "crate::config::millis")]
+    pub clock_jump_tolerance: Duration,
     pub rules: Vec<policy::Rule>,
     /// Every configured route must have its own `audit` or be named by a rule (research §6 B1).
     pub require_explicit_coverage: bool,
@@ -163,6 +170,7 @@ impl Default for AuditConfig {
             retention: AuditConfig::default_retention(),
             body_days: 7,
             retention_interval: Duration::from_secs(3_600),
+            clock_jump_tolerance: Duration::from_secs(3_600),
             rules: Vec::new(),
             require_explicit_coverage: false,
             digests: DigestPolicy {
@@ -296,6 +304,9 @@ pub struct AuditTrail {
     data_dir: PathBuf,
     /// The guard's current [`Step`], which retention runs apply.
     capacity_step: AtomicU8,
+    /// Asked before every retention run; behind a lock because runs may overlap (tests, the
+    /// capacity guard's extra runs), and each check moves its reference point.
+    clock_guard: Arc<std::sync::Mutex<ClockGuard>>,
     /// Where the store was found behind the watermark at start, for the `integrity.rollback`
     /// event.
     rollback: Vec<watermark::Rollback>,
@@ -408,6 +419,7 @@ impl AuditTrail {
         let rollback = check_watermark(&mut writer, data_dir);
         let metrics = AuditMetrics::default();
         metrics.rolled_back.set(i64::from(!rollback.is_empty()));
+        let clock_guard = ClockGuard::open(store, config.clock_jump_tolerance)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         Ok(AuditTrail {
             log,
@@ -420,6 +432,7 @@ impl AuditTrail {
             metrics: Arc::new(metrics),
             data_dir: data_dir.to_path_buf(),
             capacity_step: AtomicU8::new(Step::Normal.level()),
+            clock_guard: Arc::new(std::sync::Mutex::new(clock_guard)),
             rollback,
         })
     }

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::audit::AuditConfig;
 use crate::audit::anchor::{self, Anchor};
+use crate::audit::clock_guard::Held;
 use crate::audit::digest;
 use crate::audit::event::{self, KeyClass, Stream};
 use crate::audit::gdpr::{self, Hold};
@@ -51,6 +52,9 @@ pub struct RunReport {
     /// Set when the run removed nothing because the clock is behind the stored events.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<ClockBehind>,
+    /// Set when the run removed nothing because the clock jumped forward (`clock_guard`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
 }
 
 /// The clock against the newest time the store has seen (RFC 3339, UTC).

@@ -200,6 +200,13 @@ impl Validator<'_> {
                 1_000,
                 86_400_000,
             )?,
+            clock_jump_tolerance: self.millis(
+                "audit.retention_clock_jump_tolerance_ms",
+                raw.retention_clock_jump_tolerance_ms,
+                defaults.clock_jump_tolerance.as_millis() as u64,
+                60_000,
+                30 * 86_400_000,
+            )?,
             rules,
             require_explicit_coverage: raw.require_explicit_coverage.unwrap_or(false),
         })

@@ -163,6 +163,7 @@ pub struct RawAudit {
     pub queue_capacity: Option<u64>,
     pub body_days: Option<u64>,
     pub retention_interval_ms: Option<u64>,
+    pub retention_clock_jump_tolerance_ms: Option<u64>,
     #[serde(default)]
     pub retention: BTreeMap<String, RawRetention>,
     #[serde(default)]

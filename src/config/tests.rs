@@ -669,6 +669,14 @@ fn audit_rules_are_validated_by_key() {
             "capacity_check_interval_ms = 99",
             "audit.capacity_check_interval_ms",
         ),
+        (
+            "retention_clock_jump_tolerance_ms = 59999",
+            "audit.retention_clock_jump_tolerance_ms",
+        ),
+        (
+            "retention_clock_jump_tolerance_ms = -1",
+            "audit.retention_clock_jump_tolerance_ms",
+        ),
     ] {
         assert_eq!(error(&format!("[audit]\n{text}\n"), &[]).key, key, "{text}");
     }
@@ -688,6 +696,12 @@ fn audit_rules_are_validated_by_key() {
     )
     .unwrap();
     load(&format!("{}\n{explicit}", route(r#"level = "none""#)), &[]).unwrap();
+
+    let tolerance = load("[audit]\nretention_clock_jump_tolerance_ms = 60000\n", &[])
+        .unwrap()
+        .audit
+        .clock_jump_tolerance;
+    assert_eq!(tolerance, std::time::Duration::from_secs(60));
 
     let guard = load(
         "[audit]\ncapacity_high_water_percent = 100\ncapacity_check_interval_ms = 500\n",

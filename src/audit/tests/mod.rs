@@ -2,12 +2,13 @@
 //! store in a temporary directory.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
 use super::anchor::{self, Anchor};
 use super::capacity::Step;
+use super::clock_guard;
 use super::event::{self, Draft, Hash, IdKind, Role, Stream, Subject};
 use super::keys::Keyring;
 use super::log::{AuditLog, day_of, decode_group, encode_group};
@@ -389,7 +390,10 @@ async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
     let trail = Arc::new(super::AuditTrail::open(&store, f.dir.path(), config()).unwrap());
     let writer_thread = trail.start();
 
-    let report = trail.run_retention(SystemTime::now()).await.unwrap();
+    let report = trail
+        .run_retention(SystemTime::now(), Instant::now())
+        .await
+        .unwrap();
     assert!(report.refused.is_some());
     let mut metrics = crate::metrics::Exposition::default();
     trail.render_metrics(&mut metrics);
@@ -411,6 +415,76 @@ async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
                 && h.contains(r#""outcome":"failure""#)
                 && h.contains(r#""reason":"clock_behind""#)),
         "{headers:?}"
+    );
+    drop(trail);
+    writer_thread.join().unwrap();
+}
+
+#[tokio::test]
+async fn a_clock_that_jumped_forward_holds_pruning_for_a_day_by_the_new_clock() {
+    let f = fixture();
+    let mut writer = Writer::new(f.log.clone()).unwrap();
+    commit_access(&mut writer, "10.6.0.2", false, SystemTime::now());
+    drop(writer);
+    let store = f.log.store.clone();
+    let trail = Arc::new(super::AuditTrail::open(&store, f.dir.path(), config()).unwrap());
+    let writer_thread = trail.start();
+    let hour = Duration::from_secs(3_600);
+    // A minute ahead, so that no digest the writer signs meanwhile is later than the clock.
+    let now = SystemTime::now() + Duration::from_secs(60);
+    let at = Instant::now();
+    let first = trail.run_retention(now, at).await.unwrap();
+    assert!(first.complete && first.held.is_none());
+
+    // A year later by the wall clock, an hour later by the monotonic one: the access event has
+    // expired by the new clock, but it stays.
+    let jumped = now + hour + Duration::from_secs(365 * DAY);
+    let held = trail.run_retention(jumped, at + hour).await.unwrap();
+    let until = event::rfc3339_nanos(jumped + clock_guard::HOLD);
+    assert_eq!(
+        held.held,
+        Some(clock_guard::Held {
+            jumped_ms: Some(365 * DAY * 1_000),
+            until: until.clone(),
+        })
+    );
+    assert!(!held.complete && held.streams.is_empty());
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 1);
+    let still = trail
+        .run_retention(jumped + 23 * hour, at + 24 * hour)
+        .await
+        .unwrap();
+    assert_eq!(
+        still.held.map(|h| (h.jumped_ms, h.until)),
+        Some((None, until))
+    );
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 1);
+
+    // A day on by both clocks, the hold is over and the same clock prunes.
+    let after = trail
+        .run_retention(jumped + 25 * hour, at + 26 * hour)
+        .await
+        .unwrap();
+    assert!(after.complete && after.held.is_none());
+    assert_eq!(after.streams["access"].events_pruned, 1);
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 0);
+
+    trail.flush().await;
+    let refusals: Vec<String> = trail
+        .log
+        .events(Stream::System)
+        .map(|item| item.unwrap().1.header)
+        .filter(|h| h.contains(r#""reason":"clock_jumped""#))
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    assert!(refusals[0].contains(r#""type":"sys.retention.refused""#));
+    assert!(refusals[0].contains(r#""jumped_ms":31536000000"#));
+    let mut metrics = crate::metrics::Exposition::default();
+    trail.render_metrics(&mut metrics);
+    assert!(
+        metrics
+            .finish()
+            .contains("\nseawall_audit_retention_refused_total 2\n")
     );
     drop(trail);
     writer_thread.join().unwrap();
