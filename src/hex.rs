@@ -5,12 +5,14 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// `bytes` as lowercase hex, two digits per byte.
 pub fn encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    // Into a buffer of the final size, byte pairs: pushing chars encodes each as UTF-8 and
+    // checks the capacity each time (request ids are encoded for every request).
+    let mut out = vec![0; bytes.len() * 2];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
     }
-    out
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// The bytes of hex `text` (either case); `None` for an odd length or a non-hex digit.

@@ -13,7 +13,9 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::body::{Body, RequestBody};
 use crate::error::Error;
-use crate::request_context::RequestContext;
+use crate::request_context::{
+    FLY_CLIENT_IP, RequestContext, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 use crate::route::{self, Route};
 use crate::tunnel::Tunnels;
 use crate::upstream::{CallOptions, Upstream, UpstreamError};
@@ -32,17 +34,14 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Forwarding headers only a trusted proxy may send: the client's own are dropped.
 const CLIENT_FORWARDING: [HeaderName; 5] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_HOST,
-    HeaderName::from_static("fly-client-ip"),
+    FLY_CLIENT_IP,
     header::FORWARDED,
 ];
 
@@ -212,14 +211,28 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// Removes hop-by-hop headers, including any that `Connection` names.
+/// Removes hop-by-hop headers, including any that `Connection` names. One look at each
+/// header and at each token, so the work grows with the message, not with headers times
+/// tokens; tokens naming a hop-by-hop header (`keep-alive`, `upgrade`) are not parsed again.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<String> = connection_tokens(headers)
-        .map(str::to_ascii_lowercase)
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
         .collect();
-    remove_where(headers, |name| {
-        HOP_BY_HOP.contains(name) || named.iter().any(|token| token == name.as_str())
-    });
+    if doomed.contains(&header::CONNECTION) {
+        let named = connection_tokens(headers)
+            .filter(|token| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok());
+        doomed.extend(named);
+    }
+    for name in doomed {
+        headers.remove(name);
+    }
 }
 
 /// Removes the headers whose name is `doomed`. A message has a few headers, so one look at
@@ -287,6 +300,19 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        // Tokens from every `Connection` value, trimmed, in any case; one that is no header
+        // name is ignored.
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", " X-One ,x-two, not a name"),
+            ("x-one", "1"),
+            ("x-two", "2"),
+            ("x-kept", "1"),
+        ]);
+        remove_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
 
         // Every hop-by-hop name goes, with all its values; nothing else does.
         let mut h = headers(&[("x-kept", "1"), ("accept", "*/*")]);

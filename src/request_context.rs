@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use http::HeaderMap;
+use http::header::HeaderName;
 use ipnet::IpNet;
 
 use crate::flags::Context;
@@ -16,6 +17,12 @@ use crate::hex;
 
 /// The longest client-supplied request id that is propagated rather than replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
+
+// Constants, so that a lookup does not parse the name each time.
+pub const FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Facts about one request, fixed when it arrives.
 #[derive(Debug, Clone)]
@@ -112,14 +119,14 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
 /// trusted proxy (entries to its left can be forged by the client).
 fn forwarded_client(headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     if let Some(ip) = headers
-        .get("fly-client-ip")
+        .get(FLY_CLIENT_IP)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_ip)
     {
         return Some(ip);
     }
     let chain: Vec<IpAddr> = headers
-        .get_all("x-forwarded-for")
+        .get_all(X_FORWARDED_FOR)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -134,7 +141,7 @@ fn forwarded_client(headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
 }
 
 fn forwarded_scheme(headers: &HeaderMap) -> &'static str {
-    match headers.get("x-forwarded-proto").map(|v| v.as_bytes()) {
+    match headers.get(X_FORWARDED_PROTO).map(|v| v.as_bytes()) {
         Some(b"https") => "https",
         _ => "http",
     }
@@ -149,7 +156,7 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 
 /// The client's `X-Request-Id` when it is short and plain, else a new random id.
 fn request_id(headers: &HeaderMap) -> String {
-    let given = headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    let given = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok());
     match given {
         Some(id)
             if !id.is_empty()

@@ -312,7 +312,7 @@ async fn exchange<S: Service>(
     let switching = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-        headers.insert("x-request-id", id);
+        headers.insert(crate::request_context::X_REQUEST_ID, id);
     }
     // A 101 keeps `Connection: upgrade` or the client cannot switch; its tunnel is closed
     // when the drain begins, like the others.
