@@ -140,29 +140,23 @@ impl AuditTrail {
         })
         .await
         .expect("retention does not panic");
-        let reason = match &result {
-            Ok(report) if report.refused.is_some() => Some("clock_behind"),
-            Ok(report) if report.held.is_some() => Some("clock_jumped"),
-            _ => None,
-        };
-        match (&result, reason) {
-            (Ok(report), Some(reason)) => {
-                self.metrics.retention_refused.inc();
-                tracing::warn!(
-                    reason,
-                    refused = ?report.refused,
-                    held = ?report.held,
-                    "retention refused: the clock is behind the stored audit events or jumped forward"
-                );
-                let draft = system_draft("sys.retention.refused", "failure")
-                    .field("reason", json!(reason))
-                    .field("retention", json!(report));
-                self.record(draft.important()).await;
-            }
-            _ => {
-                self.record_job("sys.retention.run", "retention", &result)
-                    .await
-            }
+        if let Ok(report) = &result
+            && let Some(reason) = report.refusal()
+        {
+            self.metrics.retention_refused.inc();
+            tracing::warn!(
+                reason,
+                refused = ?report.refused,
+                held = ?report.held,
+                "retention refused: the clock is behind the stored audit events or jumped forward"
+            );
+            let draft = system_draft("sys.retention.refused", "failure")
+                .field("reason", json!(reason))
+                .field("retention", json!(report));
+            self.record(draft.important()).await;
+        } else {
+            self.record_job("sys.retention.run", "retention", &result)
+                .await;
         }
         result
     }

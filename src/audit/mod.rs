@@ -304,8 +304,8 @@ pub struct AuditTrail {
     data_dir: PathBuf,
     /// The guard's current [`Step`], which retention runs apply.
     capacity_step: AtomicU8,
-    /// Asked before every retention run; behind a lock because runs may overlap (tests, the
-    /// capacity guard's extra runs), and each check moves its reference point.
+    /// Asked before every retention run, on the blocking thread the run takes; each check
+    /// moves its reference point, hence the lock.
     clock_guard: Arc<std::sync::Mutex<ClockGuard>>,
     /// Where the store was found behind the watermark at start, for the `integrity.rollback`
     /// event.

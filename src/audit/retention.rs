@@ -57,6 +57,19 @@ pub struct RunReport {
     pub held: Option<Held>,
 }
 
+impl RunReport {
+    /// Why the run removed nothing, as `sys.retention.refused` names it; `None` if it ran.
+    pub fn refusal(&self) -> Option<&'static str> {
+        if self.refused.is_some() {
+            Some("clock_behind")
+        } else if self.held.is_some() {
+            Some("clock_jumped")
+        } else {
+            None
+        }
+    }
+}
+
 /// The clock against the newest time the store has seen (RFC 3339, UTC).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClockBehind {
