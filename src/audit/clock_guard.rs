@@ -74,7 +74,11 @@ impl ClockGuard {
             return Ok(None);
         };
         if let Some(Drift::Behind(back)) = drift.filter(|d| d.size() > self.tolerance) {
-            until -= back;
+            // Stored ends count from 1970; a clock set back beyond must not panic here.
+            until = until
+                .checked_sub(back)
+                .unwrap_or(UNIX_EPOCH)
+                .max(UNIX_EPOCH);
             self.store_hold(until)?;
         }
         if wall < until {
@@ -280,6 +284,29 @@ mod tests {
         assert_eq!(
             guard.check(wall + HOUR + HOLD, at + HOUR + HOLD).unwrap(),
             None
+        );
+
+        // Set back to 1970 during a hold, the clock still waits out the day; set back further,
+        // the hold's end stops at 1970 instead of panicking the retention thread.
+        let later = wall + 2 * HOLD;
+        let at = at + 2 * HOLD;
+        guard.check(later, at).unwrap();
+        assert!(
+            guard
+                .check(later + HOUR + year, at + HOUR)
+                .unwrap()
+                .is_some()
+        );
+        let held = guard.check(UNIX_EPOCH, at + 2 * HOUR).unwrap();
+        assert_eq!(
+            held.map(|h| h.until),
+            Some(event::rfc3339_nanos(UNIX_EPOCH + HOLD - HOUR))
+        );
+        let before_1970 = UNIX_EPOCH - 10 * year;
+        let held = guard.check(before_1970, at + 3 * HOUR).unwrap();
+        assert_eq!(
+            held.map(|h| h.until),
+            Some(event::rfc3339_nanos(UNIX_EPOCH))
         );
     }
 }
