@@ -61,8 +61,9 @@ impl ClockGuard {
     /// clock set back (a wrong jump corrected) moves back with it, so a hold lasts a day of real
     /// time either way. Blocking.
     pub fn check(&mut self, wall: SystemTime, at: Instant) -> Result<Option<Held>, StoreError> {
-        let drift = drift(self.last.replace((wall, at)), wall, at);
-        if let Some(Drift::Ahead(jumped)) = drift.filter(|d| d.size() > self.tolerance) {
+        let moved = drift(self.last.replace((wall, at)), wall, at)
+            .filter(|drift| drift.size() > self.tolerance);
+        if let Some(Drift::Ahead(jumped)) = moved {
             let until = wall + HOLD;
             self.store_hold(until)?;
             return Ok(Some(Held {
@@ -73,7 +74,7 @@ impl ClockGuard {
         let Some(mut until) = self.stored_hold()? else {
             return Ok(None);
         };
-        if let Some(Drift::Behind(back)) = drift.filter(|d| d.size() > self.tolerance) {
+        if let Some(Drift::Behind(back)) = moved {
             // Stored ends count from 1970; a clock set back beyond must not panic here.
             until = until
                 .checked_sub(back)
@@ -162,15 +163,23 @@ mod tests {
         .unwrap()
     }
 
-    fn guard() -> (tempfile::TempDir, ClockGuard) {
+    /// A fixed wall time to start from (November 2023).
+    fn start() -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000)
+    }
+
+    /// A guard that has made its first check, at [`start`]; a first check never holds.
+    fn checked_once() -> (tempfile::TempDir, ClockGuard, SystemTime, Instant) {
         let dir = tempfile::tempdir().unwrap();
-        let guard = ClockGuard::open(&store(&dir), HOUR).unwrap();
-        (dir, guard)
+        let mut guard = ClockGuard::open(&store(&dir), HOUR).unwrap();
+        let (wall, at) = (start(), Instant::now());
+        assert_eq!(guard.check(wall, at).unwrap(), None, "first check");
+        (dir, guard, wall, at)
     }
 
     #[test]
     fn the_wall_clock_is_compared_with_the_monotonic_one() {
-        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let wall = start();
         let at = Instant::now();
         assert_eq!(drift(None, wall, at), None);
         let last = Some((wall, at));
@@ -194,10 +203,7 @@ mod tests {
 
     #[test]
     fn a_jump_past_the_tolerance_holds_pruning_for_a_day_by_the_new_clock() {
-        let (_dir, mut guard) = guard();
-        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let at = Instant::now();
-        assert_eq!(guard.check(wall, at).unwrap(), None, "first check");
+        let (_dir, mut guard, wall, at) = checked_once();
         // Within the tolerance: an hour's run plus a few minutes of drift.
         let wall = wall + HOUR + Duration::from_secs(300);
         let at = at + HOUR;
@@ -231,8 +237,7 @@ mod tests {
     #[test]
     fn a_restart_does_not_lift_a_hold() {
         let dir = tempfile::tempdir().unwrap();
-        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let at = Instant::now();
+        let (wall, at) = (start(), Instant::now());
         let until = {
             let mut guard = ClockGuard::open(&store(&dir), HOUR).unwrap();
             guard.check(wall, at).unwrap();
@@ -252,10 +257,7 @@ mod tests {
 
     #[test]
     fn a_clock_set_back_without_a_hold_is_left_to_the_clock_behind_check() {
-        let (_dir, mut guard) = guard();
-        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let at = Instant::now();
-        guard.check(wall, at).unwrap();
+        let (_dir, mut guard, wall, at) = checked_once();
         assert_eq!(guard.check(wall - 10 * HOUR, at + HOUR).unwrap(), None);
         // The next check measures from the clock as it is now.
         assert_eq!(guard.check(wall - 9 * HOUR, at + 2 * HOUR).unwrap(), None);
@@ -263,10 +265,7 @@ mod tests {
 
     #[test]
     fn a_wrong_jump_corrected_ends_its_hold_a_day_after_the_jump_in_real_time() {
-        let (_dir, mut guard) = guard();
-        let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let at = Instant::now();
-        guard.check(wall, at).unwrap();
+        let (_dir, mut guard, wall, at) = checked_once();
         let year = Duration::from_secs(365 * 86_400);
         assert!(
             guard

@@ -379,6 +379,35 @@ fn a_clock_behind_the_newest_digest_prunes_nothing() {
     assert_eq!(f.log.count(Stream::Access).unwrap(), 0);
 }
 
+/// A trail over the fixture's store, with its writer thread running.
+fn started_trail(f: &Fixture) -> (Arc<super::AuditTrail>, std::thread::JoinHandle<()>) {
+    let trail = Arc::new(super::AuditTrail::open(&f.log.store, f.dir.path(), config()).unwrap());
+    let writer_thread = trail.start();
+    (trail, writer_thread)
+}
+
+/// `seawall_audit_retention_refused_total` as the trail exposes it.
+fn refused_runs(trail: &super::AuditTrail) -> u64 {
+    let mut metrics = crate::metrics::Exposition::default();
+    trail.render_metrics(&mut metrics);
+    let text = metrics.finish();
+    let line = text
+        .lines()
+        .find_map(|line| line.strip_prefix("seawall_audit_retention_refused_total "))
+        .expect("the counter is exposed");
+    line.parse().expect("a whole number")
+}
+
+/// The headers of the `system` stream, once everything queued is written.
+async fn system_headers(trail: &super::AuditTrail) -> Vec<String> {
+    trail.flush().await;
+    trail
+        .log
+        .events(Stream::System)
+        .map(|item| item.unwrap().1.header)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
     let f = fixture();
@@ -386,28 +415,15 @@ async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
     let mut writer = Writer::new(f.log.clone()).unwrap();
     commit_access(&mut writer, "10.6.0.1", false, tomorrow);
     drop(writer);
-    let store = f.log.store.clone();
-    let trail = Arc::new(super::AuditTrail::open(&store, f.dir.path(), config()).unwrap());
-    let writer_thread = trail.start();
+    let (trail, writer_thread) = started_trail(&f);
 
     let report = trail
         .run_retention(SystemTime::now(), Instant::now())
         .await
         .unwrap();
     assert!(report.refused.is_some());
-    let mut metrics = crate::metrics::Exposition::default();
-    trail.render_metrics(&mut metrics);
-    assert!(
-        metrics
-            .finish()
-            .contains("\nseawall_audit_retention_refused_total 1\n")
-    );
-    trail.flush().await;
-    let headers: Vec<String> = trail
-        .log
-        .events(Stream::System)
-        .map(|item| item.unwrap().1.header)
-        .collect();
+    assert_eq!(refused_runs(&trail), 1);
+    let headers = system_headers(&trail).await;
     assert!(
         headers
             .iter()
@@ -426,9 +442,7 @@ async fn a_clock_that_jumped_forward_holds_pruning_for_a_day_by_the_new_clock() 
     let mut writer = Writer::new(f.log.clone()).unwrap();
     commit_access(&mut writer, "10.6.0.2", false, SystemTime::now());
     drop(writer);
-    let store = f.log.store.clone();
-    let trail = Arc::new(super::AuditTrail::open(&store, f.dir.path(), config()).unwrap());
-    let writer_thread = trail.start();
+    let (trail, writer_thread) = started_trail(&f);
     let hour = Duration::from_secs(3_600);
     // A minute ahead, so that no digest the writer signs meanwhile is later than the clock.
     let now = SystemTime::now() + Duration::from_secs(60);
@@ -469,23 +483,15 @@ async fn a_clock_that_jumped_forward_holds_pruning_for_a_day_by_the_new_clock() 
     assert_eq!(after.streams["access"].events_pruned, 1);
     assert_eq!(f.log.count(Stream::Access).unwrap(), 0);
 
-    trail.flush().await;
-    let refusals: Vec<String> = trail
-        .log
-        .events(Stream::System)
-        .map(|item| item.unwrap().1.header)
+    let refusals: Vec<String> = system_headers(&trail)
+        .await
+        .into_iter()
         .filter(|h| h.contains(r#""reason":"clock_jumped""#))
         .collect();
     assert_eq!(refusals.len(), 2, "{refusals:?}");
     assert!(refusals[0].contains(r#""type":"sys.retention.refused""#));
     assert!(refusals[0].contains(r#""jumped_ms":31536000000"#));
-    let mut metrics = crate::metrics::Exposition::default();
-    trail.render_metrics(&mut metrics);
-    assert!(
-        metrics
-            .finish()
-            .contains("\nseawall_audit_retention_refused_total 2\n")
-    );
+    assert_eq!(refused_runs(&trail), 2);
     drop(trail);
     writer_thread.join().unwrap();
 }
