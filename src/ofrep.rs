@@ -26,7 +26,7 @@ use crate::error::Error;
 use crate::flags::model::Payload;
 use crate::flags::store::Snapshot;
 use crate::flags::validate::RESERVED_PREFIX;
-use crate::flags::{Context, Evaluation, Now, ThreadRandom};
+use crate::flags::{Context, Evaluation, Now};
 use crate::hex;
 use crate::request_context::RequestContext;
 use crate::state::AppState;
@@ -114,13 +114,7 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
 }
 
 fn single(state: &AppState, snapshot: &Snapshot, key: &str, context: &Context) -> Response<Body> {
-    let evaluation = snapshot
-        .set
-        .evaluate(key, context, Now::System, &mut ThreadRandom);
-    state
-        .flags
-        .count(snapshot, key, evaluation.map(|e| e.enabled));
-    match evaluation {
+    match state.flags.evaluate(snapshot, key, context, Now::System) {
         Some(evaluation) => body::json(StatusCode::OK, &success(key, &evaluation)),
         None => body::json(
             StatusCode::NOT_FOUND,
@@ -142,10 +136,7 @@ fn bulk(
         .iter()
         .filter(|name| !name.starts_with(RESERVED_PREFIX))
         .filter_map(|name| {
-            let evaluation = snapshot
-                .set
-                .evaluate(name, context, now, &mut ThreadRandom)?;
-            state.flags.count(snapshot, name, Some(evaluation.enabled));
+            let evaluation = state.flags.evaluate(snapshot, name, context, now)?;
             Some(success(name, &evaluation))
         })
         .collect();

@@ -29,6 +29,9 @@ pub struct FlagSet {
 #[derive(Debug)]
 pub(crate) struct CompiledFlag {
     pub name: String,
+    /// Where the name stands in [`FlagSet::names`]: per-flag tables beside the set (the
+    /// evaluation counters) are indexed by it, so one lookup by name serves both.
+    pub position: usize,
     pub enabled: bool,
     pub strategies: Vec<CompiledStrategy>,
     pub variants: Vec<CompiledVariant>,
@@ -116,12 +119,15 @@ pub const STRATEGIES: [&str; 7] = [
 impl FlagSet {
     pub fn compile(flags: &[Flag], segments: &[Segment]) -> FlagSet {
         let segments: HashMap<i64, &Segment> = segments.iter().map(|s| (s.id, s)).collect();
-        let compiled: NameMap<CompiledFlag> = flags
+        let mut compiled: NameMap<CompiledFlag> = flags
             .iter()
             .map(|f| (f.name.clone(), compile_flag(f, &segments)))
             .collect();
         let mut names: Vec<String> = compiled.keys().cloned().collect();
         names.sort();
+        for (position, name) in names.iter().enumerate() {
+            compiled.get_mut(name).expect("named above").position = position;
+        }
         FlagSet {
             flags: compiled,
             names,
@@ -155,6 +161,7 @@ fn compile_flag(flag: &Flag, segments: &HashMap<i64, &Segment>) -> CompiledFlag 
     let has_variants = !variants.is_empty() || strategies.iter().any(|s| !s.variants.is_empty());
     CompiledFlag {
         name: flag.name.clone(),
+        position: 0,
         enabled: flag.enabled,
         strategies,
         variants,

@@ -85,13 +85,25 @@ impl FlagSet {
         now: impl Into<Now>,
         random: &mut dyn Random,
     ) -> Option<Evaluation<'_>> {
+        self.evaluate_at(name, ctx, now, random)
+            .map(|(_, evaluation)| evaluation)
+    }
+
+    /// [`FlagSet::evaluate`], with the flag's position in [`FlagSet::names`].
+    pub fn evaluate_at(
+        &self,
+        name: &str,
+        ctx: &Context,
+        now: impl Into<Now>,
+        random: &mut dyn Random,
+    ) -> Option<(usize, Evaluation<'_>)> {
         let flag = self.flags.get(name)?;
         let mut eval = Evaluator {
             ctx,
             now: now.into(),
             random,
         };
-        Some(eval.flag(self, flag))
+        Some((flag.position, eval.flag(self, flag)))
     }
 
     /// Whether `name` is on for `ctx`; unknown flags are off.

@@ -20,10 +20,9 @@ use sled::Transactional;
 
 use crate::config::FlagsConfig;
 use crate::flags::bootstrap::flag_from_spec;
-use crate::flags::compile::NameMap;
 use crate::flags::model::{Flag, Segment, State};
 use crate::flags::validate::{self, FieldError, RESERVED_PREFIX};
-use crate::flags::{Context, FlagSet, Now, ThreadRandom};
+use crate::flags::{Context, Evaluation, FlagSet, Now, ThreadRandom};
 use crate::metrics::{Counter, Exposition, Family, LabelSet, Pairs};
 use crate::store::{Store, StoreError, trees};
 
@@ -125,7 +124,8 @@ pub struct Snapshot {
     pub set: FlagSet,
     pub records: BTreeMap<String, Record>,
     pub segments: BTreeMap<i64, Segment>,
-    counters: NameMap<Arc<Outcomes>>,
+    /// Each flag's evaluation counters, in the order of `set.names()`.
+    counters: Vec<Arc<Outcomes>>,
 }
 
 impl Snapshot {
@@ -154,14 +154,10 @@ impl Snapshot {
         let flags: Vec<Flag> = records.values().filter_map(|r| r.flag.clone()).collect();
         let segment_list: Vec<Segment> = segments.values().cloned().collect();
         let set = FlagSet::compile(&flags, &segment_list);
-        let counters = flags
+        let counters = set
+            .names()
             .iter()
-            .map(|f| {
-                (
-                    f.name.clone(),
-                    metrics.outcomes.get(&FlagLabel(f.name.clone())),
-                )
-            })
+            .map(|name| metrics.outcomes.get(&FlagLabel(name.clone())))
             .collect();
         Snapshot {
             set,
@@ -240,12 +236,8 @@ impl FlagStore {
         // Evaluated under the read lock rather than on a clone of the `Arc`: every request
         // asks several flags from both cores, and each clone is two more contended atomics.
         let snapshot = self.snapshot.read().expect("flag snapshot lock");
-        let enabled = snapshot
-            .set
-            .evaluate(name, ctx, Now::System, &mut ThreadRandom)
-            .map(|e| e.enabled);
-        self.count(&snapshot, name, enabled);
-        enabled == Some(true)
+        self.evaluate(&snapshot, name, ctx, Now::System)
+            .is_some_and(|e| e.enabled)
     }
 
     /// Whether a flag exists and its kill switch is on, whoever asks: for behaviour that is not
@@ -256,13 +248,27 @@ impl FlagStore {
             .is_some_and(|(flag, _)| flag.enabled)
     }
 
-    /// Counts one evaluation: `None` for an unknown flag.
-    pub fn count(&self, snapshot: &Snapshot, name: &str, enabled: Option<bool>) {
-        match (snapshot.counters.get(name), enabled) {
-            (Some(outcomes), Some(true)) => outcomes.enabled.inc(),
-            (Some(outcomes), Some(false)) => outcomes.disabled.inc(),
-            _ => self.metrics.not_found.inc(),
+    /// Evaluates `name` in `snapshot` for `ctx` and counts the outcome (`None`: no such flag).
+    pub fn evaluate<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        name: &str,
+        ctx: &Context,
+        now: impl Into<Now>,
+    ) -> Option<Evaluation<'s>> {
+        let Some((position, evaluation)) =
+            snapshot.set.evaluate_at(name, ctx, now, &mut ThreadRandom)
+        else {
+            self.metrics.not_found.inc();
+            return None;
+        };
+        let outcomes = &snapshot.counters[position];
+        if evaluation.enabled {
+            outcomes.enabled.inc();
+        } else {
+            outcomes.disabled.inc();
         }
+        Some(evaluation)
     }
 
     pub fn render_metrics(&self, out: &mut Exposition) {

@@ -15,6 +15,14 @@ use crate::ratelimit::{Checked, Level};
 
 pub type Fields = Vec<(HeaderName, HeaderValue)>;
 
+// Constants, so that each name is checked once at compile time, not on every admitted request.
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+const X_RATELIMIT_PRIORITY: HeaderName = HeaderName::from_static("x-ratelimit-priority");
+
 /// Seconds, rounded up, at least 1: `Retry-After` and `t` never promise too early.
 pub fn whole_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
@@ -36,7 +44,7 @@ pub fn limited(level: Level, checked: &[Checked], now: SystemTime) -> Fields {
     let mut fields = common(&ordered, now);
     fields.push((http::header::RETRY_AFTER, HeaderValue::from(retry_after)));
     fields.push((
-        HeaderName::from_static("x-ratelimit-priority"),
+        X_RATELIMIT_PRIORITY,
         HeaderValue::from_static(level.as_str()),
     ));
     fields.push((
@@ -57,12 +65,12 @@ fn common(checked: &[Checked], now: SystemTime) -> Fields {
         let r = c.verdict.remaining;
         // Every admitted request carries these: numbers written by itoa, not `write!`.
         let mut number = itoa::Buffer::new();
-        push_quoted(&mut policy, &c.policy);
+        push_quoted(&mut policy, c.policy);
         policy.push_str(";q=");
         policy.push_str(number.format(c.quota));
         policy.push_str(";w=");
         policy.push_str(number.format(c.window_s));
-        push_quoted(&mut state, &c.policy);
+        push_quoted(&mut state, c.policy);
         state.push_str(";r=");
         state.push_str(number.format(r));
         if r < c.quota {
@@ -83,20 +91,14 @@ fn common(checked: &[Checked], now: SystemTime) -> Fields {
     let reset = epoch + whole_seconds(tightest.verdict.reset);
     let value = |text: String| HeaderValue::try_from(text).expect("policy names are header-safe");
     vec![
-        (HeaderName::from_static("ratelimit-policy"), value(policy)),
-        (HeaderName::from_static("ratelimit"), value(state)),
+        (RATELIMIT_POLICY, value(policy)),
+        (RATELIMIT, value(state)),
+        (X_RATELIMIT_LIMIT, HeaderValue::from(tightest.quota)),
         (
-            HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(tightest.quota),
-        ),
-        (
-            HeaderName::from_static("x-ratelimit-remaining"),
+            X_RATELIMIT_REMAINING,
             HeaderValue::from(tightest.verdict.remaining),
         ),
-        (
-            HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from(reset),
-        ),
+        (X_RATELIMIT_RESET, HeaderValue::from(reset)),
     ]
 }
 
@@ -123,7 +125,7 @@ mod tests {
     fn the_eleventh_strict_request_gets_the_documented_fields() {
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let refused = Checked {
-            policy: "strict".into(),
+            policy: "strict",
             quota: 10,
             window_s: 60,
             verdict: Verdict {
@@ -156,13 +158,13 @@ mod tests {
             reset: Duration::from_millis(next_ms),
         };
         let level = Checked {
-            policy: "low".into(),
+            policy: "low",
             quota: 30,
             window_s: 60,
             verdict: verdict(29, 2000),
         };
         let custom = Checked {
-            policy: "ai.chat".into(),
+            policy: "ai.chat",
             quota: 5,
             window_s: 60,
             verdict: verdict(4, 12_000),

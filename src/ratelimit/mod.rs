@@ -14,9 +14,10 @@ mod shedder;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use fxhash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -150,12 +151,36 @@ struct Policy {
     configured: PolicySettings,
     settings: RwLock<PolicySettings>,
     gcra: Gcra,
+    /// This policy's series of `seawall_ratelimit_decisions_total`, by level and outcome,
+    /// each taken from the family on first use: counting a request's decision then needs no
+    /// key built, hashed or allocated.
+    decisions: [[OnceLock<Arc<Counter>>; Outcome::ALL.len()]; Level::ALL.len()],
+}
+
+/// What one policy decided for one request.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Allowed,
+    DryRunLimited,
+    Limited,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Allowed, Outcome::DryRunLimited, Outcome::Limited];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::DryRunLimited => "dry_run_limited",
+            Outcome::Limited => "limited",
+        }
+    }
 }
 
 /// One policy's verdict for a request, for the response headers.
 #[derive(Debug, Clone)]
-pub struct Checked {
-    pub policy: String,
+pub struct Checked<'a> {
+    pub policy: &'a str,
     pub quota: u32,
     pub window_s: u32,
     pub verdict: Verdict,
@@ -186,7 +211,8 @@ pub struct RateLimiter {
     origin: Instant,
     shedder: Arc<Shedder>,
     shares: BTreeMap<Level, f64>,
-    policies: HashMap<String, Arc<Policy>>,
+    /// By name. FxHash: the names are the operator's, and each request looks up one or more.
+    policies: HashMap<String, Arc<Policy>, FxBuildHasher>,
     hasher: std::collections::hash_map::RandomState,
     overrides: sled::Tree,
     store: Store,
@@ -222,7 +248,7 @@ pub struct Override {
 impl RateLimiter {
     /// Builds the policies and applies stored overrides. Blocking (reads sled) at startup.
     pub fn open(config: &RateLimitConfig, store: &Store) -> Result<RateLimiter, StoreError> {
-        let mut policies = HashMap::new();
+        let mut policies = HashMap::default();
         for (level, (settings, _)) in &config.levels {
             policies.insert(
                 level.as_str().to_string(),
@@ -280,7 +306,13 @@ impl RateLimiter {
     pub fn admit(&self, level: Level, policies: &[String], client_key: &str) -> Admission {
         let share = self.shares.get(&level).copied().unwrap_or(1.0);
         let Some(slot) = self.shedder.admit(share) else {
-            self.count(level, level.as_str(), "shed");
+            // Shedding is the rare path: its series is looked up by key.
+            let key = DecisionKey {
+                level,
+                policy: Arc::from(level.as_str()),
+                outcome: "shed",
+            };
+            self.decisions.with(&key, Counter::inc);
             return Admission::Shed {
                 level,
                 retry_after: rand::random_range(1..=5),
@@ -305,16 +337,16 @@ impl RateLimiter {
             }
             let verdict = policy.gcra.check(key, settings.quota(), now);
             let outcome = match (verdict.admitted, settings.mode) {
-                (true, _) => "allowed",
-                (false, Mode::DryRun) => "dry_run_limited",
-                (false, _) => "limited",
+                (true, _) => Outcome::Allowed,
+                (false, Mode::DryRun) => Outcome::DryRunLimited,
+                (false, _) => Outcome::Limited,
             };
-            self.count(level, name, outcome);
+            self.decided(policy, level, outcome);
             if settings.mode == Mode::DryRun {
                 continue;
             }
             checked.push(Checked {
-                policy: name.to_string(),
+                policy: &policy.name,
                 quota: settings.quota,
                 window_s: settings.window_s,
                 verdict,
@@ -338,13 +370,17 @@ impl RateLimiter {
         }
     }
 
-    fn count(&self, level: Level, policy: &str, outcome: &'static str) {
-        let key = DecisionKey {
-            level,
-            policy: Arc::from(policy),
-            outcome,
-        };
-        self.decisions.with(&key, Counter::inc);
+    /// Counts `policy`'s decision for a request at `level`.
+    fn decided(&self, policy: &Policy, level: Level, outcome: Outcome) {
+        policy.decisions[level as usize][outcome as usize]
+            .get_or_init(|| {
+                self.decisions.get(&DecisionKey {
+                    level,
+                    policy: Arc::from(policy.name.as_str()),
+                    outcome: outcome.as_str(),
+                })
+            })
+            .inc();
     }
 
     /// Forgets keys whose state is fresh again; run periodically.
@@ -495,6 +531,7 @@ impl Policy {
             configured: settings,
             settings: RwLock::new(settings),
             gcra: Gcra::new(max_keys),
+            decisions: Default::default(),
         }
     }
 

@@ -47,6 +47,14 @@ upstream = "app"
 strip_prefix = "/chat"
 priority = "low"
 rate_limit = "ai.chat"
+
+[[routes]]
+name = "chat-vip"
+match = "/chat-vip/*"
+upstream = "app"
+strip_prefix = "/chat-vip"
+priority = "high"
+rate_limit = "ai.chat"
 "#,
         backend.url()
     )
@@ -223,6 +231,10 @@ async fn custom_policies_stack_and_dry_run_only_counts() {
     assert_eq!(refused.json()["priority"], "low");
     assert_eq!(refused.json()["message"], "Rate limit exceeded for ai.chat");
     assert_eq!(refused.header("retry-after"), Some("20"));
+    // The same policy on a route of another level: one quota, counted under each level.
+    let vip = get(&seawall.proxy_url("/chat-vip/headers")).await;
+    assert_error(&vip, 429, "RATE_LIMIT_EXCEEDED");
+    assert_eq!(vip.json()["priority"], "high");
 
     for _ in 0..15 {
         let reply = get(&seawall.proxy_url("/strict/headers")).await;
@@ -235,7 +247,28 @@ async fn custom_policies_stack_and_dry_run_only_counts() {
     let view = admin_get(&seawall, "/admin/ratelimits").await.json();
     let strict = named(&view["levels"], "strict");
     assert_eq!(strict["decisions"]["dry_run_limited"], 5, "{strict}");
+    assert_eq!(strict["decisions"]["allowed"], 10, "{strict}");
     assert_eq!(strict["mode"], "dry_run");
+    // The refused request was checked against `ai.chat` first and went no further.
+    let chat = named(&view["policies"], "ai.chat");
+    assert_eq!(chat["decisions"], json!({"allowed": 3, "limited": 2}));
+    let low = named(&view["levels"], "low");
+    assert_eq!(low["decisions"], json!({"allowed": 3}));
+    let metrics = get(&seawall.admin_url("/metrics")).await.text();
+    for series in [
+        "{level=\"low\",policy=\"ai.chat\",outcome=\"allowed\"} 3",
+        "{level=\"low\",policy=\"ai.chat\",outcome=\"limited\"} 1",
+        "{level=\"high\",policy=\"ai.chat\",outcome=\"limited\"} 1",
+        "{level=\"low\",policy=\"low\",outcome=\"allowed\"} 3",
+        "{level=\"strict\",policy=\"strict\",outcome=\"dry_run_limited\"} 5",
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|line| line == format!("seawall_ratelimit_decisions_total{series}")),
+            "{series} in {metrics}"
+        );
+    }
 }
 
 async fn change(seawall: &Seawall, method: Method, policy: &str, body: Value) -> Reply {

@@ -252,3 +252,54 @@ async fn imports_are_all_or_nothing() {
     };
     assert_eq!(e.field, "features[1].dependencies");
 }
+
+#[tokio::test]
+async fn each_evaluation_counts_under_its_own_flag_and_result() {
+    let dir = TempDir::new().unwrap();
+    let store = open(
+        &dir,
+        &[
+            ("FF_ALPHA", "true"),
+            ("FF_BETA", "false"),
+            ("FF_ZULU", "true"),
+        ],
+    );
+    let ctx = Context::default();
+    let asked = [
+        "zulu",
+        "alpha",
+        "beta",
+        "zulu",
+        "no-such-flag",
+        "zulu",
+        "seawall.audit-trail",
+    ];
+    for name in asked {
+        store.is_on(name, &ctx);
+    }
+    let snapshot = store.snapshot();
+    assert!(
+        store
+            .evaluate(&snapshot, "missing", &ctx, Now::System)
+            .is_none()
+    );
+    let mut out = Exposition::new();
+    store.render_metrics(&mut out);
+    let text = out.finish();
+    let count = |flag: &str, result: &str| -> f64 {
+        let series =
+            format!("seawall_flag_evaluations_total{{flag=\"{flag}\",result=\"{result}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(count("alpha", "enabled"), 1.0);
+    assert_eq!(count("beta", "disabled"), 1.0);
+    assert_eq!(count("beta", "enabled"), 0.0);
+    assert_eq!(count("zulu", "enabled"), 3.0);
+    assert_eq!(count("", "not_found"), 2.0);
+    let audit = count("seawall.audit-trail", "enabled") + count("seawall.audit-trail", "disabled");
+    assert_eq!(audit, 1.0);
+}
