@@ -25,11 +25,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::audit::AuditTrail;
-use crate::audit::event::{Draft, IdKind, Level, Role, Stream, Subject};
+use crate::audit::event::{Draft, IdKind, Level, Object, Role, Stream, Subject};
 use crate::audit::policy::{self, Decision, Durability};
 use crate::audit::redact::{self, Notes};
 use crate::body::{Body, RequestBody};
@@ -171,15 +170,25 @@ impl RequestAudit {
         let user_agent = redact::text(user_agent, &mut notes);
         let path = redact::text(parts.uri.path(), &mut notes);
         let query = parts.uri.query().map(|q| redact::query(q, &mut notes));
-        let client = ClientPart {
-            address: &ctx.client_address,
-            request_id: &ctx.request_id,
-            user_agent: redact::capped(user_agent, redact::MAX_USER_AGENT, &mut notes),
-            path: redact::capped(path, redact::MAX_PATH, &mut notes),
-            query: query.map(|q| redact::capped(q, redact::MAX_QUERY, &mut notes)),
-            headers: redact::headers(headers, &["user-agent", "x-request-id"], &mut notes),
-        };
-        let client = serde_json::to_vec(&client).expect("client parts serialize");
+        let user_agent = redact::capped(user_agent, redact::MAX_USER_AGENT, &mut notes);
+        let path = redact::capped(path, redact::MAX_PATH, &mut notes);
+        let query = query.map(|q| redact::capped(q, redact::MAX_QUERY, &mut notes));
+        let kept = redact::headers(headers, &["user-agent", "x-request-id"], &mut notes);
+        // The sealed client facts.
+        let mut client = Vec::with_capacity(256);
+        Object::write(&mut client, |facts| {
+            facts
+                .text("address", &ctx.client_address)
+                .object("headers", |headers| {
+                    for (name, value) in &kept {
+                        headers.text(name, value);
+                    }
+                })
+                .text("path", &path)
+                .text_or_null("query", query.as_deref())
+                .text("request_id", &ctx.request_id)
+                .text("user_agent", &user_agent);
+        });
         let keep = if decision.level >= Level::Request {
             redact::MAX_BODY
         } else {
@@ -329,26 +338,20 @@ impl Pending {
         )
         .text("level", self.decision.level.as_str())
         .text("action", policy::action(&self.method))
-        .typed(
-            "actor",
-            &ActorFacts {
-                auth_method: self.auth_method,
-                kind: self.actor_kind,
-            },
-        )
-        .typed(
-            "client",
-            &ClientFacts {
-                net: network(self.client_ip),
-            },
-        );
+        .object("actor", |actor| {
+            actor
+                .text("auth_method", self.auth_method)
+                .text("kind", self.actor_kind);
+        })
+        .object("client", |client| {
+            client.text("net", &network(self.client_ip));
+        });
         if self.decision.rule == "default" {
             return draft;
         }
-        let rule = Annotations {
-            rule: &self.decision.rule,
-        };
-        draft.typed("annotations", &rule)
+        draft.object("annotations", |annotations| {
+            annotations.text("rule", &self.decision.rule);
+        })
     }
 
     /// The event of a `blocking-strict` request as it arrived, before anything was done with
@@ -356,14 +359,11 @@ impl Pending {
     fn received_draft(&self) -> Draft {
         self.common(self.decision.stream, &self.decision.event, "unknown")
             .text("stage", "request_received")
-            .typed(
-                "http",
-                &ReceivedFacts {
-                    method: method_name(&self.method),
-                    protocol_version: version(self.version),
-                    route: &self.route,
-                },
-            )
+            .object("http", |http| {
+                http.text("method", method_name(&self.method))
+                    .text("protocol_version", version(self.version))
+                    .text("route", &self.route);
+            })
             .part_json(Role::Client, Some(self.ip_subject()), self.client.clone())
     }
 
@@ -402,28 +402,28 @@ impl Pending {
         };
         let mut draft = self
             .common(stream, event_type, outcome)
-            .typed(
-                "http",
-                &HttpFacts {
-                    method: method_name(&self.method),
-                    protocol_version: version(self.version),
-                    request_body_size: request_size,
-                    response_body_size: response_size,
-                    route: &self.route,
-                    status_code: status,
-                },
-            )
+            .object("http", |http| {
+                http.text("method", method_name(&self.method))
+                    .text("protocol_version", version(self.version))
+                    .number("request_body_size", request_size)
+                    .number("response_body_size", response_size)
+                    .text("route", &self.route)
+                    .number("status_code", u64::from(status));
+            })
             .typed("duration_us", &(self.started.elapsed().as_micros() as u64));
         if let Some(reason) = &reason {
             draft = draft.typed("reason", reason);
         }
         let ip = self.ip_subject();
         if request_body.is_some() || response.is_some() {
-            let markers = BodyMarkers {
-                request: request_body.as_ref().map(redact::Body::marker),
-                response: response.as_ref().map(redact::Body::marker),
-            };
-            draft = draft.typed("body", &markers);
+            draft = draft.object("body", |markers| {
+                if let Some(request) = &request_body {
+                    markers.text("request", request.marker());
+                }
+                if let Some(response) = &response {
+                    markers.text("response", response.marker());
+                }
+            });
         }
         if !self.notes.is_empty() {
             draft = draft.typed("redactions", &self.notes);
@@ -460,61 +460,6 @@ impl Pending {
         }
         draft
     }
-}
-
-// Header values are written as they serialize, so their fields are declared in sorted order
-// (canonical JSON, RFC 8785) and hold no maps.
-
-#[derive(Serialize)]
-struct HttpFacts<'a> {
-    method: &'a str,
-    protocol_version: &'static str,
-    request_body_size: u64,
-    response_body_size: u64,
-    route: &'a str,
-    status_code: u16,
-}
-
-#[derive(Serialize)]
-struct ReceivedFacts<'a> {
-    method: &'a str,
-    protocol_version: &'static str,
-    route: &'a str,
-}
-
-#[derive(Serialize)]
-struct ActorFacts {
-    auth_method: &'static str,
-    kind: &'static str,
-}
-
-#[derive(Serialize)]
-struct ClientFacts {
-    net: String,
-}
-
-#[derive(Serialize)]
-struct Annotations<'a> {
-    rule: &'a str,
-}
-
-#[derive(Serialize)]
-struct BodyMarkers {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<&'static str>,
-}
-
-/// The sealed client facts of a request.
-#[derive(Serialize)]
-struct ClientPart<'a> {
-    address: &'a str,
-    request_id: &'a str,
-    user_agent: String,
-    path: String,
-    query: Option<String>,
-    headers: std::collections::BTreeMap<&'static str, String>,
 }
 
 fn captured(body: Option<redact::Body>) -> Value {
