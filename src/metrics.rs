@@ -281,6 +281,19 @@ impl Exposition {
     }
 }
 
+/// The value of one sample in an exposition, e.g. `name{label="x"}`: for unit tests that read
+/// back what a component rendered.
+#[cfg(test)]
+pub fn sample_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 fn borrow<'a>(pairs: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }

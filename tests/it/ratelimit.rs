@@ -11,7 +11,8 @@ use tempfile::TempDir;
 
 use crate::backend::Backend;
 use crate::support::{
-    ADMIN_TOKEN, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error, full, get, named, send,
+    ADMIN_TOKEN, PROCESS_TIMEOUT, Reply, Seawall, admin_get, assert_error, full, get, metric,
+    named, send,
 };
 
 const ON: [(&str, &str); 1] = [("FF_ENABLE_PRIORITIZED_RATE_LIMIT", "true")];
@@ -255,17 +256,20 @@ async fn custom_policies_stack_and_dry_run_only_counts() {
     let low = named(&view["levels"], "low");
     assert_eq!(low["decisions"], json!({"allowed": 3}));
     let metrics = get(&seawall.admin_url("/metrics")).await.text();
-    for series in [
-        "{level=\"low\",policy=\"ai.chat\",outcome=\"allowed\"} 3",
-        "{level=\"low\",policy=\"ai.chat\",outcome=\"limited\"} 1",
-        "{level=\"high\",policy=\"ai.chat\",outcome=\"limited\"} 1",
-        "{level=\"low\",policy=\"low\",outcome=\"allowed\"} 3",
-        "{level=\"strict\",policy=\"strict\",outcome=\"dry_run_limited\"} 5",
+    for (labels, count) in [
+        ("level=\"low\",policy=\"ai.chat\",outcome=\"allowed\"", 3.0),
+        ("level=\"low\",policy=\"ai.chat\",outcome=\"limited\"", 1.0),
+        ("level=\"high\",policy=\"ai.chat\",outcome=\"limited\"", 1.0),
+        ("level=\"low\",policy=\"low\",outcome=\"allowed\"", 3.0),
+        (
+            "level=\"strict\",policy=\"strict\",outcome=\"dry_run_limited\"",
+            5.0,
+        ),
     ] {
-        assert!(
-            metrics
-                .lines()
-                .any(|line| line == format!("seawall_ratelimit_decisions_total{series}")),
+        let series = format!("seawall_ratelimit_decisions_total{{{labels}}}");
+        assert_eq!(
+            metric(&metrics, &series),
+            Some(count),
             "{series} in {metrics}"
         );
     }

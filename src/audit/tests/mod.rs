@@ -391,11 +391,8 @@ fn refused_runs(trail: &super::AuditTrail) -> u64 {
     let mut metrics = crate::metrics::Exposition::default();
     trail.render_metrics(&mut metrics);
     let text = metrics.finish();
-    let line = text
-        .lines()
-        .find_map(|line| line.strip_prefix("seawall_audit_retention_refused_total "))
-        .expect("the counter is exposed");
-    line.parse().expect("a whole number")
+    crate::metrics::sample_value(&text, "seawall_audit_retention_refused_total")
+        .expect("the counter is exposed") as u64
 }
 
 /// The headers of the `system` stream, once everything queued is written.

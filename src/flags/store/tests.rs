@@ -288,12 +288,9 @@ async fn each_evaluation_counts_under_its_own_flag_and_result() {
     let text = out.finish();
     let count = |flag: &str, result: &str| -> f64 {
         let series =
-            format!("seawall_flag_evaluations_total{{flag=\"{flag}\",result=\"{result}\"}} ");
-        text.lines()
-            .find_map(|line| line.strip_prefix(&series))
+            format!("seawall_flag_evaluations_total{{flag=\"{flag}\",result=\"{result}\"}}");
+        crate::metrics::sample_value(&text, &series)
             .unwrap_or_else(|| panic!("no {series} in {text}"))
-            .parse()
-            .unwrap()
     };
     assert_eq!(count("alpha", "enabled"), 1.0);
     assert_eq!(count("beta", "disabled"), 1.0);
