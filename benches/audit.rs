@@ -48,7 +48,7 @@ fn drafts(offset: usize) -> Vec<Draft> {
 fn open_log(dir: &std::path::Path) -> Arc<AuditLog> {
     let config = StoreConfig {
         data_dir: dir.to_path_buf(),
-        cache_capacity_bytes: 64 << 20,
+        cache_capacity_bytes: StoreConfig::DEFAULT_CACHE_CAPACITY_MB << 20,
     };
     let store = Store::open(&config).unwrap();
     let keyring = Arc::new(Keyring::open(dir).unwrap());

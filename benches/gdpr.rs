@@ -77,7 +77,7 @@ fn main() {
     let dir = tempfile::TempDir::new().unwrap();
     let store = Store::open(&StoreConfig {
         data_dir: dir.path().to_path_buf(),
-        cache_capacity_bytes: 64 << 20,
+        cache_capacity_bytes: StoreConfig::DEFAULT_CACHE_CAPACITY_MB << 20,
     })
     .unwrap();
     let keyring = Arc::new(Keyring::open(dir.path()).unwrap());

@@ -2,7 +2,7 @@
 //!
 //! | tree | key → value |
 //! |---|---|
-//! | `audit/<stream>/<day>` | first seq (big-endian) → a group of consecutive [`Record`]s of about 4 KiB, headers compressed ([`encode_group`]; one tree per stream and UTC day, so retention drops whole trees) |
+//! | `audit/<stream>/<day>` | first seq (big-endian) → a group of consecutive [`Record`]s of about 8 KiB before compression, headers compressed ([`encode_group`]; one tree per stream and UTC day, so retention drops whole trees) |
 //! | `audit_keys` | key id → [`KeyRecord`]: a data key wrapped under the current KEK |
 //! | `audit_subject_keys` | pseudonym, stream, class, period → key id |
 //! | `audit_subjects` | pseudonym, stream, day → (): which buckets hold a subject's events; and alias pseudonym, `0xff`, pseudonym → (): another identifier of a subject whose parts are keyed to the latter |

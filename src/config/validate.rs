@@ -100,7 +100,7 @@ pub fn validate(
             cache_capacity_bytes: v.range(
                 "store.cache_capacity_mb",
                 raw.store.cache_capacity_mb,
-                64,
+                StoreConfig::DEFAULT_CACHE_CAPACITY_MB,
                 4,
                 65_536,
             )? * MIB,
