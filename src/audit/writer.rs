@@ -75,8 +75,9 @@ fn merge_by_name<'a>(
 /// some 8 metadata events): large enough that sled does one insert per several events, small
 /// enough that its nodes stay inline rather than becoming blob files. sled clones a leaf on
 /// every insert and rewrites it whole every ten, so the insert count is what the writer pays
-/// for: measured under saturating audited load, the writer thread used 10.2-11.3 µs per event
-/// against 14.1 with half this bound. Larger groups cost resident memory instead (sled keeps
+/// for: measured under saturating audited load, the writer thread used 8.6-12.2 µs per event
+/// against 10.5-15.3 with half this bound, less in each of seven alternating pairs. Larger
+/// groups cost resident memory instead, which a smaller sled cache takes back (sled keeps
 /// replaced leaves until its epoch-based reclamation catches up): 16 KiB held about 30 MB more
 /// than 4 KiB.
 const GROUP_BYTES: usize = 8 * 1024;

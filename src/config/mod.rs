@@ -107,10 +107,10 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    /// sled's page cache when `store.cache_capacity_mb` is not set. The cache mostly holds
-    /// the audit buckets' newest leaves: under saturating audited load on two cores, 32 MiB
-    /// peaked at 78.5 MiB resident against 88.2 MiB for 64 MiB, with the same writer CPU per
-    /// event (ARCHITECTURE.md, "Known cost").
+    /// sled's page cache when `store.cache_capacity_mb` is not set. Under audited load it
+    /// mostly holds the audit buckets' newest leaves: with the record groups of
+    /// `audit::writer`, saturating audited load on two cores peaked at 74-83 MiB resident with
+    /// 32 MiB, 93 with 48 and 90-106 with 64, for no more writer CPU per event.
     pub const DEFAULT_CACHE_CAPACITY_MB: u64 = 32;
 }
 
