@@ -72,14 +72,17 @@ fn merge_by_name<'a>(
 }
 
 /// Records are grouped up to about this many bytes before compression (about 3.8 KiB stored,
-/// some 8 metadata events): large enough that sled does one insert per several events, small
-/// enough that its nodes stay inline rather than becoming blob files. sled clones a leaf on
-/// every insert and rewrites it whole every ten, so the insert count is what the writer pays
-/// for: measured under saturating audited load, the writer thread used 8.6-12.2 µs per event
-/// against 10.5-15.3 with half this bound, less in each of seven alternating pairs. Larger
-/// groups cost resident memory instead, which a smaller sled cache takes back (sled keeps
-/// replaced leaves until its epoch-based reclamation catches up): 16 KiB held about 30 MB more
-/// than 4 KiB.
+/// some 8 metadata events). Large enough that sled does one insert per several events: sled
+/// clones a leaf on every insert and rewrites it whole when it splits it or every ten inserts, so
+/// the insert count is what the writer pays for. Measured under saturating audited load, the
+/// writer thread used 8.6-12.2 µs per event against 10.5-15.3 with half this bound, less in each
+/// of seven alternating pairs. Small enough that those whole-leaf writes stay inline in sled's
+/// log rather than becoming blob files, which sled makes of any message over 128 KiB (a quarter
+/// of its 512 KiB segment) and which groups of sealed bodies, incompressible, reach first: in
+/// `groups_of_sealed_bodies_keep_sleds_leaves_out_of_blob_files` they stayed inline up to 16 KiB
+/// and did not at 24. Larger groups also cost resident memory, which a smaller sled cache takes
+/// back (sled keeps replaced leaves until its epoch-based reclamation catches up): 16 KiB held
+/// about 30 MB more than 4 KiB.
 const GROUP_BYTES: usize = 8 * 1024;
 
 /// Splits consecutive records (the first numbered `first`) into groups of about

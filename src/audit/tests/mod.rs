@@ -143,6 +143,34 @@ fn sequence_numbers_are_gapless_per_stream_and_chains_verify() {
     assert_eq!(parts["client"]["address"], "10.0.0.1");
 }
 
+/// sled writes a log message over a quarter of its segment (128 KiB) to a blob file of its own,
+/// and writes a bucket's leaf whole when it splits it (about nine groups each side); groups of
+/// sealed bodies, which do not compress, must stay small enough for that to stay inline. With
+/// these bodies, groups of up to 16 KiB pass and 24 KiB ones fail.
+#[test]
+fn groups_of_sealed_bodies_keep_sleds_leaves_out_of_blob_files() {
+    let mut f = fixture();
+    let drafts: Vec<Draft> = (0..1_500)
+        .map(|i| {
+            // Sealed, any text is as incompressible as random bytes.
+            let body = "x".repeat(600 + (i * 373) % 800);
+            request_event(Stream::Access, "192.0.2.1", false).part(
+                Role::Body,
+                None,
+                json!({ "request": body }),
+            )
+        })
+        .collect();
+    for chunk in drafts.chunks(64) {
+        f.writer.commit(chunk.to_vec(), day0()).unwrap();
+    }
+    f.writer.flush().unwrap();
+    let blobs = f.dir.path().join("store").join("blobs");
+    let files = std::fs::read_dir(&blobs).map_or(0, |entries| entries.count());
+    assert_eq!(files, 0, "sled wrote blob files under {}", blobs.display());
+    assert_eq!(check(&f.log, Stream::Access).events, 1_500);
+}
+
 #[test]
 fn reading_from_a_sequence_number_starts_in_its_bucket_and_crosses_into_the_next() {
     let mut f = fixture();
