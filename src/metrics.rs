@@ -281,9 +281,8 @@ impl Exposition {
     }
 }
 
-/// The value of one sample in an exposition, e.g. `name{label="x"}`: for unit tests that read
-/// back what a component rendered.
-#[cfg(test)]
+/// The value of one sample in an exposition, e.g. `name{label="x"}`: for tests, unit and
+/// integration, that read back what was rendered.
 pub fn sample_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| {
         line.strip_prefix(series)?

@@ -503,15 +503,7 @@ impl Drop for Chroma {
 }
 
 /// The value of one sample in a Prometheus exposition, e.g. `name{label="x"}`.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
+pub use seawall::metrics::sample_value as metric;
 
 /// Polls `/metrics` until `series` has `value`.
 pub async fn await_metric(seawall: &Seawall, series: &str, value: f64) {
