@@ -19,10 +19,14 @@ const RESERVE: u64 = 256;
 /// How many descriptors this configuration can hold open at once.
 pub fn needed(config: &Config) -> u64 {
     let server = &config.server;
+    // In flight, plus what the other runtimes' pools keep idle meanwhile.
     let upstreams: u64 = config
         .upstreams
         .iter()
-        .map(|u| u.max_connections as u64)
+        .map(|u| {
+            let idle = crate::upstream::idle_per_pool(u.max_connections, server.proxy_threads);
+            (u.max_connections + idle * server.proxy_threads) as u64
+        })
         .sum();
     let database = config
         .postgres
@@ -108,6 +112,7 @@ mod tests {
 [server]
 max_connections = 100
 max_upgraded_connections = 10
+proxy_threads = 4
 
 [upstreams.app]
 url = "http://127.0.0.1:3000"
@@ -118,7 +123,11 @@ url = "http://127.0.0.1:3001"
 max_connections = 8
 "#;
         let config = Config::from_toml(text, &MapEnv::new()).unwrap();
-        assert_eq!(needed(&config), 100 + 64 + 20 + 32 + 8 + 256);
+        // Each upstream: its cap in flight, and each of 4 threads' pools its idle share.
+        assert_eq!(
+            needed(&config),
+            100 + 64 + 20 + (32 + 4 * 8) + (8 + 4 * 2) + 256
+        );
     }
 
     #[test]

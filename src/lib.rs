@@ -8,6 +8,7 @@
 //! - `server`: listeners, connection limits, the per-request frame, graceful shutdown;
 //!   `shutdown` is the signal that starts it; `send_timeout` closes connections whose client
 //!   stopped reading (`stall`: the progress deadline it shares with upstream bodies).
+//!   `proxy_threads`: the threads serving the proxy listener, a runtime each.
 //! - `router` (proxy listener) and `admin` (admin listener): what each request means.
 //! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams;
 //!   `client_body`: which of a failed call's faults were the client's.
@@ -59,6 +60,7 @@ pub mod pg;
 pub mod pg_pool;
 pub mod process_metrics;
 pub mod proxy;
+pub mod proxy_threads;
 pub mod ratelimit;
 pub mod request_context;
 pub mod request_stats;

@@ -77,27 +77,39 @@ pub trait Service: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Response<Body>, Error>> + Send;
 }
 
-/// Both listeners, bound.
+/// Both listeners, bound: the proxy socket once per proxy thread (the same socket each time).
 pub struct Listeners {
-    proxy: TcpListener,
+    proxy: Vec<std::net::TcpListener>,
     admin: TcpListener,
 }
 
 impl Listeners {
     pub async fn bind(server: &ServerConfig) -> Result<Listeners, StartError> {
-        let bind = |what: &'static str, addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind { what, addr, source })
+        let failed = |what: &'static str, addr: SocketAddr| {
+            move |source| StartError::Bind { what, addr, source }
         };
-        Ok(Listeners {
-            proxy: bind("proxy", server.listen).await?,
-            admin: bind("admin", server.admin_listen).await?,
-        })
+        let proxy = {
+            let addr = server.listen;
+            // std sets SO_REUSEADDR as tokio does; the socket must not block for tokio.
+            let socket = std::net::TcpListener::bind(addr).map_err(failed("proxy", addr))?;
+            socket
+                .set_nonblocking(true)
+                .map_err(failed("proxy", addr))?;
+            let mut sockets = (1..server.proxy_threads)
+                .map(|_| socket.try_clone())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(failed("proxy", addr))?;
+            sockets.push(socket);
+            sockets
+        };
+        let admin = TcpListener::bind(server.admin_listen)
+            .await
+            .map_err(failed("admin", server.admin_listen))?;
+        Ok(Listeners { proxy, admin })
     }
 
     pub fn proxy_addr(&self) -> SocketAddr {
-        self.proxy
+        self.proxy[0]
             .local_addr()
             .expect("bound listener has an address")
     }
@@ -125,26 +137,42 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
     // when the last one has gone.
     let (drain_tx, drain_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let proxy = Arc::new(ProxyService::new(state.clone()));
-    let admin = Arc::new(AdminService::new(state.clone()));
-    let accepting = async {
-        tokio::join!(
-            accept_loop(
-                listeners.proxy,
-                proxy,
-                server.max_connections,
-                drain_rx.clone(),
-                stop_rx.clone()
-            ),
-            accept_loop(
-                listeners.admin,
-                admin,
-                server.admin_max_connections,
-                drain_rx.clone(),
-                stop_rx.clone()
-            ),
-        );
+    // The proxy threads run until the end of shutdown, so that whatever their requests left
+    // running (an important audit event waiting for room in the queue) still runs.
+    let (done_tx, done_rx) = watch::channel(false);
+    let proxy_threads = {
+        let proxy = Arc::new(ProxyService::new(state.clone()));
+        let slots = Arc::new(Semaphore::new(server.max_connections));
+        // Each thread owns its receivers: the drain is over when the last one is dropped.
+        let inputs = listeners
+            .proxy
+            .into_iter()
+            .map(|socket| (socket, drain_rx.clone(), stop_rx.clone(), done_rx.clone()))
+            .collect();
+        crate::proxy_threads::start(inputs, move |index, (socket, drain, stop, mut done)| {
+            let (proxy, slots) = (proxy.clone(), slots.clone());
+            async move {
+                let name = crate::proxy_threads::thread_name(index);
+                proxy.state().watchdog.watch_this_runtime(&name);
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => accept_loop(listener, proxy, slots, drain, stop).await,
+                    // The other threads go on serving the socket.
+                    Err(e) => {
+                        tracing::error!(error = %e, thread = %name, "proxy thread cannot watch the listener")
+                    }
+                }
+                let _ = done.wait_for(|done| *done).await;
+            }
+        })
     };
+    let admin = Arc::new(AdminService::new(state.clone()));
+    let accepting = accept_loop(
+        listeners.admin,
+        admin,
+        Arc::new(Semaphore::new(server.admin_max_connections)),
+        drain_rx.clone(),
+        stop_rx.clone(),
+    );
     let controller = async {
         shutdown.await;
         state.health.set_draining();
@@ -187,16 +215,26 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
         Ok(()) => tracing::info!("store flushed; shutdown complete"),
         Err(e) => tracing::error!(error = %e, "store flush on shutdown failed"),
     }
+    done_tx.send_replace(true);
+    let joined = tokio::task::spawn_blocking(move || {
+        proxy_threads
+            .into_iter()
+            .all(|thread| thread.join().is_ok())
+    });
+    if !matches!(joined.await, Ok(true)) {
+        tracing::error!("a proxy thread panicked");
+    }
 }
 
+/// Serves `listener` until `stop`; `slots` caps the connections open at once (shared by the
+/// proxy threads, which accept from one socket).
 async fn accept_loop<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
-    max_connections: usize,
+    slots: Arc<Semaphore>,
     drain: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
     let header_read_timeout = service.state().config.server.header_read_timeout;
     let max_header_bytes = service.state().config.server.max_header_bytes;
     let send_timeout = service.state().config.server.send_timeout;
@@ -498,7 +536,13 @@ mod tests {
             state: state.clone(),
         });
         let (_drain, draining) = watch::channel(false);
-        let serving = accept_loop(listener, service, 4, draining, stopped);
+        let serving = accept_loop(
+            listener,
+            service,
+            Arc::new(Semaphore::new(4)),
+            draining,
+            stopped,
+        );
         let exercise = async {
             exercise(addr).await;
             stop.send_replace(true);

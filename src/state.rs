@@ -101,12 +101,16 @@ impl AppState {
         }
         let (breakers, transitions) = Breakers::open(&store, &breaker_configs)?;
         let breakers = Arc::new(breakers);
-        let upstreams = Upstreams::new(&config.upstreams, |name| {
-            breakers
-                .get(name)
-                .expect("one breaker per upstream")
-                .clone()
-        });
+        let upstreams = Upstreams::new(
+            &config.upstreams,
+            |name| {
+                breakers
+                    .get(name)
+                    .expect("one breaker per upstream")
+                    .clone()
+            },
+            config.server.proxy_threads,
+        );
         let ratelimiter = Arc::new(RateLimiter::open(&config.ratelimit, &store)?);
         let database = config.postgres.as_ref().map(|postgres| {
             let breaker = breakers

@@ -88,12 +88,23 @@ pub struct CallOptions {
     pub bounded_queue: bool,
 }
 
+/// How many idle connections each runtime's pool keeps: the upstream's share for one proxy
+/// thread, so that the pools together keep about `max_connections` idle, as one pool did.
+/// Requests in flight are capped by the slots, not here; a thread busier than its share
+/// closes what it cannot keep. (The main runtime's pool only carries health probes.)
+pub fn idle_per_pool(max_connections: usize, proxy_threads: usize) -> usize {
+    max_connections.div_ceil(proxy_threads.max(1))
+}
+
 /// One configured upstream.
 pub struct Upstream {
     pub name: Arc<str>,
     pub config: UpstreamConfig,
     pub breaker: Arc<Breaker>,
-    client: Client<HttpConnector, Body>,
+    /// One pool per runtime, indexed by `proxy_threads::runtime_index`: a pooled connection's
+    /// task runs on the runtime that opened it, so sharing one pool would hand each request's
+    /// IO to another thread.
+    clients: Box<[Client<HttpConnector, Body>]>,
     authority: Authority,
     host: HeaderValue,
     /// Caps requests in flight, so one slow upstream cannot take every socket and task.
@@ -124,15 +135,20 @@ const ERROR_KINDS: [&str; 9] = [
 ];
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig, breaker: Arc<Breaker>) -> Upstream {
+    /// An upstream for the main runtime and `proxy_threads` proxy threads.
+    pub fn new(config: UpstreamConfig, breaker: Arc<Breaker>, proxy_threads: usize) -> Upstream {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(config.connect_timeout));
         connector.set_nodelay(true);
         connector.set_keepalive(Some(TCP_KEEPALIVE));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(config.max_connections)
-            .build(connector);
+        let clients = (0..=proxy_threads)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    .pool_max_idle_per_host(idle_per_pool(config.max_connections, proxy_threads))
+                    .build(connector.clone())
+            })
+            .collect();
         let metrics = Arc::new(PoolMetrics {
             requests: Counter::default(),
             errors: ERROR_KINDS
@@ -154,10 +170,16 @@ impl Upstream {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             waiters: AtomicUsize::new(0),
             breaker,
-            client,
+            clients,
             config,
             metrics,
         }
+    }
+
+    /// The pool of the runtime the caller runs on.
+    fn client(&self) -> &Client<HttpConnector, Body> {
+        let index = crate::proxy_threads::runtime_index();
+        self.clients.get(index).unwrap_or(&self.clients[0])
     }
 
     /// The absolute URI for a path-and-query on this upstream, under its base path.
@@ -219,7 +241,7 @@ impl Upstream {
             false => request.map(|body| Watched::new(body, watch.clone()).boxed()),
         };
         let timeout = self.config.timeout;
-        let response = tokio::time::timeout_at(deadline.into(), self.client.request(request))
+        let response = tokio::time::timeout_at(deadline.into(), self.client().request(request))
             .await
             .map_err(|_| match watch.awaiting_client() {
                 true => UpstreamError::ClientStalled(timeout),
@@ -316,7 +338,7 @@ impl Upstream {
             .body(body::empty())
             .expect("a GET without body builds");
         let response = self
-            .client
+            .client()
             .request(request)
             .await
             .map_err(|e| match classify(e) {
@@ -411,14 +433,13 @@ impl Upstreams {
     pub fn new(
         configs: &[UpstreamConfig],
         breaker_for: impl Fn(&str) -> Arc<Breaker>,
+        proxy_threads: usize,
     ) -> Upstreams {
         let by_name = configs
             .iter()
             .map(|c| {
-                (
-                    c.name.clone(),
-                    Arc::new(Upstream::new(c.clone(), breaker_for(&c.name))),
-                )
+                let upstream = Upstream::new(c.clone(), breaker_for(&c.name), proxy_threads);
+                (c.name.clone(), Arc::new(upstream))
             })
             .collect();
         Upstreams { by_name }
@@ -614,6 +635,15 @@ mod tests {
         ] {
             let authority: Authority = authority.parse().unwrap();
             assert_eq!(host_header(&authority), host, "{authority}");
+        }
+    }
+
+    #[test]
+    fn the_pools_together_keep_about_max_connections_idle() {
+        for (max, threads, each) in [(64, 1, 64), (64, 2, 32), (64, 3, 22), (1, 4, 1), (5, 2, 3)] {
+            assert_eq!(idle_per_pool(max, threads), each, "{max} over {threads}");
+            // Never fewer than max together, never a whole thread's share more.
+            assert!(each * threads >= max && each * threads < max + threads);
         }
     }
 }

@@ -1,6 +1,6 @@
-//! The runtime watchdog: notices when the async runtime stops running tasks, and past
-//! `server.watchdog_kill_ms` ends the process so that its supervisor (Fly's restart policy,
-//! systemd) starts a fresh one.
+//! The runtime watchdog: notices when an async runtime (the main one, or a proxy thread's)
+//! stops running tasks, and past `server.watchdog_kill_ms` ends the process so that its
+//! supervisor (Fly's restart policy, systemd) starts a fresh one.
 //!
 //! A runtime worker blocked on a lock or a stuck call takes its queued tasks with it; when
 //! every worker is blocked, seawall still accepts TCP connections (the kernel does) but
@@ -63,7 +63,8 @@ impl StallClock {
     }
 }
 
-/// The watchdog of one runtime; [`Watchdog::start`] runs it.
+/// The watchdog of the process's runtimes: [`Watchdog::start`] watches the main one,
+/// [`Watchdog::watch_this_runtime`] each proxy thread's.
 pub struct Watchdog {
     /// `None`: stalls are reported but never end the process.
     kill_after: Option<Duration>,
@@ -96,11 +97,22 @@ impl Watchdog {
         }
     }
 
-    /// Starts the heartbeat on the current runtime and the checking thread, once; a stall of
-    /// `kill_after` logs an error and exits with [`EXIT_STALLED`].
+    /// Watches the current runtime, the main one, once: see [`Watchdog::watch_this_runtime`].
     pub fn start(self: &Arc<Self>) {
-        self.start_with(|stalled| {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.watch_this_runtime("main");
+    }
+
+    /// Starts a heartbeat on the current runtime and a thread checking it, which stops when
+    /// the runtime shuts down; a stall of `kill_after` logs an error and exits with
+    /// [`EXIT_STALLED`]. `runtime` names the runtime in the log.
+    pub fn watch_this_runtime(self: &Arc<Self>, runtime: &str) {
+        let name = runtime.to_string();
+        self.watch_with(runtime, move |stalled| {
             tracing::error!(
+                runtime = %name,
                 stalled_ms = stalled.as_millis() as u64,
                 "the async runtime has run no task for this long: exiting so that the supervisor starts seawall again (server.watchdog_kill_ms)"
             );
@@ -108,11 +120,9 @@ impl Watchdog {
         });
     }
 
-    /// [`Watchdog::start`] with what to do at `kill_after` given (tests observe instead).
-    pub fn start_with(self: &Arc<Self>, kill: impl Fn(Duration) + Send + 'static) {
-        if self.started.swap(true, Ordering::AcqRel) {
-            return;
-        }
+    /// [`Watchdog::watch_this_runtime`] with what to do at `kill_after` given (tests observe
+    /// instead).
+    pub fn watch_with(self: &Arc<Self>, runtime: &str, kill: impl Fn(Duration) + Send + 'static) {
         let shared = Arc::new(Shared {
             beats: AtomicU64::new(0),
             alive: AtomicBool::new(true),
@@ -127,13 +137,14 @@ impl Watchdog {
             }
         });
         let watchdog = self.clone();
+        let runtime = runtime.to_string();
         std::thread::Builder::new()
             .name("watchdog".into())
-            .spawn(move || watchdog.check(&shared, kill))
+            .spawn(move || watchdog.check(&runtime, &shared, kill))
             .expect("the watchdog thread starts");
     }
 
-    fn check(&self, shared: &Shared, kill: impl Fn(Duration)) {
+    fn check(&self, runtime: &str, shared: &Shared, kill: impl Fn(Duration)) {
         let mut clock = StallClock::default();
         let mut reported = false;
         let mut last = Instant::now();
@@ -149,6 +160,7 @@ impl Watchdog {
                         reported = true;
                         self.stalls.inc();
                         tracing::warn!(
+                            runtime,
                             stalled_ms = stalled.as_millis() as u64,
                             "the async runtime has run no task for this long: a worker is blocked"
                         );
@@ -161,6 +173,7 @@ impl Watchdog {
                 Verdict::Recovered(stalled) => {
                     reported = false;
                     tracing::warn!(
+                        runtime,
                         stalled_ms = stalled.as_millis() as u64,
                         "the async runtime runs tasks again after a stall"
                     );
@@ -230,7 +243,7 @@ mod tests {
         let watchdog = Arc::new(Watchdog::new(Some(Duration::from_secs(2))));
         let (killed, kills) = mpsc::channel();
         runtime.block_on(async {
-            watchdog.start_with(move |stalled| killed.send(stalled).unwrap());
+            watchdog.watch_with("test", move |stalled| killed.send(stalled).unwrap());
         });
         let lock = Arc::new(Mutex::new(()));
         let held = lock.lock().unwrap();
@@ -256,7 +269,7 @@ mod tests {
         let watchdog = Arc::new(Watchdog::new(Some(Duration::from_secs(2))));
         let (killed, kills) = mpsc::channel();
         runtime.block_on(async {
-            watchdog.start_with(move |stalled| killed.send(stalled).unwrap());
+            watchdog.watch_with("test", move |stalled| killed.send(stalled).unwrap());
         });
         drop(runtime);
         // The checker ends instead of taking the missing beats for a stall: its sender goes.

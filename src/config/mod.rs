@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub max_connections: usize,
     pub admin_max_connections: usize,
+    /// Threads serving the proxy listener, each with a runtime of its own (see
+    /// `proxy_threads`); the admin listener and background work have the main runtime.
+    pub proxy_threads: usize,
     /// Default limit on a proxied request body; routes may override it.
     pub max_body_bytes: u64,
     pub admin_max_body_bytes: u64,

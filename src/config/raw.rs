@@ -46,6 +46,7 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     pub max_connections: Option<u64>,
     pub admin_max_connections: Option<u64>,
+    pub proxy_threads: Option<u64>,
     pub max_body_bytes: Option<u64>,
     pub admin_max_body_bytes: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,

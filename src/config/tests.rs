@@ -514,6 +514,7 @@ mod fuzz {
         "circuit_breaker_percentage",
         "url",
         "max_connections",
+        "proxy_threads",
         "timeout_ms",
         "name",
         "match",

@@ -259,6 +259,13 @@ impl Validator<'_> {
                 1,
                 10_000,
             )? as usize,
+            proxy_threads: self.range(
+                "server.proxy_threads",
+                s.proxy_threads,
+                std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+                1,
+                256,
+            )? as usize,
             max_body_bytes: self.range(
                 "server.max_body_bytes",
                 s.max_body_bytes,

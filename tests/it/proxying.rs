@@ -286,21 +286,27 @@ async fn upstream_failures_become_json_502_and_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_reused() {
-    let backend = Backend::start().await;
-    let seawall = Seawall::start(&config(&backend));
-    for _ in 0..20 {
-        assert_eq!(get(&seawall.proxy_url("/api/headers")).await.status, 200);
+    // Each proxy thread has a pool of its own, and a client connection may land on either.
+    for threads in [1, 2] {
+        let backend = Backend::start().await;
+        let seawall = Seawall::start(&format!(
+            "[server]\nproxy_threads = {threads}\n{}",
+            config(&backend)
+        ));
+        for _ in 0..20 {
+            assert_eq!(get(&seawall.proxy_url("/api/headers")).await.status, 200);
+        }
+        // HTTP/1.0 clients too: the upstream hop is HTTP/1.1 and stays open.
+        for _ in 0..5 {
+            let old = raw_exchange(seawall.proxy, b"GET /api/headers HTTP/1.0\r\n\r\n").await;
+            assert_eq!(old.status, 200, "{}", old.text());
+        }
+        let opened = backend.connections.load(Ordering::SeqCst);
+        assert!(
+            (1..=threads).contains(&opened),
+            "25 sequential requests over {threads} proxy threads opened {opened} upstream connections"
+        );
     }
-    // HTTP/1.0 clients too: the upstream hop is HTTP/1.1 and stays open.
-    for _ in 0..5 {
-        let old = raw_exchange(seawall.proxy, b"GET /api/headers HTTP/1.0\r\n\r\n").await;
-        assert_eq!(old.status, 200, "{}", old.text());
-    }
-    assert_eq!(
-        backend.connections.load(Ordering::SeqCst),
-        1,
-        "25 sequential requests share one upstream connection"
-    );
 }
 
 /// Streams `bytes` through the response without collecting it; returns the byte count.
