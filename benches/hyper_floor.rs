@@ -1,7 +1,9 @@
 //! The floor under seawall's proxy path: hyper's HTTP/1.1 server in front of hyper-util's pooled
-//! client, with nothing else (no routing, limits, metrics, logs or timeouts). `load.sh` runs it
-//! beside nginx and seawall, so a ratio against nginx can be read against what the same stack
-//! reaches with no gateway work at all.
+//! client, with nothing else (no routing, limits, metrics, logs or timeouts), threaded as
+//! seawall's proxy listener is (`seawall::proxy_threads`): one thread per CPU, each with a
+//! current-thread runtime and a client of its own, all accepting from one socket. `load.sh`
+//! runs it beside nginx and seawall, so a ratio against nginx can be read against what the same
+//! stack reaches with no gateway work at all.
 //!
 //!     hyper_floor LISTEN_ADDR UPSTREAM_URL     # e.g. 127.0.0.1:8081 http://127.0.0.1:8080
 //!
@@ -23,8 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match &args[..] {
         [listen, upstream] if !listen.starts_with("--") => {
@@ -34,12 +35,28 @@ async fn main() {
                 .authority()
                 .expect("UPSTREAM_URL has a host")
                 .clone();
-            let listener = TcpListener::bind(listen)
-                .await
-                .expect("LISTEN_ADDR can be bound");
-            proxy(listener, authority).await;
+            let socket = std::net::TcpListener::bind(listen).expect("LISTEN_ADDR can be bound");
+            socket
+                .set_nonblocking(true)
+                .expect("a socket can be non-blocking");
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let sockets = (0..cpus)
+                .map(|_| socket.try_clone().expect("the socket can be shared"))
+                .collect();
+            let threads = seawall::proxy_threads::start(sockets, move |_, socket| {
+                let authority = authority.clone();
+                async move {
+                    let listener = TcpListener::from_std(socket).expect("a tokio listener");
+                    proxy(listener, authority).await
+                }
+            });
+            for thread in threads {
+                thread.join().expect("a proxy thread does not panic");
+            }
         }
-        _ => check_itself().await,
+        _ => tokio::runtime::Runtime::new()
+            .expect("tokio runtime starts")
+            .block_on(check_itself()),
     }
 }
 
