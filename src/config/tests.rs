@@ -90,6 +90,23 @@ fn unknown_keys_are_named() {
 }
 
 #[test]
+fn proxy_threads_default_to_the_cpus_and_stay_in_range() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(load("", &[]).unwrap().server.proxy_threads, cpus);
+    assert_eq!(
+        load("[server]\nproxy_threads = 3\n", &[])
+            .unwrap()
+            .server
+            .proxy_threads,
+        3
+    );
+    for bad in ["0", "257", "-1", "\"two\""] {
+        let e = error(&format!("[server]\nproxy_threads = {bad}\n"), &[]);
+        assert_eq!(e.key, "server.proxy_threads", "{bad}: {e}");
+    }
+}
+
+#[test]
 fn wrong_types_are_named() {
     let e = error("[server]\nmax_connections = \"many\"\n", &[]);
     assert_eq!(e.key, "server.max_connections");
