@@ -204,7 +204,7 @@ done
 set -- ${row[seawall]}; s_rps=$2 s_p99=$4 s_cpu=$7
 set -- ${row[hyper]}
 awk -v a="$s_rps" -v b="$2" -v c="$s_p99" -v d="$4" -v e="$s_cpu" -v f="$7" \
-  'BEGIN { printf "seawall     vs hyper: requests/s %.2fx, p99 %.2fx, CPU per request +%.1f us\n", a / b, c / d, e - f }'
+  'BEGIN { printf "seawall     vs hyper: requests/s %.2fx, p99 %.2fx, CPU per request %+.1f us\n", a / b, c / d, e - f }'
 set -- ${row[all]}; a_rps=$2 a_p99=$4
 set -- ${row[all-noaudit]}
 awk -v a="$a_rps" -v b="$2" -v c="$a_p99" -v d="$4" \

@@ -7,10 +7,13 @@
 //! stays open). What a request means is decided by a [`Service`]:
 //! `router::ProxyService` on the proxy listener, `admin::AdminService` on the admin listener.
 //!
+//! The proxy listener is served on the proxy threads (`proxy_threads`), the admin listener on
+//! the runtime that calls [`run`].
+//!
 //! Shutdown runs in a fixed order: readiness answers 503, the listeners keep accepting for
 //! `shutdown_delay` so a load balancer can notice, then stop; open connections finish their
 //! in-flight request within `shutdown_grace` while upgraded connections (`tunnel`) are
-//! closed; the store is flushed; `run` returns. Connections are served with upgrades enabled,
+//! closed; the store is flushed; the proxy threads end; `run` returns. Connections are served with upgrades enabled,
 //! so draining them is done here rather than by hyper-util's `GracefulShutdown`, which cannot
 //! watch such connections.
 
