@@ -35,14 +35,9 @@ fn main() {
                 .authority()
                 .expect("UPSTREAM_URL has a host")
                 .clone();
-            let socket = std::net::TcpListener::bind(listen).expect("LISTEN_ADDR can be bound");
-            socket
-                .set_nonblocking(true)
-                .expect("a socket can be non-blocking");
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let sockets = (0..cpus)
-                .map(|_| socket.try_clone().expect("the socket can be shared"))
-                .collect();
+            let sockets =
+                seawall::proxy_threads::bind(listen, cpus).expect("LISTEN_ADDR can be bound");
             let threads = seawall::proxy_threads::start(sockets, move |_, socket| {
                 let authority = authority.clone();
                 async move {

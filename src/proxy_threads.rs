@@ -13,6 +13,8 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,6 +36,19 @@ pub fn runtime_index() -> usize {
 /// The name of proxy thread `index` (its runtime's name in the watchdog's log).
 pub fn thread_name(index: usize) -> String {
     format!("proxy-{index}")
+}
+
+/// Binds `addr` once and returns the listening socket `count` times (a `dup` each, at least
+/// one), non-blocking as tokio needs it, for the threads to share. std sets `SO_REUSEADDR`
+/// as tokio does.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+    let socket = TcpListener::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    let mut sockets = (1..count)
+        .map(|_| socket.try_clone())
+        .collect::<io::Result<Vec<_>>>()?;
+    sockets.push(socket);
+    Ok(sockets)
 }
 
 /// Starts one thread per input, numbered from 1, each running `serve(index, input)` on a
@@ -100,5 +115,30 @@ mod tests {
             ]
         );
         assert_eq!(runtime_index(), 0, "other threads run the main runtime");
+    }
+
+    #[test]
+    fn the_threads_share_one_non_blocking_socket() {
+        let sockets = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        assert_eq!(sockets.len(), 3);
+        let addr = sockets[0].local_addr().unwrap();
+        for socket in &sockets {
+            assert_eq!(socket.local_addr().unwrap(), addr);
+            // Non-blocking: nobody is connecting, so accepting would block.
+            let error = socket.accept().unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+        }
+        // One connection, accepted through any of them.
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let accepted = (0..1000).find_map(|_| {
+            sockets.iter().find_map(|s| s.accept().ok()).or_else(|| {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                None
+            })
+        });
+        assert!(
+            accepted.is_some(),
+            "the connection reached the shared socket"
+        );
     }
 }

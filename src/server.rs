@@ -91,20 +91,8 @@ impl Listeners {
         let failed = |what: &'static str, addr: SocketAddr| {
             move |source| StartError::Bind { what, addr, source }
         };
-        let proxy = {
-            let addr = server.listen;
-            // std sets SO_REUSEADDR as tokio does; the socket must not block for tokio.
-            let socket = std::net::TcpListener::bind(addr).map_err(failed("proxy", addr))?;
-            socket
-                .set_nonblocking(true)
-                .map_err(failed("proxy", addr))?;
-            let mut sockets = (1..server.proxy_threads)
-                .map(|_| socket.try_clone())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(failed("proxy", addr))?;
-            sockets.push(socket);
-            sockets
-        };
+        let proxy = crate::proxy_threads::bind(server.listen, server.proxy_threads)
+            .map_err(failed("proxy", server.listen))?;
         let admin = TcpListener::bind(server.admin_listen)
             .await
             .map_err(failed("admin", server.admin_listen))?;
