@@ -374,6 +374,27 @@ impl Draft {
         self.important = true;
         self
     }
+
+    /// About how much memory the draft holds while it waits in the queue: its box and every
+    /// buffer it owns, at their capacity. What the queue's byte budget counts.
+    pub fn memory_size(&self) -> usize {
+        let subject = |s: &Subject| s.value.capacity();
+        let parts: usize = self
+            .parts
+            .iter()
+            .map(|part| {
+                part.content.capacity()
+                    + part.subject.as_ref().map_or(0, subject)
+                    + part.aliases.capacity() * std::mem::size_of::<Subject>()
+                    + part.aliases.iter().map(subject).sum::<usize>()
+            })
+            .sum();
+        std::mem::size_of::<Draft>()
+            + self.fields.capacity() * std::mem::size_of::<(&str, Range<usize>)>()
+            + self.values.capacity()
+            + self.parts.capacity() * std::mem::size_of::<Part>()
+            + parts
+    }
 }
 
 /// OpenTelemetry severity numbers: INFO 9, WARN 13, ERROR 17.

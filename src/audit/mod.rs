@@ -60,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use event::{Draft, IdKind, Level, Role, Stream, Subject};
 
@@ -101,6 +101,9 @@ pub struct AuditConfig {
     #[serde(serialize_with = "crate::config::millis")]
     pub strict_timeout: Duration,
     pub queue_capacity: usize,
+    /// The most memory the drafts waiting in the queue may hold ([`Draft::memory_size`]):
+    /// events that capture bodies are a hundred times the size of metadata ones.
+    pub queue_bytes: usize,
     pub retention: BTreeMap<Stream, StreamRetention>,
     /// Captured request and response bodies.
     pub body_days: u32,
@@ -167,6 +170,7 @@ impl Default for AuditConfig {
             flush_interval: Duration::from_millis(100),
             strict_timeout: Duration::from_secs(2),
             queue_capacity: 65_536,
+            queue_bytes: 32 << 20,
             retention: AuditConfig::default_retention(),
             body_days: 7,
             retention_interval: Duration::from_secs(3_600),
@@ -257,13 +261,15 @@ impl AuditConfig {
     }
 }
 
+/// What the writer is asked to do. An event comes with the room it took in the queue's byte
+/// budget, which the writer gives back once it is written.
 enum Command {
-    Event(Box<Draft>),
+    Event(Box<Draft>, u32),
     /// Write and flush everything queued before this, then answer whether the last batch
     /// reached the disk.
     Flush(oneshot::Sender<bool>),
     /// Write this event and flush it at once; answer whether it is on disk.
-    Durable(Box<Draft>, oneshot::Sender<bool>),
+    Durable(Box<Draft>, u32, oneshot::Sender<bool>),
 }
 
 #[derive(Default)]
@@ -295,6 +301,10 @@ pub struct AuditTrail {
     /// atomically).
     pub erasures: tokio::sync::Mutex<()>,
     tx: mpsc::Sender<Command>,
+    /// The queue's byte budget ([`AuditConfig::queue_bytes`]) as permits: a producer takes a
+    /// draft's [`Draft::memory_size`] before queueing it, the writer gives them back after
+    /// the batch is written. The channel itself bounds the count.
+    room: Arc<Semaphore>,
     /// Taken by [`AuditTrail::start`].
     rx: std::sync::Mutex<Option<(mpsc::Receiver<Command>, Writer)>>,
     /// Dropped since the last notice event.
@@ -421,12 +431,14 @@ impl AuditTrail {
         metrics.rolled_back.set(i64::from(!rollback.is_empty()));
         let clock_guard = ClockGuard::open(store, config.clock_jump_tolerance)?;
         let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let room = Arc::new(Semaphore::new(config.queue_bytes));
         Ok(AuditTrail {
             log,
             config,
             ledger,
             erasures: tokio::sync::Mutex::new(()),
             tx,
+            room,
             rx: std::sync::Mutex::new(Some((rx, writer))),
             unreported_drops: AtomicU64::new(0),
             metrics: Arc::new(metrics),
@@ -446,6 +458,7 @@ impl AuditTrail {
             .take()
             .expect("the writer starts once");
         let metrics = self.metrics.clone();
+        let room = self.room.clone();
         let interval = self.config.flush_interval;
         let digests = self.config.digests;
         std::thread::Builder::new()
@@ -455,16 +468,51 @@ impl AuditTrail {
                     .enable_time()
                     .build()
                     .expect("the audit writer's runtime starts");
-                runtime.block_on(write_loop(rx, writer, metrics, interval, digests));
+                runtime.block_on(write_loop(rx, writer, room, metrics, interval, digests));
             })
             .expect("the audit writer thread starts")
+    }
+
+    /// The room `draft` takes in the queue's byte budget: its memory, but never more than the
+    /// whole budget, so that even a draft larger than that is written eventually.
+    fn room_for(&self, draft: &Draft) -> u32 {
+        let budget = self.config.queue_bytes.min(u32::MAX as usize);
+        draft.memory_size().clamp(1, budget) as u32
+    }
+
+    /// Waits for `bytes` of room in the queue. Waiters are served in order, before anyone who
+    /// only tries.
+    async fn wait_for_room(&self, bytes: u32) {
+        self.room
+            .acquire_many(bytes)
+            .await
+            .expect("the queue's room is never closed")
+            .forget();
+    }
+
+    /// Takes `bytes` of room in the queue if there is that much now.
+    fn try_room(&self, bytes: u32) -> bool {
+        match self.room.try_acquire_many(bytes) {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Submits an event. Ordinary events are dropped and counted when the queue is full;
     /// important ones wait for room.
     pub async fn record(&self, draft: Draft) {
         if draft.important {
-            if self.tx.send(Command::Event(Box::new(draft))).await.is_err() {
+            let bytes = self.room_for(&draft);
+            self.wait_for_room(bytes).await;
+            if self
+                .tx
+                .send(Command::Event(Box::new(draft), bytes))
+                .await
+                .is_err()
+            {
                 tracing::error!("audit writer stopped; an important event was lost");
             }
             return;
@@ -478,8 +526,14 @@ impl AuditTrail {
         if !draft.important {
             return self.record_now(draft);
         }
+        let bytes = self.room_for(&draft);
+        if !self.try_room(bytes) {
+            let trail = self.clone();
+            tokio::spawn(async move { trail.record(draft).await });
+            return;
+        }
         if let Err(mpsc::error::TrySendError::Full(command)) =
-            self.tx.try_send(Command::Event(Box::new(draft)))
+            self.tx.try_send(Command::Event(Box::new(draft), bytes))
         {
             let tx = self.tx.clone();
             tokio::spawn(async move {
@@ -488,15 +542,32 @@ impl AuditTrail {
         }
     }
 
-    /// Submits an ordinary event without waiting (what the request path uses).
+    /// Submits an ordinary event without waiting (what the request path uses): it is dropped
+    /// and counted when the queue holds its most events or bytes.
     pub fn record_now(&self, draft: Draft) {
-        match self.tx.try_send(Command::Event(Box::new(draft))) {
-            Ok(()) => self.report_drops(),
-            Err(_) => {
-                self.metrics.dropped.inc();
-                self.unreported_drops.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.try_queue(draft) {
+            self.report_drops();
+        } else {
+            self.metrics.dropped.inc();
+            self.unreported_drops.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Queues `draft` if there is room for it now, in bytes and in count.
+    fn try_queue(&self, draft: Draft) -> bool {
+        let bytes = self.room_for(&draft);
+        if !self.try_room(bytes) {
+            return false;
+        }
+        if self
+            .tx
+            .try_send(Command::Event(Box::new(draft), bytes))
+            .is_err()
+        {
+            self.room.add_permits(bytes as usize);
+            return false;
+        }
+        true
     }
 
     /// After a drop, the first event that finds room again is followed by a notice.
@@ -508,7 +579,7 @@ impl AuditTrail {
         let notice = system_draft("sys.audit.events_dropped", "failure")
             .field("reason", json!("queue_full"))
             .field("dropped", json!(dropped));
-        if self.tx.try_send(Command::Event(Box::new(notice))).is_err() {
+        if !self.try_queue(notice) {
             self.unreported_drops.fetch_add(dropped, Ordering::Relaxed);
         }
     }
@@ -565,7 +636,12 @@ impl AuditTrail {
     pub async fn record_durably(&self, draft: Draft, timeout: Duration) -> bool {
         let (done, written) = oneshot::channel();
         let durable = async {
-            let queued = self.tx.send(Command::Durable(Box::new(draft), done)).await;
+            let bytes = self.room_for(&draft);
+            self.wait_for_room(bytes).await;
+            let queued = self
+                .tx
+                .send(Command::Durable(Box::new(draft), bytes, done))
+                .await;
             queued.is_ok() && written.await.unwrap_or(false)
         };
         let on_disk = tokio::time::timeout(timeout, durable)
@@ -684,6 +760,13 @@ impl AuditTrail {
             "Audit events waiting for the writer.",
             depth as f64,
         );
+        let held = self.config.queue_bytes - self.room.available_permits();
+        out.single(
+            "seawall_audit_queue_bytes",
+            "gauge",
+            "Memory held by the audit events waiting for the writer or being written.",
+            held as f64,
+        );
     }
 }
 
@@ -704,6 +787,7 @@ fn system_draft(event_type: &str, outcome: &str) -> Draft {
 async fn write_loop(
     mut rx: mpsc::Receiver<Command>,
     mut writer: Writer,
+    room: Arc<Semaphore>,
     metrics: Arc<AuditMetrics>,
     interval: Duration,
     digests: DigestPolicy,
@@ -732,13 +816,19 @@ async fn write_loop(
         let mut waiting = Vec::new();
         let mut next = Some(first);
         let mut lingered = false;
+        // The room the batch's drafts took, given back once they are written.
+        let mut taken = 0;
         loop {
             while let Some(command) = next.take() {
                 match command {
-                    Command::Event(draft) => drafts.push(*draft),
-                    Command::Flush(done) => waiting.push(done),
-                    Command::Durable(draft, done) => {
+                    Command::Event(draft, bytes) => {
                         drafts.push(*draft);
+                        taken += bytes as usize;
+                    }
+                    Command::Flush(done) => waiting.push(done),
+                    Command::Durable(draft, bytes, done) => {
+                        drafts.push(*draft);
+                        taken += bytes as usize;
                         waiting.push(done);
                     }
                 }
@@ -773,6 +863,7 @@ async fn write_loop(
                 false
             }
         };
+        room.add_permits(taken);
         if flush_now {
             on_disk &= note_flush(&metrics, writer.flush());
             dirty_since = None;

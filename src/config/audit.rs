@@ -185,6 +185,15 @@ impl Validator<'_> {
                 16,
                 4_194_304,
             )? as usize,
+            queue_bytes: self.range(
+                "audit.queue_mb",
+                raw.queue_mb,
+                (defaults.queue_bytes >> 20) as u64,
+                1,
+                1_024,
+            )? as usize
+                * 1024
+                * 1024,
             retention,
             body_days: self.range(
                 "audit.body_days",

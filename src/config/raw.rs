@@ -162,6 +162,7 @@ pub struct RawAudit {
     pub flush_interval_ms: Option<u64>,
     pub strict_timeout_ms: Option<u64>,
     pub queue_capacity: Option<u64>,
+    pub queue_mb: Option<u64>,
     pub body_days: Option<u64>,
     pub retention_interval_ms: Option<u64>,
     pub retention_clock_jump_tolerance_ms: Option<u64>,

@@ -107,6 +107,22 @@ fn proxy_threads_default_to_the_cpus_and_stay_in_range() {
 }
 
 #[test]
+fn the_audit_queue_budget_is_in_mebibytes_and_in_range() {
+    assert_eq!(load("", &[]).unwrap().audit.queue_bytes, 32 << 20);
+    assert_eq!(
+        load("[audit]\nqueue_mb = 8\n", &[])
+            .unwrap()
+            .audit
+            .queue_bytes,
+        8 << 20
+    );
+    for bad in ["0", "1025", "-1", "\"big\""] {
+        let e = error(&format!("[audit]\nqueue_mb = {bad}\n"), &[]);
+        assert_eq!(e.key, "audit.queue_mb", "{bad}: {e}");
+    }
+}
+
+#[test]
 fn wrong_types_are_named() {
     let e = error("[server]\nmax_connections = \"many\"\n", &[]);
     assert_eq!(e.key, "server.max_connections");
@@ -552,6 +568,7 @@ mod fuzz {
         "digest_every",
         "kek_rotation_interval_ms",
         "flush_interval_ms",
+        "queue_mb",
         "level",
         "routes",
         "event",

@@ -414,13 +414,16 @@ fn started_trail(f: &Fixture) -> (Arc<super::AuditTrail>, std::thread::JoinHandl
     (trail, writer_thread)
 }
 
-/// `seawall_audit_retention_refused_total` as the trail exposes it.
-fn refused_runs(trail: &super::AuditTrail) -> u64 {
+/// The sample `series` of the trail's metrics.
+fn trail_metric(trail: &super::AuditTrail, series: &str) -> f64 {
     let mut metrics = crate::metrics::Exposition::default();
     trail.render_metrics(&mut metrics);
-    let text = metrics.finish();
-    crate::metrics::sample_value(&text, "seawall_audit_retention_refused_total")
-        .expect("the counter is exposed") as u64
+    crate::metrics::sample_value(&metrics.finish(), series).expect("the metric is exposed")
+}
+
+/// `seawall_audit_retention_refused_total` as the trail exposes it.
+fn refused_runs(trail: &super::AuditTrail) -> u64 {
+    trail_metric(trail, "seawall_audit_retention_refused_total") as u64
 }
 
 /// The headers of the `system` stream, once everything queued is written.
@@ -431,6 +434,72 @@ async fn system_headers(trail: &super::AuditTrail) -> Vec<String> {
         .events(Stream::System)
         .map(|item| item.unwrap().1.header)
         .collect()
+}
+
+/// The queue holds at most `queue_bytes` of drafts however many more events it could take:
+/// past that, ordinary events are dropped and counted while important ones wait; the room
+/// comes back as the writer writes, and the first event that finds it is followed by a
+/// notice of the drops.
+#[tokio::test]
+async fn the_queue_keeps_to_its_byte_budget() {
+    let f = fixture();
+    let draft = || request_event(Stream::Access, "10.7.0.1", true);
+    let size = draft().memory_size();
+    let config = super::AuditConfig {
+        queue_bytes: 10 * size,
+        ..config()
+    };
+    assert!(config.queue_capacity > 30, "the count is not what binds");
+    let trail = Arc::new(super::AuditTrail::open(&f.log.store, f.dir.path(), config).unwrap());
+
+    // No writer yet: nothing leaves the queue.
+    for _ in 0..25 {
+        trail.record_now(draft());
+    }
+    assert_eq!(trail_metric(&trail, "seawall_audit_queue_depth"), 10.0);
+    assert_eq!(
+        trail_metric(&trail, "seawall_audit_queue_bytes"),
+        (10 * size) as f64
+    );
+    assert_eq!(
+        trail_metric(&trail, "seawall_audit_events_dropped_total"),
+        15.0
+    );
+    let important = tokio::spawn({
+        let trail = trail.clone();
+        async move { trail.record(draft().important()).await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !important.is_finished(),
+        "an important event waits for room"
+    );
+
+    let writer_thread = trail.start();
+    tokio::time::timeout(Duration::from_secs(30), important)
+        .await
+        .expect("room comes back as the writer writes")
+        .unwrap();
+    trail.flush().await;
+    assert_eq!(trail_metric(&trail, "seawall_audit_queue_bytes"), 0.0);
+    trail.record_now(draft());
+    let headers = system_headers(&trail).await;
+    assert_eq!(f.log.count(Stream::Access).unwrap(), 12);
+    assert_eq!(
+        trail_metric(&trail, "seawall_audit_events_dropped_total"),
+        15.0
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.contains(r#""type":"sys.audit.events_dropped""#)
+                && h.contains(r#""dropped":15"#)),
+        "{headers:?}"
+    );
+    drop(trail);
+    writer_thread.join().unwrap();
 }
 
 #[tokio::test]
