@@ -148,6 +148,7 @@ impl AdminService {
         state.watchdog.render_metrics(&mut out);
         state.upstreams.render_metrics(&mut out);
         state.tunnels.render_metrics(&mut out);
+        state.connections.render_metrics(&mut out);
         if let Some(database) = &state.database {
             database.render_metrics(&mut out);
         }

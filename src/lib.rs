@@ -8,7 +8,8 @@
 //! - `server`: listeners, connection limits, the per-request frame, graceful shutdown;
 //!   `shutdown` is the signal that starts it; `send_timeout` closes connections whose client
 //!   stopped reading (`stall`: the progress deadline it shares with upstream bodies).
-//!   `proxy_threads`: the threads serving the proxy listener, a runtime each.
+//!   `proxy_threads`: the threads serving the proxy listener, a runtime each;
+//!   `conn_balance` spreads the connections over them.
 //! - `router` (proxy listener) and `admin` (admin listener): what each request means.
 //! - `route`, `path_pattern`: the route table. `proxy`, `upstream`: forwarding to HTTP upstreams;
 //!   `client_body`: which of a failed call's faults were the client's.
@@ -45,6 +46,7 @@ pub mod breakers;
 pub mod cli;
 pub mod client_body;
 pub mod config;
+pub mod conn_balance;
 pub mod error;
 pub mod fd_limit;
 pub mod features;

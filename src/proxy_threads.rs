@@ -1,13 +1,13 @@
 //! The threads that serve the proxy listener: each runs a current-thread tokio runtime of its
 //! own and accepts connections from the same listening socket, as nginx's worker processes do.
 //!
-//! A connection is served from start to end on the thread that accepted it, and so are the
+//! A connection is served from start to end on one thread, and so are the
 //! upstream connections its requests use: each upstream keeps one pool per runtime, chosen by
 //! [`runtime_index`]. A work-stealing runtime hands tasks and wake-ups between its workers;
 //! here nothing crosses threads on the request path except the audit queue and shared
-//! counters. Every thread waits on the one socket, so whichever is free takes the next
-//! connection (`SO_REUSEPORT` would spread them by a hash of their addresses instead, whatever
-//! each thread's load). What a thread runs is `server`'s business; the admin listener,
+//! counters. Every thread waits on the one socket, and `conn_balance` evens out what they
+//! accept (`SO_REUSEPORT` would spread connections by a hash of their addresses instead,
+//! whatever each thread's load). What a thread runs is `server`'s business; the admin listener,
 //! background tasks and blocking work stay on the main runtime, the audit writer and sled on
 //! threads of their own.
 

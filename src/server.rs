@@ -32,15 +32,17 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tracing::Instrument;
 
 use crate::admin::AdminService;
 use crate::audit::middleware::{Plan, RequestAudit};
 use crate::body::{Body, RequestBody};
 use crate::config::ServerConfig;
+use crate::conn_balance::{Handoff, Post, Seat};
 use crate::error::Error;
+use crate::metrics::Counter;
 use crate::request_context::RequestContext;
 use crate::request_stats::Listener;
 use crate::router::ProxyService;
@@ -145,8 +147,11 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
             async move {
                 let name = crate::proxy_threads::thread_name(index);
                 proxy.state().watchdog.watch_this_runtime(&name);
+                let post = proxy.state().connections.post(index);
                 match TcpListener::from_std(socket) {
-                    Ok(listener) => accept_loop(listener, proxy, slots, drain, stop).await,
+                    Ok(listener) => {
+                        accept_loop(listener, proxy, slots, drain, stop, Some(post)).await
+                    }
                     // The other threads go on serving the socket.
                     Err(e) => {
                         tracing::error!(error = %e, thread = %name, "proxy thread cannot watch the listener")
@@ -163,6 +168,7 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
         Arc::new(Semaphore::new(server.admin_max_connections)),
         drain_rx.clone(),
         stop_rx.clone(),
+        None,
     );
     let controller = async {
         shutdown.await;
@@ -218,57 +224,164 @@ pub async fn run(listeners: Listeners, state: Arc<AppState>, shutdown: impl Futu
 }
 
 /// Serves `listener` until `stop`; `slots` caps the connections open at once (shared by the
-/// proxy threads, which accept from one socket).
+/// proxy threads, which accept from one socket). On a proxy thread, `post` spreads what it
+/// accepts over the threads (`conn_balance`) and brings what the others hand it.
 async fn accept_loop<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
     slots: Arc<Semaphore>,
     drain: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
+    mut post: Option<Post>,
 ) {
-    let header_read_timeout = service.state().config.server.header_read_timeout;
-    let max_header_bytes = service.state().config.server.max_header_bytes;
-    let send_timeout = service.state().config.server.send_timeout;
-    let send_timeouts = service.state().stats.send_timeouts();
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_header_size(max_header_bytes)
-        // hyper's default read buffer (up to about 400 KiB per connection) times the connection
-        // cap would let clients pin gigabytes; bodies stream fine through 64 KiB.
-        .max_buf_size(max_header_bytes.max(READ_BUFFER))
-        .keep_alive(true);
+    let serve = Connections::new(service, drain);
     loop {
-        // Waiting for a slot before accepting leaves excess connections in the kernel's
-        // backlog instead of accepting sockets that cannot be served.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("connection semaphore is never closed"),
-            _ = stop.wait_for(|stop| *stop) => return,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Usually EMFILE; back off briefly instead of spinning on the error.
-                    tracing::warn!(error = %e, listener = S::LISTENER.as_str(), "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+        let (stream, peer, slot) = tokio::select! {
+            accepted = accept(&listener, &slots, S::LISTENER.as_str()) => match accepted {
+                Some(accepted) => accepted,
+                None => continue,
             },
-            _ = stop.wait_for(|stop| *stop) => return,
+            Some(handoff) = received(&mut post) => {
+                serve.handed(handoff);
+                continue;
+            }
+            _ = stop.wait_for(|stop| *stop) => break,
         };
+        let Some(post) = &post else {
+            serve.spawn(stream, peer, slot, None);
+            continue;
+        };
+        let seat = post.place();
+        if seat.thread() == post.here() {
+            serve.spawn(stream, peer, slot, Some(seat));
+            continue;
+        }
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "connection lost while handing it over");
+                continue;
+            }
+        };
+        let handoff = Handoff {
+            stream,
+            peer,
+            slot,
+            seat,
+        };
+        // Refused only once that thread has stopped: serve it here.
+        if let Err(handoff) = post.hand_over(handoff) {
+            serve.handed(*handoff);
+        }
+    }
+    // Connections handed over before the stop were accepted: they are served (and drained).
+    if let Some(post) = &mut post {
+        for handoff in post.close() {
+            serve.handed(handoff);
+        }
+    }
+}
+
+/// Waits for a free slot, then accepts a connection; `None` after an accept error, which is
+/// logged and followed by a short pause instead of spinning on it.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    name: &'static str,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    // Waiting for a slot before accepting leaves excess connections in the kernel's backlog
+    // instead of accepting sockets that cannot be served.
+    let slot = slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("connection semaphore is never closed");
+    match listener.accept().await {
+        Ok((stream, peer)) => Some((stream, peer, slot)),
+        Err(e) => {
+            // Usually EMFILE.
+            tracing::warn!(error = %e, listener = name, "accept failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            None
+        }
+    }
+}
+
+/// The next connection another thread handed over; never, without a post.
+async fn received(post: &mut Option<Post>) -> Option<Handoff> {
+    match post {
+        Some(post) => post.received().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves accepted connections of one listener on the calling thread's runtime.
+struct Connections<S> {
+    service: Arc<S>,
+    builder: http1::Builder,
+    send_timeout: Duration,
+    send_timeouts: Arc<Counter>,
+    drain: watch::Receiver<bool>,
+}
+
+impl<S: Service> Connections<S> {
+    fn new(service: Arc<S>, drain: watch::Receiver<bool>) -> Connections<S> {
+        let server = &service.state().config.server;
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_read_timeout)
+            .max_header_size(server.max_header_bytes)
+            // hyper's default read buffer (up to about 400 KiB per connection) times the
+            // connection cap would let clients pin gigabytes; bodies stream fine through 64 KiB.
+            .max_buf_size(server.max_header_bytes.max(READ_BUFFER))
+            .keep_alive(true);
+        Connections {
+            send_timeout: server.send_timeout,
+            send_timeouts: service.state().stats.send_timeouts(),
+            service,
+            builder,
+            drain,
+        }
+    }
+
+    /// Serves a connection another thread accepted, on this thread's reactor.
+    fn handed(&self, handoff: Handoff) {
+        let Handoff {
+            stream,
+            peer,
+            slot,
+            seat,
+        } = handoff;
+        match TcpStream::from_std(stream) {
+            Ok(stream) => self.spawn(stream, peer, slot, Some(seat)),
+            Err(e) => {
+                tracing::warn!(error = %e, %peer, "a handed-over connection could not be served")
+            }
+        }
+    }
+
+    /// Serves one connection in a task of its own until it ends or the drain closes it; the
+    /// slot and the seat are held until then.
+    fn spawn(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        seat: Option<Seat>,
+    ) {
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
+        let service = self.service.clone();
         let handler = service_fn(move |request| {
             let service = service.clone();
             async move { Ok::<_, Infallible>(exchange(&*service, request, peer).await) }
         });
-        let stream = SendTimeout::new(stream, send_timeout, send_timeouts.clone());
-        let connection = builder
+        let stream = SendTimeout::new(stream, self.send_timeout, self.send_timeouts.clone());
+        let connection = self
+            .builder
             .serve_connection(TokioIo::new(stream), handler)
             .with_upgrades();
-        let mut drain = drain.clone();
+        let mut drain = self.drain.clone();
         tokio::spawn(async move {
             tokio::pin!(connection);
             let ended = tokio::select! {
@@ -282,7 +395,7 @@ async fn accept_loop<S: Service>(
             if let Err(e) = ended {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
-            drop(permit);
+            drop((slot, seat));
         });
     }
 }
@@ -533,6 +646,7 @@ mod tests {
             Arc::new(Semaphore::new(4)),
             draining,
             stopped,
+            None,
         );
         let exercise = async {
             exercise(addr).await;

@@ -17,6 +17,7 @@ use crate::audit::{AuditTrail, capacity};
 use crate::breaker::Transition;
 use crate::breakers::Breakers;
 use crate::config::Config;
+use crate::conn_balance::Balancer;
 use crate::features::Feature;
 use crate::flags::store::FlagStore;
 use crate::health::{Health, Probe, StoreProbe};
@@ -69,6 +70,8 @@ pub struct AppState {
     pub unclean_previous_run: Option<SystemTime>,
     /// Notices a runtime that runs no task; started with the background tasks.
     pub watchdog: Arc<Watchdog>,
+    /// How many client connections each proxy thread serves, and the hand-overs between them.
+    pub connections: Arc<Balancer>,
     /// Breaker transitions for the recorder, taken when background tasks start.
     transitions: Mutex<Option<mpsc::Receiver<Transition>>>,
 }
@@ -157,6 +160,7 @@ impl AppState {
             health: Arc::new(Health::new(config.health.clone(), probes)),
             stats: RequestStats::default(),
             watchdog: Arc::new(Watchdog::new(config.server.watchdog_kill)),
+            connections: Balancer::new(config.server.proxy_threads),
             routes: RouteTable::new(&config.routes),
             upstreams,
             tunnels: Arc::new(Tunnels::new(&config.server)),

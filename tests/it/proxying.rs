@@ -309,6 +309,70 @@ async fn upstream_connections_are_reused() {
     }
 }
 
+/// Client connections opened together are spread over the proxy threads, whichever thread
+/// the kernel woke first to accept them, and stop being counted once they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_the_proxy_threads() {
+    let backend = Backend::start().await;
+    let seawall = Seawall::start(&format!(
+        "[server]\nproxy_threads = 2\n{}",
+        config(&backend)
+    ));
+    // A burst, as a client opening its pool makes: all twelve wait to be accepted at once.
+    let addr = seawall.proxy;
+    let streams = tokio::task::spawn_blocking(move || {
+        (0..12)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let streams = streams.into_iter().map(|stream| {
+        stream.set_nonblocking(true).unwrap();
+        tokio::net::TcpStream::from_std(stream).unwrap()
+    });
+    // One request on each, answered, so every connection is being served.
+    let mut clients = Vec::new();
+    for stream in streams {
+        let (mut client, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let request = Request::get(seawall.proxy_url("/api/headers"))
+            .body(full(Bytes::new()))
+            .unwrap();
+        assert_eq!(client.send_request(request).await.unwrap().status(), 200);
+        clients.push(client);
+    }
+    let per_thread = |metrics: &str| {
+        ["proxy-1", "proxy-2"].map(|thread| {
+            let series = format!("seawall_proxy_connections{{thread=\"{thread}\"}}");
+            crate::support::metric(metrics, &series).expect("one gauge per proxy thread")
+        })
+    };
+    let served = per_thread(&get(&seawall.admin_url("/metrics")).await.text());
+    assert_eq!(served[0] + served[1], 12.0, "{served:?}");
+    assert!(
+        served.iter().all(|&n| n >= 4.0),
+        "12 connections, served by the threads as {served:?}"
+    );
+
+    drop(clients);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let served = per_thread(&get(&seawall.admin_url("/metrics")).await.text());
+        if served == [0.0, 0.0] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still counted: {served:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Streams `bytes` through the response without collecting it; returns the byte count.
 async fn drain(response: hyper::Response<hyper::body::Incoming>) -> u64 {
     let mut body = response.into_body();
