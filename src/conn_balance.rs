@@ -155,6 +155,12 @@ impl Post {
         self.here
     }
 
+    /// Counts a connection against this thread, whatever the others serve: for one whose
+    /// hand-over was refused.
+    pub fn seat_here(&self) -> Seat {
+        self.balancer.seat(self.here)
+    }
+
     /// Sends `handoff` to the thread its seat names; gives it back if that thread stopped
     /// taking hand-overs.
     pub fn hand_over(&self, handoff: Handoff) -> Result<(), Box<Handoff>> {
@@ -254,8 +260,14 @@ mod tests {
         one.hand_over(handoff()).ok().unwrap();
         let pending = two.close();
         assert_eq!(pending.len(), 1, "sent before the close");
-        let refused = one.hand_over(handoff()).unwrap_err();
+        let mut refused = one.hand_over(handoff()).unwrap_err();
         assert_eq!(refused.seat.thread(), 2);
+        refused.seat = one.seat_here();
+        assert_eq!(
+            counts(&balancer),
+            vec![1, 1],
+            "what thread 2 holds, and the refused one"
+        );
         assert_eq!(one.close().len(), 0);
     }
 }

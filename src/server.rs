@@ -269,8 +269,9 @@ async fn accept_loop<S: Service>(
             slot,
             seat,
         };
-        // Refused only once that thread has stopped: serve it here.
-        if let Err(handoff) = post.hand_over(handoff) {
+        // Refused only once that thread has stopped: serve it here, counted here.
+        if let Err(mut handoff) = post.hand_over(handoff) {
+            handoff.seat = post.seat_here();
             serve.handed(*handoff);
         }
     }

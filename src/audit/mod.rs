@@ -60,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
 
 pub use event::{Draft, IdKind, Level, Role, Stream, Subject};
 
@@ -481,43 +481,27 @@ impl AuditTrail {
     }
 
     /// Waits for `bytes` of room in the queue. Waiters are served in order, before anyone who
-    /// only tries.
-    async fn wait_for_room(&self, bytes: u32) {
+    /// only tries. The room comes back when the permit is dropped: forget it once the draft is
+    /// sent, and the writer gives it back instead.
+    async fn wait_for_room(&self, bytes: u32) -> SemaphorePermit<'_> {
         self.room
             .acquire_many(bytes)
             .await
             .expect("the queue's room is never closed")
-            .forget();
-    }
-
-    /// Takes `bytes` of room in the queue if there is that much now.
-    fn try_room(&self, bytes: u32) -> bool {
-        match self.room.try_acquire_many(bytes) {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
-        }
     }
 
     /// Submits an event. Ordinary events are dropped and counted when the queue is full;
     /// important ones wait for room.
     pub async fn record(&self, draft: Draft) {
-        if draft.important {
-            let bytes = self.room_for(&draft);
-            self.wait_for_room(bytes).await;
-            if self
-                .tx
-                .send(Command::Event(Box::new(draft), bytes))
-                .await
-                .is_err()
-            {
-                tracing::error!("audit writer stopped; an important event was lost");
-            }
-            return;
+        if !draft.important {
+            return self.record_now(draft);
         }
-        self.record_now(draft);
+        let bytes = self.room_for(&draft);
+        let room = self.wait_for_room(bytes).await;
+        match self.tx.send(Command::Event(Box::new(draft), bytes)).await {
+            Ok(()) => room.forget(),
+            Err(_) => tracing::error!("audit writer stopped; an important event was lost"),
+        }
     }
 
     /// Submits an event from where waiting is impossible (a `Drop`): important events that
@@ -526,26 +510,16 @@ impl AuditTrail {
         if !draft.important {
             return self.record_now(draft);
         }
-        let bytes = self.room_for(&draft);
-        if !self.try_room(bytes) {
+        if let Err(draft) = self.try_queue(draft) {
             let trail = self.clone();
             tokio::spawn(async move { trail.record(draft).await });
-            return;
-        }
-        if let Err(mpsc::error::TrySendError::Full(command)) =
-            self.tx.try_send(Command::Event(Box::new(draft), bytes))
-        {
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(command).await;
-            });
         }
     }
 
     /// Submits an ordinary event without waiting (what the request path uses): it is dropped
     /// and counted when the queue holds its most events or bytes.
     pub fn record_now(&self, draft: Draft) {
-        if self.try_queue(draft) {
+        if self.try_queue(draft).is_ok() {
             self.report_drops();
         } else {
             self.metrics.dropped.inc();
@@ -553,21 +527,23 @@ impl AuditTrail {
         }
     }
 
-    /// Queues `draft` if there is room for it now, in bytes and in count.
-    fn try_queue(&self, draft: Draft) -> bool {
+    /// Queues `draft` if there is room for it now, in bytes and in count; gives it back if
+    /// not.
+    fn try_queue(&self, draft: Draft) -> Result<(), Draft> {
         let bytes = self.room_for(&draft);
-        if !self.try_room(bytes) {
-            return false;
+        let Ok(room) = self.room.try_acquire_many(bytes) else {
+            return Err(draft);
+        };
+        match self.tx.try_send(Command::Event(Box::new(draft), bytes)) {
+            Ok(()) => {
+                room.forget();
+                Ok(())
+            }
+            Err(refused) => match refused.into_inner() {
+                Command::Event(draft, _) => Err(*draft),
+                _ => unreachable!("an event was sent"),
+            },
         }
-        if self
-            .tx
-            .try_send(Command::Event(Box::new(draft), bytes))
-            .is_err()
-        {
-            self.room.add_permits(bytes as usize);
-            return false;
-        }
-        true
     }
 
     /// After a drop, the first event that finds room again is followed by a notice.
@@ -579,7 +555,7 @@ impl AuditTrail {
         let notice = system_draft("sys.audit.events_dropped", "failure")
             .field("reason", json!("queue_full"))
             .field("dropped", json!(dropped));
-        if !self.try_queue(notice) {
+        if self.try_queue(notice).is_err() {
             self.unreported_drops.fetch_add(dropped, Ordering::Relaxed);
         }
     }
@@ -637,11 +613,15 @@ impl AuditTrail {
         let (done, written) = oneshot::channel();
         let durable = async {
             let bytes = self.room_for(&draft);
-            self.wait_for_room(bytes).await;
+            // Dropped with the room still held if the timeout ends the wait first.
+            let room = self.wait_for_room(bytes).await;
             let queued = self
                 .tx
                 .send(Command::Durable(Box::new(draft), bytes, done))
                 .await;
+            if queued.is_ok() {
+                room.forget();
+            }
             queued.is_ok() && written.await.unwrap_or(false)
         };
         let on_disk = tokio::time::timeout(timeout, durable)

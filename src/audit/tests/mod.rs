@@ -502,6 +502,41 @@ async fn the_queue_keeps_to_its_byte_budget() {
     writer_thread.join().unwrap();
 }
 
+/// A durable event that times out waiting for the queue (full in count here) gives back the
+/// room it had taken: the budget does not shrink with every refused `blocking-strict` request.
+#[tokio::test]
+async fn room_is_given_back_when_a_wait_for_the_queue_ends_early() {
+    let f = fixture();
+    let draft = || request_event(Stream::Access, "10.7.0.2", false);
+    let size = draft().memory_size();
+    let config = super::AuditConfig {
+        queue_capacity: 16,
+        queue_bytes: 100 * size,
+        ..config()
+    };
+    let trail = Arc::new(super::AuditTrail::open(&f.log.store, f.dir.path(), config).unwrap());
+    for _ in 0..16 {
+        trail.record_now(draft());
+    }
+    assert_eq!(trail_metric(&trail, "seawall_audit_queue_depth"), 16.0);
+    let held = trail_metric(&trail, "seawall_audit_queue_bytes");
+    assert_eq!(held, (16 * size) as f64);
+
+    let written = trail
+        .record_durably(draft(), Duration::from_millis(50))
+        .await;
+    assert!(!written, "no writer: the event cannot be on disk");
+    assert_eq!(trail_metric(&trail, "seawall_audit_queue_bytes"), held);
+    let dropped = trail_metric(&trail, "seawall_audit_events_dropped_total");
+    trail.record_now(draft());
+    assert_eq!(
+        trail_metric(&trail, "seawall_audit_events_dropped_total"),
+        dropped + 1.0,
+        "full in count"
+    );
+    assert_eq!(trail_metric(&trail, "seawall_audit_queue_bytes"), held);
+}
+
 #[tokio::test]
 async fn a_refused_run_is_recorded_as_a_failure_naming_the_clock() {
     let f = fixture();
