@@ -7,8 +7,8 @@
 //! stays open). What a request means is decided by a [`Service`]:
 //! `router::ProxyService` on the proxy listener, `admin::AdminService` on the admin listener.
 //!
-//! The proxy listener is served on the proxy threads (`proxy_threads`), the admin listener on
-//! the runtime that calls [`run`].
+//! The proxy listener is served on the proxy threads (`proxy_threads`), its connections spread
+//! over them by `conn_balance`; the admin listener on the runtime that calls [`run`].
 //!
 //! Shutdown runs in a fixed order: readiness answers 503, the listeners keep accepting for
 //! `shutdown_delay` so a load balancer can notice, then stop; open connections finish their
