@@ -72,7 +72,7 @@ use crate::audit::log::AuditLog;
 use crate::audit::watermark::Watermark;
 use crate::audit::writer::Writer;
 use crate::hex;
-use crate::metrics::{Counter, Exposition, Gauge};
+use crate::metrics::{Counter, Exposition, Gauge, Histogram, LATENCY_BUCKETS};
 use crate::store::{Store, StoreError};
 
 /// Events taken from the queue per write.
@@ -291,6 +291,23 @@ struct AuditMetrics {
     verified_at: Gauge,
     /// 1 when this start found the store behind the watermark.
     rolled_back: Gauge,
+    writer_times: WriterTimes,
+}
+
+/// How long the writer's commits and flushes take: a writer that falls behind shows here
+/// before its queue fills.
+struct WriterTimes {
+    commit: Histogram,
+    flush: Histogram,
+}
+
+impl Default for WriterTimes {
+    fn default() -> WriterTimes {
+        WriterTimes {
+            commit: Histogram::new(LATENCY_BUCKETS),
+            flush: Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 pub struct AuditTrail {
@@ -747,6 +764,21 @@ impl AuditTrail {
             "Memory held by the audit events waiting for the writer or being written.",
             held as f64,
         );
+        for (name, help, histogram) in [
+            (
+                "seawall_audit_commit_seconds",
+                "Time the audit writer took to seal, chain and write one batch of events.",
+                &self.metrics.writer_times.commit,
+            ),
+            (
+                "seawall_audit_flush_seconds",
+                "Time the audit writer took to flush the store to disk.",
+                &self.metrics.writer_times.flush,
+            ),
+        ] {
+            out.header(name, "histogram", help);
+            out.histogram_series(name, &[], histogram);
+        }
     }
 }
 
@@ -780,7 +812,7 @@ async fn write_loop(
         let first = tokio::select! {
             command = rx.recv() => command,
             _ = sleep_until(deadline), if deadline.is_some() => {
-                note_flush(&metrics, writer.flush());
+                flush(&mut writer, &metrics);
                 dirty_since = None;
                 continue;
             }
@@ -829,7 +861,10 @@ async fn write_loop(
         }
         let flush_now = !waiting.is_empty() || dirty_since.is_some_and(|t| t.elapsed() >= interval);
         let count = drafts.len();
-        let mut on_disk = match writer.commit(drafts, SystemTime::now()) {
+        let started = Instant::now();
+        let committed = writer.commit(drafts, SystemTime::now());
+        metrics.writer_times.commit.observe(started.elapsed());
+        let mut on_disk = match committed {
             Ok(n) => {
                 metrics.appended.add(n as u64);
                 dirty_since.get_or_insert_with(Instant::now);
@@ -845,14 +880,14 @@ async fn write_loop(
         };
         room.add_permits(taken);
         if flush_now {
-            on_disk &= note_flush(&metrics, writer.flush());
+            on_disk &= flush(&mut writer, &metrics);
             dirty_since = None;
         }
         for done in waiting {
             let _ = done.send(on_disk);
         }
     }
-    note_flush(&metrics, writer.flush());
+    flush(&mut writer, &metrics);
 }
 
 fn sign_digests(writer: &mut Writer, metrics: &AuditMetrics, policy: &DigestPolicy) {
@@ -866,7 +901,11 @@ fn sign_digests(writer: &mut Writer, metrics: &AuditMetrics, policy: &DigestPoli
 }
 
 /// Counts a flush; true if it succeeded.
-fn note_flush(metrics: &AuditMetrics, result: Result<(), StoreError>) -> bool {
+/// Flushes the store and records how that went; true if everything written is on disk.
+fn flush(writer: &mut Writer, metrics: &AuditMetrics) -> bool {
+    let started = Instant::now();
+    let result = writer.flush();
+    metrics.writer_times.flush.observe(started.elapsed());
     match result {
         Ok(()) => {
             metrics.flushes.inc();

@@ -484,6 +484,8 @@ async fn the_queue_keeps_to_its_byte_budget() {
         .unwrap();
     trail.flush().await;
     assert_eq!(trail_metric(&trail, "seawall_audit_queue_bytes"), 0.0);
+    assert!(trail_metric(&trail, "seawall_audit_commit_seconds_count") >= 1.0);
+    assert!(trail_metric(&trail, "seawall_audit_flush_seconds_count") >= 1.0);
     trail.record_now(draft());
     let headers = system_headers(&trail).await;
     assert_eq!(f.log.count(Stream::Access).unwrap(), 12);
