@@ -757,7 +757,10 @@ impl AuditTrail {
             "Audit events waiting for the writer.",
             depth as f64,
         );
-        let held = self.config.queue_bytes - self.room.available_permits();
+        let held = self
+            .config
+            .queue_bytes
+            .saturating_sub(self.room.available_permits());
         out.single(
             "seawall_audit_queue_bytes",
             "gauge",
