@@ -104,7 +104,7 @@ impl Balancer {
     }
 
     /// Counts a connection accepted by thread `here` against the thread that is to serve it.
-    pub fn place(self: &Arc<Self>, here: usize) -> Seat {
+    fn place(self: &Arc<Self>, here: usize) -> Seat {
         let load = |thread: usize| self.open[thread - 1].load(Ordering::Relaxed);
         let least = (1..=self.open.len())
             .min_by_key(|&thread| (load(thread), thread != here))
@@ -145,7 +145,8 @@ impl Balancer {
 }
 
 impl Post {
-    /// Counts a connection this thread accepted; see [`Balancer::place`].
+    /// Counts a connection this thread accepted against the thread that is to serve it: this
+    /// one unless it serves `SLACK` more than the least busy one.
     pub fn place(&self) -> Seat {
         self.balancer.place(self.here)
     }

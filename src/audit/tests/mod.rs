@@ -407,9 +407,14 @@ fn a_clock_behind_the_newest_digest_prunes_nothing() {
     assert_eq!(f.log.count(Stream::Access).unwrap(), 0);
 }
 
+/// A trail over the fixture's store with `config`, its writer not started.
+fn open_trail(f: &Fixture, config: super::AuditConfig) -> Arc<super::AuditTrail> {
+    Arc::new(super::AuditTrail::open(&f.log.store, f.dir.path(), config).unwrap())
+}
+
 /// A trail over the fixture's store, with its writer thread running.
 fn started_trail(f: &Fixture) -> (Arc<super::AuditTrail>, std::thread::JoinHandle<()>) {
-    let trail = Arc::new(super::AuditTrail::open(&f.log.store, f.dir.path(), config()).unwrap());
+    let trail = open_trail(f, config());
     let writer_thread = trail.start();
     (trail, writer_thread)
 }
@@ -450,7 +455,7 @@ async fn the_queue_keeps_to_its_byte_budget() {
         ..config()
     };
     assert!(config.queue_capacity > 30, "the count is not what binds");
-    let trail = Arc::new(super::AuditTrail::open(&f.log.store, f.dir.path(), config).unwrap());
+    let trail = open_trail(&f, config);
 
     // No writer yet: nothing leaves the queue.
     for _ in 0..25 {
@@ -516,7 +521,7 @@ async fn room_is_given_back_when_a_wait_for_the_queue_ends_early() {
         queue_bytes: 100 * size,
         ..config()
     };
-    let trail = Arc::new(super::AuditTrail::open(&f.log.store, f.dir.path(), config).unwrap());
+    let trail = open_trail(&f, config);
     for _ in 0..16 {
         trail.record_now(draft());
     }
