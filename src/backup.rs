@@ -36,7 +36,7 @@ use crate::audit::verify;
 use crate::audit::watermark;
 use crate::config::StoreConfig;
 use crate::hex;
-use crate::store::{Store, StoreError};
+use crate::store::{self, Store, StoreError};
 
 /// The folder inside the data directory that default backups go to.
 pub const BACKUPS: &str = "backups";
@@ -186,7 +186,7 @@ pub fn online(
     let paused = store.pause_writes();
     let pause_started = Instant::now();
     store.flush()?;
-    let trees = counts(store);
+    let trees = counts(store)?;
     let heads = audit_heads(log)?;
     let bytes = copy_data_dir(data_dir, to)?;
     drop(paused);
@@ -321,11 +321,14 @@ fn resolved(path: &Path) -> io::Result<PathBuf> {
     }
 }
 
-fn counts(store: &Store) -> BTreeMap<String, usize> {
+fn counts(store: &Store) -> Result<BTreeMap<String, usize>, StoreError> {
     store
         .tree_names()
         .into_iter()
-        .filter_map(|name| Some((name.clone(), store.tree(&name).ok()?.len())))
+        .map(|name| {
+            let count = store::count(&store.tree(&name)?)?;
+            Ok((name, count))
+        })
         .collect()
 }
 
@@ -360,7 +363,7 @@ fn check_copy(
         cache_capacity_bytes: 16 << 20,
     };
     let copy = Store::open(&config).map_err(|e| failed(format!("it does not open: {e}")))?;
-    let copied = counts(&copy);
+    let copied = counts(&copy).map_err(|e| failed(format!("it does not read back: {e}")))?;
     for (name, count) in trees {
         let found = copied.get(name).copied().unwrap_or(0);
         if found != *count {

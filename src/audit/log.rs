@@ -26,7 +26,7 @@ use serde_json::Value;
 use crate::audit::anchor;
 use crate::audit::event::{self, Hash, KeyClass, Record, StoredPart, Stream, Subject};
 use crate::audit::keys::{DataKey, Keyring, Pseudonym};
-use crate::store::{Store, StoreError, trees};
+use crate::store::{self, Store, StoreError, trees};
 
 /// Days since the Unix epoch (UTC).
 pub fn day_of(time: SystemTime) -> u32 {
@@ -297,8 +297,8 @@ impl AuditLog {
             Some(Err(e)) => return Box::new(std::iter::once(Err(e.into()))),
             None => from.to_be_bytes().to_vec(),
         };
-        Box::new(tree.range(start..).flat_map(move |item| {
-            let group = item.map_err(StoreError::from).and_then(|(key, value)| {
+        Box::new(store::scan_from(&tree, &start).flat_map(move |item| {
+            let group = item.and_then(|(key, value)| {
                 let first = group_key(&key, stream)?;
                 let records =
                     decode_group(&value).ok_or_else(|| corrupt(stream, "record group"))?;
@@ -334,7 +334,7 @@ impl AuditLog {
         }
         let finders: Option<Vec<memchr::memmem::Finder<'_>>> =
             kids.map(|kids| kids.iter().map(memchr::memmem::Finder::new).collect());
-        for item in self.bucket(stream, day)?.iter() {
+        for item in store::scan_from(&self.bucket(stream, day)?, &[]) {
             let (key, value) = item?;
             if let Some(finders) = &finders
                 && !finders.iter().any(|f| f.find(&value).is_some())
@@ -353,7 +353,7 @@ impl AuditLog {
     /// Number of events in one bucket, without decoding them.
     pub fn bucket_count(&self, bucket: &sled::Tree, stream: Stream) -> Result<usize, StoreError> {
         let mut total = 0;
-        for item in bucket.iter() {
+        for item in store::scan_from(bucket, &[]) {
             let (_, value) = item?;
             total += group_len(&value).ok_or_else(|| corrupt(stream, "record group"))?;
         }

@@ -235,7 +235,7 @@ fn expired_keys(
     today: u32,
 ) -> Result<Vec<(sled::IVec, KeyRecord)>, StoreError> {
     let mut expired = Vec::new();
-    for item in log.keys.iter() {
+    for item in store::scan_from(&log.keys, &[]) {
         let (kid, bytes) = item?;
         let Ok(record) = postcard::from_bytes::<KeyRecord>(&bytes) else {
             continue;
@@ -357,7 +357,7 @@ fn prune_index(log: &AuditLog, dropped: &[(Stream, u32)]) -> Result<(), StoreErr
     }
     let mut batch = store::Batch::default();
     let mut count = 0;
-    for item in log.subjects.iter() {
+    for item in store::scan_from(&log.subjects, &[]) {
         let (key, _) = item?;
         // pseudonym (16) || stream (1) || day (4)
         if key.len() != 21 {

@@ -159,7 +159,7 @@ pub fn rotate_kek(log: &AuditLog) -> Result<Rotation, StoreError> {
     };
     let mut batch = store::Batch::default();
     let mut in_batch = 0;
-    for item in log.keys.iter() {
+    for item in store::scan_from(&log.keys, &[]) {
         let (kid, bytes) = item?;
         let Ok(mut record) = postcard::from_bytes::<KeyRecord>(&bytes) else {
             continue;
