@@ -112,9 +112,11 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// sled's page cache when `store.cache_capacity_mb` is not set. Under audited load it
     /// mostly holds the audit buckets' newest leaves: with the record groups of
-    /// `audit::writer`, saturating audited load on two cores peaked at 74-83 MiB resident with
-    /// 32 MiB, 93 with 48 and 90-106 with 64, for no more writer CPU per event.
-    pub const DEFAULT_CACHE_CAPACITY_MB: u64 = 32;
+    /// `audit::writer`, saturating audited load on two cores peaked at 59-60 MiB resident with
+    /// 16 MiB against 75-79 with 32 (90-106 with 64), for the same writer CPU per event, and
+    /// exporting, erasing and verifying over a million events took as long. The memory it
+    /// saves is what keeps a full audit queue (`audit.queue_mb`) under the 128 MiB target.
+    pub const DEFAULT_CACHE_CAPACITY_MB: u64 = 16;
 }
 
 /// Online backups.

@@ -34,7 +34,7 @@ fn embedded_defaults_need_nothing() {
         "127.0.0.1:9090".parse().unwrap()
     );
     assert_eq!(config.store.data_dir, PathBuf::from("./data"));
-    assert_eq!(config.store.cache_capacity_bytes, 32 * 1024 * 1024);
+    assert_eq!(config.store.cache_capacity_bytes, 16 * 1024 * 1024);
     assert_eq!(config.backup.keep, 7);
     assert!(config.routes.is_empty());
     assert!(config.admin.token.is_none());
