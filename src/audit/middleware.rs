@@ -72,24 +72,32 @@ struct Pending {
     notes: Notes,
     /// The request body's capture; `None` when the request had no body.
     request: Option<Arc<Mutex<Capture>>>,
-    request_type: BodyType,
     /// A `blocking-strict` request whose `request_received` event could not be made durable.
     refused: bool,
 }
 
-/// The bytes of one body as it streamed past, the first `keep` of them kept.
+/// The bytes of one body as it streamed past, the first `keep` of them kept, and the type
+/// they are read as.
 #[derive(Default)]
 struct Capture {
     bytes: Vec<u8>,
     size: u64,
     keep: usize,
     overflowed: bool,
+    /// Read from `headers` only when something is kept: at metadata level (most requests) the
+    /// body's type is never looked at.
+    kind: BodyType,
 }
 
 impl Capture {
-    fn new(keep: usize) -> Capture {
+    fn new(keep: usize, headers: &HeaderMap) -> Capture {
         Capture {
             keep,
+            kind: if keep > 0 {
+                BodyType::of(headers)
+            } else {
+                BodyType::default()
+            },
             ..Capture::default()
         }
     }
@@ -108,14 +116,14 @@ impl Capture {
     }
 
     /// The redacted body, or why there is none.
-    fn redacted(&self, kind: &BodyType, notes: &mut Notes) -> redact::Body {
+    fn redacted(&self, notes: &mut Notes) -> redact::Body {
         if self.overflowed {
             return redact::Body::Dropped("dropped_too_large");
         }
         redact::body(
             &self.bytes,
-            kind.content_type.as_deref(),
-            kind.content_encoding.as_deref(),
+            self.kind.content_type.as_deref(),
+            self.kind.content_encoding.as_deref(),
             notes,
         )
     }
@@ -195,7 +203,8 @@ impl RequestAudit {
             0
         };
         // A request without a body (most of them) needs no tee at all.
-        let capture = (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Capture::new(keep))));
+        let capture =
+            (!body.is_end_stream()).then(|| Arc::new(Mutex::new(Capture::new(keep, headers))));
         let pending = Pending {
             trail,
             important,
@@ -212,7 +221,6 @@ impl RequestAudit {
             client,
             notes,
             request: capture.clone(),
-            request_type: BodyType::of(headers),
             decision,
             refused: false,
         };
@@ -268,13 +276,12 @@ impl RequestAudit {
         } else {
             0
         };
-        let kind = BodyType::of(response.headers());
+        let capture = Capture::new(keep, response.headers());
         let status = response.status().as_u16();
         response.map(|inner| {
             AuditedBody {
                 inner,
-                capture: Capture::new(keep),
-                kind,
+                capture,
                 status,
                 pending: Some(pending),
                 ended: false,
@@ -394,8 +401,7 @@ impl Pending {
         let (request_size, request_body) = match &self.request {
             Some(capture) => {
                 let request = capture.lock().unwrap_or_else(|p| p.into_inner());
-                let body =
-                    captures_bodies.then(|| request.redacted(&self.request_type, &mut self.notes));
+                let body = captures_bodies.then(|| request.redacted(&mut self.notes));
                 (request.size, body)
             }
             None => (0, captures_bodies.then_some(redact::Body::Dropped("none"))),
@@ -575,7 +581,6 @@ where
 pub struct AuditedBody {
     inner: Body,
     capture: Capture,
-    kind: BodyType,
     status: u16,
     pending: Option<Pending>,
     ended: bool,
@@ -588,7 +593,7 @@ impl AuditedBody {
         };
         let response = (pending.decision.level >= Level::RequestResponse).then(|| {
             if complete {
-                self.capture.redacted(&self.kind, &mut pending.notes)
+                self.capture.redacted(&mut pending.notes)
             } else {
                 redact::Body::Dropped("dropped_incomplete")
             }
@@ -660,7 +665,7 @@ mod tests {
 
     #[test]
     fn captures_keep_a_prefix_or_nothing() {
-        let mut capture = Capture::new(4);
+        let mut capture = Capture::new(4, &HeaderMap::new());
         capture.take(b"ab");
         capture.take(b"cd");
         assert_eq!(
@@ -674,7 +679,7 @@ mod tests {
         );
         let mut notes = Notes::default();
         assert_eq!(
-            capture.redacted(&BodyType::default(), &mut notes),
+            capture.redacted(&mut notes),
             redact::Body::Dropped("dropped_too_large")
         );
     }
