@@ -54,8 +54,8 @@ start_default_seawall() {
 # stdin after its own `[server]` (free loopback ports) and `[store]` (`$work/NAME-data`), logging
 # to `$work/NAME.log`, and waits until it is ready. Sets `proxy`, `admin` and `seawall_pid`.
 # Variables set on the call (`FF_X=true start_configured_seawall ...`) reach seawall. A script
-# may set `seawall_launcher` (an array) to a command seawall runs under, and `seawall_start_s`
-# to how long it may take to come up (30 s).
+# may set `seawall_launcher` (an array) to a command seawall runs under, `seawall_start_s`
+# to how long it may take to come up (30 s), and `seawall_data_dir` to put the data elsewhere.
 seawall_launcher=()
 start_configured_seawall() {
   local name=$1
@@ -63,7 +63,7 @@ start_configured_seawall() {
   admin=$(free_port)
   {
     printf '[server]\nlisten = "127.0.0.1:%s"\nadmin_listen = "127.0.0.1:%s"\n\n' "$proxy" "$admin"
-    printf '[store]\ndata_dir = "%s"\n\n' "$work/$name-data"
+    printf '[store]\ndata_dir = "%s"\n\n' "${seawall_data_dir:-$work/$name-data}"
     cat
   } >"$work/$name.toml"
   RUST_LOG=warn "${seawall_launcher[@]}" target/release/seawall --config "$work/$name.toml" \
@@ -71,6 +71,28 @@ start_configured_seawall() {
   seawall_pid=$!
   track
   wait_http "http://127.0.0.1:$admin/health/ready" "${seawall_start_s:-30}"
+}
+
+# Starts nginx (one worker) answering every request with a fixed 200, on a free loopback port,
+# and waits until it answers. Sets `upstream_port`.
+start_upstream() {
+  upstream_port=$(free_port)
+  mkdir -p "$work/nginx/logs"
+  cat >"$work/nginx/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+error_log stderr warn;
+pid $work/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$upstream_port; location / { return 200 "hello from the upstream\n"; } }
+}
+NGINX
+  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
+  track
+  wait_http "http://127.0.0.1:$upstream_port/"
 }
 
 # The `[features]` lines that turn on all four of seawall's features.

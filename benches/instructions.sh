@@ -27,23 +27,7 @@ need valgrind valgrind
 
 cargo build --release --quiet
 
-upstream_port=$(free_port)
-mkdir -p "$work/nginx/logs"
-cat >"$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-error_log stderr warn;
-pid $work/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$upstream_port; location / { return 200 "hello from the upstream\n"; } }
-}
-NGINX
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" 2>"$work/nginx.log" &
-track
-wait_http "http://127.0.0.1:$upstream_port/"
+start_upstream
 
 seawall_launcher=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.%p")
 seawall_start_s=300
