@@ -21,7 +21,8 @@
 # against unaudited, the CPU the audit writer and sled's IO threads used per request (a steadier
 # figure than whole-process CPU), audit events written and dropped, and each seawall's peak
 # resident memory;
-# then the all-features route alone for the soak time, and the peak memory and store size after it.
+# then the all-features route alone for the soak time, and the peak memory and store size after it,
+# and last the time and memory `GET /admin/audit/verify` takes over everything written.
 # wrk, nginx and seawall share the machine's cores, so the ratios are the figures to compare.
 set -euo pipefail
 
@@ -85,7 +86,8 @@ wait_http "http://127.0.0.1:$hyper_port/"
 # Called in this shell (not a subshell), so the cleanup trap knows every PID.
 start_load_seawall plain ""
 plain_pid=$seawall_pid plain_port=$proxy plain_admin=$admin
-start_load_seawall all "$all_features"
+token=bench-admin-token-0123456789
+SEAWALL_ADMIN_TOKEN=$token start_load_seawall all "$all_features"
 all_pid=$seawall_pid all_port=$proxy all_admin=$admin
 
 declare -A url=(
@@ -227,3 +229,13 @@ if [ "$soak" -gt 0 ]; then
   store_bytes=$(du -sb "$work/all-data/store" | cut -f1)
   echo "after ${soak}s more of audited load: seawall (all features) peak $(peak "$all_pid") MiB, store $((store_bytes / 1000000)) MB on disk for $events audit events ($((store_bytes / events)) bytes each)"
 fi
+
+# Reading the whole trail back, as the scheduled verification does: its time and the memory it
+# takes on top of the serving footprint.
+rss() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+before=$(rss "$all_pid")
+started=$(date +%s.%N)
+verified=$(curl -sf --max-time 300 -H "Authorization: Bearer $token" "http://127.0.0.1:$all_admin/admin/audit/verify" |
+  python3 -c 'import json, sys; r = json.load(sys.stdin); print("intact" if r["ok"] else "BROKEN", sum(s["events"] for s in r["streams"]))')
+seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+echo "verifying the trail (${verified} events) took ${seconds} s: seawall (all features) resident ${before} MiB before, peak $(peak "$all_pid") MiB"
