@@ -239,8 +239,9 @@ pub struct Draft {
     /// Header fields other than `v`, `origin`, `stream`, `seq` and `parts`, which the writer
     /// adds: each name with where its value, already canonical JSON, lies in `values`, so the
     /// writer only joins them. One buffer instead of a string per field; kept in name order,
-    /// so the writer merges its own fields in rather than sorting.
-    fields: Vec<(&'static str, Range<usize>)>,
+    /// so the writer merges its own fields in rather than sorting. Ranges are `u32`, and the
+    /// capacity fits a request event's 13-15 fields: drafts wait in a queue bounded in bytes.
+    fields: Vec<(&'static str, Range<u32>)>,
     values: Vec<u8>,
     pub parts: Vec<Part>,
     /// Admin, security and application events wait for room in the queue instead of being
@@ -260,7 +261,7 @@ impl Draft {
         let category = event_type.split('.').next().unwrap_or("sys");
         Draft {
             stream,
-            fields: Vec::with_capacity(20),
+            fields: Vec::with_capacity(16),
             values: Vec::with_capacity(384),
             parts: Vec::new(),
             important: false,
@@ -326,9 +327,10 @@ impl Draft {
 
     /// Appends a value; a field set again points at its new value (the old bytes stay unused).
     fn set(mut self, name: &'static str, write: impl FnOnce(&mut Vec<u8>)) -> Draft {
-        let start = self.values.len();
+        let offset = |at: usize| u32::try_from(at).expect("a header is far below 4 GiB");
+        let start = offset(self.values.len());
         write(&mut self.values);
-        let range = start..self.values.len();
+        let range = start..offset(self.values.len());
         match self.fields.binary_search_by(|(n, _)| n.cmp(&name)) {
             Ok(at) => self.fields[at].1 = range,
             Err(at) => self.fields.insert(at, (name, range)),
@@ -338,14 +340,18 @@ impl Draft {
 
     fn value(&self, name: &str) -> Option<&[u8]> {
         let at = self.fields.binary_search_by(|(n, _)| n.cmp(&name)).ok()?;
-        Some(&self.values[self.fields[at].1.clone()])
+        Some(self.text_at(&self.fields[at].1))
     }
 
     /// Each header field with its canonical JSON value, in name order.
     pub fn fields(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
         self.fields
             .iter()
-            .map(|(name, range)| (*name, &self.values[range.clone()]))
+            .map(|(name, range)| (*name, self.text_at(range)))
+    }
+
+    fn text_at(&self, range: &Range<u32>) -> &[u8] {
+        &self.values[range.start as usize..range.end as usize]
     }
 
     /// The header fields as one JSON object (without the writer's fields), for inspection.
@@ -390,7 +396,7 @@ impl Draft {
             })
             .sum();
         std::mem::size_of::<Draft>()
-            + self.fields.capacity() * std::mem::size_of::<(&str, Range<usize>)>()
+            + self.fields.capacity() * std::mem::size_of::<(&str, Range<u32>)>()
             + self.values.capacity()
             + self.parts.capacity() * std::mem::size_of::<Part>()
             + parts
