@@ -60,7 +60,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 use serde_json::json;
-use tokio::sync::{Semaphore, SemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 pub use event::{Draft, IdKind, Level, Role, Stream, Subject};
 
@@ -497,14 +497,27 @@ impl AuditTrail {
         draft.memory_size().clamp(1, budget) as u32
     }
 
-    /// Waits for `bytes` of room in the queue. Waiters are served in order, before anyone who
-    /// only tries. The room comes back when the permit is dropped: forget it once the draft is
-    /// sent, and the writer gives it back instead.
-    async fn wait_for_room(&self, bytes: u32) -> SemaphorePermit<'_> {
-        self.room
+    /// Waits for room for `draft` in the queue, then sends it as the command `queued` makes;
+    /// true once it is sent. Waiters are served in order, before anyone who only tries. The
+    /// room passes to the writer (which gives it back once the draft is written) only with a
+    /// sent draft: a failed send, or a wait cancelled by a timeout, drops the permit and so
+    /// gives the room back at once.
+    async fn send_when_room(
+        &self,
+        draft: Draft,
+        queued: impl FnOnce(Box<Draft>, u32) -> Command,
+    ) -> bool {
+        let bytes = self.room_for(&draft);
+        let room = self
+            .room
             .acquire_many(bytes)
             .await
-            .expect("the queue's room is never closed")
+            .expect("the queue's room is never closed");
+        let sent = self.tx.send(queued(Box::new(draft), bytes)).await.is_ok();
+        if sent {
+            room.forget();
+        }
+        sent
     }
 
     /// Submits an event. Ordinary events are dropped and counted when the queue is full;
@@ -513,11 +526,8 @@ impl AuditTrail {
         if !draft.important {
             return self.record_now(draft);
         }
-        let bytes = self.room_for(&draft);
-        let room = self.wait_for_room(bytes).await;
-        match self.tx.send(Command::Event(Box::new(draft), bytes)).await {
-            Ok(()) => room.forget(),
-            Err(_) => tracing::error!("audit writer stopped; an important event was lost"),
+        if !self.send_when_room(draft, Command::Event).await {
+            tracing::error!("audit writer stopped; an important event was lost");
         }
     }
 
@@ -629,17 +639,10 @@ impl AuditTrail {
     pub async fn record_durably(&self, draft: Draft, timeout: Duration) -> bool {
         let (done, written) = oneshot::channel();
         let durable = async {
-            let bytes = self.room_for(&draft);
-            // Dropped with the room still held if the timeout ends the wait first.
-            let room = self.wait_for_room(bytes).await;
             let queued = self
-                .tx
-                .send(Command::Durable(Box::new(draft), bytes, done))
+                .send_when_room(draft, |draft, bytes| Command::Durable(draft, bytes, done))
                 .await;
-            if queued.is_ok() {
-                room.forget();
-            }
-            queued.is_ok() && written.await.unwrap_or(false)
+            queued && written.await.unwrap_or(false)
         };
         let on_disk = tokio::time::timeout(timeout, durable)
             .await
@@ -903,7 +906,6 @@ fn sign_digests(writer: &mut Writer, metrics: &AuditMetrics, policy: &DigestPoli
     }
 }
 
-/// Counts a flush; true if it succeeded.
 /// Flushes the store and records how that went; true if everything written is on disk.
 fn flush(writer: &mut Writer, metrics: &AuditMetrics) -> bool {
     let started = Instant::now();
