@@ -95,6 +95,17 @@ NGINX
   wait_http "http://127.0.0.1:$upstream_port/"
 }
 
+# `resident_mib PID` and `peak_mib PID`: the process's resident memory now, and its peak.
+resident_mib() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+peak_mib() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+# `verify_trail ADMIN_PORT TOKEN`: `GET /admin/audit/verify` over every stream; prints `intact` or
+# `BROKEN` and the number of events checked.
+verify_trail() {
+  curl -sf --max-time 300 -H "Authorization: Bearer $2" "http://127.0.0.1:$1/admin/audit/verify" |
+    python3 -c 'import json, sys; r = json.load(sys.stdin); print("intact" if r["ok"] else "BROKEN", sum(s["events"] for s in r["streams"]))'
+}
+
 # The `[features]` lines that turn on all four of seawall's features.
 all_features="circuit_breaker = true
 enhanced_pooling = true

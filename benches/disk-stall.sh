@@ -104,12 +104,8 @@ slow_flushes=$(curl -s "$metrics_url" | awk '
 notices=$(curl -s -H "Authorization: Bearer $token" \
   "http://127.0.0.1:$admin/admin/audit/events?stream=system&type=sys.audit.events_dropped&limit=100" |
   python3 -c 'import json, sys; print(len(json.load(sys.stdin)["events"]))')
-hwm() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$seawall_pid/status"; }
-rss() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$seawall_pid/status"; }
-peak_through_stall=$(hwm) rss_before_verify=$(rss)
-verify=$(curl -s --max-time 120 -H "Authorization: Bearer $token" "http://127.0.0.1:$admin/admin/audit/verify" |
-  python3 -c 'import json, sys; r = json.load(sys.stdin); print("intact" if r["ok"] else "BROKEN", sum(s["events"] for s in r["streams"]), "events")')
-
+peak_through_stall=$(peak_mib "$seawall_pid") rss_before_verify=$(resident_mib "$seawall_pid")
+verify=$(verify_trail "$admin" "$token" | awk '{ print $1, $2, "events" }')
 echo "disk stall: ${stall}s with the data volume frozen, after ${before}s of audited load; $(nproc) cores shared by wrk, nginx and seawall"
 printf '%-8s %12s %9s\n' phase "requests/s" "p99 ms"
 printf '%-8s %12s %9s\n' before "$rps_before" "$p99_before" stall "$rps_stall" "$p99_stall" after "$rps_after" "$p99_after"
@@ -127,4 +123,4 @@ awk -v from="$frozen_at" -v to="$thawed_at" '
 echo "events dropped: $dropped (sys.audit.events_dropped notices: $notices); written in all: $written"
 echo "flushes that took over 1 s: $slow_flushes"
 echo "peak resident memory (VmHWM) through the stall: $peak_through_stall MiB"
-echo "chain after the stall: $verify; resident $rss_before_verify MiB before verifying, peak $(hwm) MiB after"
+echo "chain after the stall: $verify; resident $rss_before_verify MiB before verifying, peak $(peak_mib "$seawall_pid") MiB after"

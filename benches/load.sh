@@ -188,7 +188,6 @@ declare -A row=()
 for target in "${targets[@]}"; do
   row[$target]=$(printf '%s' "${runs[$target]}" | sort -k2 -n | sed -n 2p)
 done
-peak() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
 echo "load: ${duration}s per run, median of 3 alternating runs per target, $connections connections, wrk -t2; $(nproc) cores shared by wrk, nginx and seawall"
 printf '%-12s %12s %9s %9s %9s %8s %12s\n' target "requests/s" "p50 ms" "p99 ms" "p99.9 ms" errors "cpu us/req"
@@ -219,7 +218,7 @@ awk -v a="$2" -v b="$a_rps" -v c="$4" -v d="$a_p99" \
   'BEGIN { printf "blocking-strict vs batch auditing: requests/s %.2fx, p99 %.2fx\n", a / b, c / d }'
 metrics=$(curl -sf "http://127.0.0.1:$all_admin/metrics")
 echo "audit events written: $(awk '/^seawall_audit_events_written_total/ { print $2 }' <<<"$metrics"), dropped: $(awk '/^seawall_audit_events_dropped_total/ { print $2 }' <<<"$metrics")"
-echo "peak resident memory: seawall (features off) $(peak "$plain_pid") MiB, seawall (all features) $(peak "$all_pid") MiB"
+echo "peak resident memory: seawall (features off) $(peak_mib "$plain_pid") MiB, seawall (all features) $(peak_mib "$all_pid") MiB"
 
 # Memory under sustained audited load: sled's caches and write buffers keep growing for a
 # minute or more, longer than the runs above.
@@ -227,15 +226,13 @@ if [ "$soak" -gt 0 ]; then
   wrk -t2 -c"$connections" -d"${soak}s" -s "$work/summary.lua" "${url[all]}" >/dev/null
   events=$(curl -sf "http://127.0.0.1:$all_admin/metrics" | awk '/^seawall_audit_events_written_total/ { print $2 }')
   store_bytes=$(du -sb "$work/all-data/store" | cut -f1)
-  echo "after ${soak}s more of audited load: seawall (all features) peak $(peak "$all_pid") MiB, store $((store_bytes / 1000000)) MB on disk for $events audit events ($((store_bytes / events)) bytes each)"
+  echo "after ${soak}s more of audited load: seawall (all features) peak $(peak_mib "$all_pid") MiB, store $((store_bytes / 1000000)) MB on disk for $events audit events ($((store_bytes / events)) bytes each)"
 fi
 
 # Reading the whole trail back, as the scheduled verification does: its time and the memory it
 # takes on top of the serving footprint.
-rss() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
-before=$(rss "$all_pid")
+before=$(resident_mib "$all_pid")
 started=$(date +%s.%N)
-verified=$(curl -sf --max-time 300 -H "Authorization: Bearer $token" "http://127.0.0.1:$all_admin/admin/audit/verify" |
-  python3 -c 'import json, sys; r = json.load(sys.stdin); print("intact" if r["ok"] else "BROKEN", sum(s["events"] for s in r["streams"]))')
+verified=$(verify_trail "$all_admin" "$token")
 seconds=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
-echo "verifying the trail (${verified} events) took ${seconds} s: seawall (all features) resident ${before} MiB before, peak $(peak "$all_pid") MiB"
+echo "verifying the trail (${verified} events) took ${seconds} s: seawall (all features) resident ${before} MiB before, peak $(peak_mib "$all_pid") MiB"
